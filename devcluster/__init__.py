@@ -1,0 +1,1 @@
+"""devcluster: a real local Kubernetes control plane with simulated NVIDIA GPU nodes."""
