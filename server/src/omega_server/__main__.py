@@ -1,0 +1,84 @@
+"""`python -m omega_server` / `omega-vlm-server`: validate the environment, listen, load, serve.
+
+Fatal start-up errors (bad environment, port in use, model load failure) print one `fatal: ...`
+line on stderr and exit non-zero, so a crash-looping pod says why in its termination message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import sys
+
+from omega_server.settings import SettingsError, load_settings
+
+EXIT_CONFIG = 2
+EXIT_FATAL = 1
+
+
+def _fatal(line: str) -> None:
+    print(line if line.startswith("fatal:") else f"fatal: {line}", file=sys.stderr, flush=True)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the process exit status."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        _fatal(str(exc))
+        return EXIT_CONFIG
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        sock = _listen(settings.host, settings.port)
+    except OSError as exc:
+        _fatal(f"cannot listen on HOST={settings.host} PORT={settings.port}: {exc.strerror or exc}")
+        return EXIT_FATAL
+
+    import uvicorn
+
+    from omega_server.app import create_app
+
+    failure: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(line: str) -> None:
+        failure.append(line)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_fatal=on_fatal)
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+        proxy_headers=False,
+    )
+    server = uvicorn.Server(config)
+    host, port = sock.getsockname()[:2]
+    logging.getLogger("omega_server").info("listening on %s:%s, loading %s", host, port, settings.model_path)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    if failure:
+        _fatal(failure[0])
+        return EXIT_FATAL
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""`create_app(settings, engine=None)`: the FastAPI app, and a lifespan that loads the engine.
+
+Without an engine the lifespan loads one in a background thread, so `/live` answers and `/health`
+says 503 "loading" meanwhile. A load failure marks the state failed and calls `on_fatal(line)`
+(`__main__` then prints it and exits non-zero).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from omega_server import __version__
+from omega_server.errors import error_body, install_error_handlers
+from omega_server.metrics import Metrics
+from omega_server.routes import openai as openai_routes
+from omega_server.routes import ops
+from omega_server.settings import Settings
+from omega_server.state import ServerState
+
+log = logging.getLogger("omega_server")
+
+
+class ApiAccounting:
+    """ASGI middleware for /v1/*: refuses bodies over the limit (413), counts statuses and durations.
+
+    Durations run to the last body byte, so streamed answers are timed in full.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        start = time.monotonic()
+        status = [500]
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        try:
+            if length.isdigit() and int(length) > self.max_body:
+                await self._too_large(counting_send)
+            else:
+                await self.app(scope, receive, counting_send)
+        finally:
+            self.metrics.requests.labels(status=str(status[0])).inc()
+            self.metrics.request_duration.observe(time.monotonic() - start)
+
+    async def _too_large(self, send: Send) -> None:
+        body = json.dumps(
+            error_body(
+                413, f"Request body is larger than the limit of {self.max_body} bytes (MAX_REQUEST_BYTES)."
+            )
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _load_engine(settings: Settings) -> Any:
+    """Load the engine (blocking); imported here so the HTTP layer starts without torch."""
+    from omega_server.engine import Engine, EngineConfig
+
+    return Engine.load(
+        EngineConfig(
+            model_path=settings.model_path,
+            attn_impl=settings.attn_impl,
+            dtype=settings.dtype,
+            max_batch_size=settings.max_batch_size,
+            max_model_length=settings.max_model_length,
+            max_queue=settings.max_queue,
+            device=settings.device,
+            served_model_name=settings.model_name,
+        )
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def create_app(
+    settings: Settings,
+    engine: Any | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """The server app. With `engine` given, it serves that engine at once (its lifecycle stays the caller's)."""
+    state = ServerState(settings)
+    owns_engine = engine is None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        closing = threading.Event()
+        if engine is not None:
+            state.attach(engine)
+        else:
+
+            def load() -> None:
+                started = time.monotonic()
+                try:
+                    loaded = _load_engine(settings)
+                except BaseException as exc:
+                    detail = (
+                        str(exc)
+                        if "MODEL_PATH" in str(exc)
+                        else (
+                            f"could not load the model from MODEL_PATH={settings.model_path}: {type(exc).__name__}: {exc}"
+                        )
+                    )
+                    line = _one_line(f"fatal: {detail}")
+                    state.fail(line.removeprefix("fatal: "))
+                    if on_fatal is not None:
+                        on_fatal(line)
+                    else:
+                        log.error("%s", line)
+                    return
+                if closing.is_set():
+                    loaded.shutdown()
+                    return
+                state.attach(loaded)
+                info = loaded.info
+                log.info(
+                    "model %s ready in %.1f s: attn=%s (requested %s)",
+                    settings.model_name,
+                    time.monotonic() - started,
+                    getattr(info, "attn", None) if not isinstance(info, dict) else info.get("attn"),
+                    settings.attn_impl,
+                )
+
+            threading.Thread(target=load, name="omega-engine-load", daemon=True).start()
+        try:
+            yield
+        finally:
+            closing.set()
+            if owns_engine:
+                await state.close()
+            elif state._chat is not None:
+                await state._chat.aclose()
+
+    app = FastAPI(
+        title="omega-vlm-server",
+        version=__version__,
+        description="OpenAI-compatible vision-language-model server that reports its real attention backend.",
+        lifespan=lifespan,
+    )
+    app.state.omega = state
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    app.include_router(openai_routes.router)
+    app.add_middleware(ApiAccounting, metrics=state.metrics, max_body=settings.max_request_bytes)
+    return app

@@ -1,0 +1,201 @@
+"""Image inputs of chat requests: base64 `data:` URLs and http(s) URLs, decoded to RGB PIL images.
+
+Limits (bytes, pixels, fetch timeout) come from the settings. Every failure is an `APIError(400)`
+whose `param` points at the offending `image_url.url`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+from dataclasses import dataclass
+
+import httpx
+from PIL import Image, UnidentifiedImageError
+
+from omega_server.errors import APIError
+
+_MEDIA_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
+_FORMATS = frozenset(_MEDIA_TYPES.values())
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """How large an image may be and how long a URL fetch may take."""
+
+    max_bytes: int
+    max_pixels: int
+    fetch_timeout: float
+    allow_urls: bool = True
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+def parse_data_url(url: str, limits: ImageLimits, param: str) -> bytes:
+    """The bytes of a `data:image/<png|jpeg|webp>;base64,...` URL."""
+    header, sep, payload = url[len("data:") :].partition(",")
+    if not sep:
+        raise APIError(400, "Malformed data URL: expected 'data:image/<type>;base64,<data>'.", param=param)
+    media, *options = (p.strip().lower() for p in header.split(";"))
+    if media not in _MEDIA_TYPES:
+        raise APIError(
+            400,
+            f"Unsupported image media type {media or '(none)'!r} in data URL; use image/png, image/jpeg or image/webp.",
+            param=param,
+            code="invalid_image",
+        )
+    if "base64" not in options:
+        raise APIError(400, "Image data URLs must be base64-encoded (';base64,').", param=param)
+    compact = "".join(payload.split())
+    if len(compact) * 3 // 4 > limits.max_bytes + 3:
+        raise APIError(
+            400,
+            f"Image is too large: about {_mib(len(compact) * 3 // 4)}, the limit is {_mib(limits.max_bytes)}.",
+            param=param,
+            code="image_too_large",
+        )
+    try:
+        raw = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise APIError(
+            400, f"Invalid base64 in image data URL: {exc}.", param=param, code="invalid_image"
+        ) from None
+    if len(raw) > limits.max_bytes:
+        raise APIError(
+            400,
+            f"Image is too large: {_mib(len(raw))}, the limit is {_mib(limits.max_bytes)}.",
+            param=param,
+            code="image_too_large",
+        )
+    if not raw:
+        raise APIError(400, "Image data URL is empty.", param=param, code="invalid_image")
+    return raw
+
+
+def decode_image(raw: bytes, limits: ImageLimits, param: str) -> Image.Image:
+    """Decode PNG/JPEG/WebP bytes to an RGB image, refusing other formats and oversized images."""
+    try:
+        img = Image.open(io.BytesIO(raw))
+        if img.format not in _FORMATS:
+            raise APIError(
+                400,
+                f"Unsupported image format {img.format!r}; use PNG, JPEG or WebP.",
+                param=param,
+                code="invalid_image",
+            )
+        width, height = img.size
+        if width * height > limits.max_pixels:
+            raise APIError(
+                400,
+                f"Image is too large: {width}x{height} pixels, the limit is {limits.max_pixels} pixels.",
+                param=param,
+                code="image_too_large",
+            )
+        img.load()
+        return img.convert("RGB")
+    except APIError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise APIError(
+            400, "The image data is not a valid PNG, JPEG or WebP image.", param=param, code="invalid_image"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt files
+        raise APIError(
+            400, f"Could not decode the image: {exc}.", param=param, code="invalid_image"
+        ) from None
+
+
+class ImageFetcher:
+    """Loads images from request URLs; owns one HTTP client for http(s) URLs."""
+
+    def __init__(self, limits: ImageLimits) -> None:
+        self.limits = limits
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.limits.fetch_timeout),
+                follow_redirects=True,
+                max_redirects=3,
+                headers={"User-Agent": "omega-vlm-server"},
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def load(self, url: str, param: str) -> Image.Image:
+        """The RGB image behind a `data:` or http(s) URL. Decoding runs in a worker thread."""
+        url = url.strip()
+        lowered = url[:8].lower()
+        if lowered.startswith("data:"):
+            raw = parse_data_url(url, self.limits, param)
+        elif lowered.startswith(("http://", "https://")):
+            if not self.limits.allow_urls:
+                raise APIError(
+                    400, "Image URLs are disabled on this server; send a base64 data: URL.", param=param
+                )
+            raw = await self.fetch(url, param)
+        else:
+            raise APIError(
+                400,
+                "image_url.url must be a base64 'data:image/...' URL or an http(s) URL.",
+                param=param,
+                code="invalid_image",
+            )
+        return await asyncio.to_thread(decode_image, raw, self.limits, param)
+
+    async def fetch(self, url: str, param: str) -> bytes:
+        """GET an image URL within the timeout and the size limit."""
+        limit = self.limits.max_bytes
+        try:
+            async with asyncio.timeout(self.limits.fetch_timeout):
+                async with self._http().stream("GET", url) as resp:
+                    if resp.status_code != 200:
+                        raise APIError(
+                            400,
+                            f"Could not fetch image URL: HTTP {resp.status_code}.",
+                            param=param,
+                            code="image_fetch",
+                        )
+                    declared = resp.headers.get("content-length")
+                    if declared and declared.isdigit() and int(declared) > limit:
+                        raise APIError(
+                            400,
+                            f"Image is too large: {_mib(int(declared))}, the limit is {_mib(limit)}.",
+                            param=param,
+                            code="image_too_large",
+                        )
+                    buf = bytearray()
+                    async for chunk in resp.aiter_bytes():
+                        buf += chunk
+                        if len(buf) > limit:
+                            raise APIError(
+                                400,
+                                f"Image is too large: more than {_mib(limit)}.",
+                                param=param,
+                                code="image_too_large",
+                            )
+                    return bytes(buf)
+        except TimeoutError:
+            raise APIError(
+                400,
+                f"Timed out fetching image URL after {self.limits.fetch_timeout:g} s.",
+                param=param,
+                code="image_fetch",
+            ) from None
+        except httpx.HTTPError as exc:
+            raise APIError(
+                400,
+                f"Could not fetch image URL: {type(exc).__name__}: {exc}",
+                param=param,
+                code="image_fetch",
+            ) from None

@@ -1,0 +1,189 @@
+"""OpenAI-style wire models: chat-completion requests, responses, stream chunks and errors.
+
+Only the shapes live here; turning a request into engine work is `serving`'s job. Fields that the
+OpenAI API has but this server cannot honour are declared so that a non-default value is refused
+with a clear message (see `serving.check_supported`) instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Wire(BaseModel):
+    """Base of the request models: unknown fields are ignored, as most OpenAI servers do."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Wire):
+    """A text content part: `{"type": "text", "text": "..."}`."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Wire):
+    """The `image_url` object: a `data:` URL (base64 png/jpeg/webp) or an http(s) URL."""
+
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImageURLPart(_Wire):
+    """An image content part: `{"type": "image_url", "image_url": {"url": "..."}}`."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImageURLPart, Field(discriminator="type")]
+
+
+class ChatMessage(_Wire):
+    """One chat message. `developer` is treated as `system`; images are allowed in user messages."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(_Wire):
+    """`stream_options`: `include_usage` adds a final chunk with token usage."""
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Wire):
+    """`POST /v1/chat/completions` body."""
+
+    model: str | None = None
+    messages: list[ChatMessage]
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1)
+    # Accepted only at their neutral values (checked in serving).
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+
+
+class Usage(BaseModel):
+    """Token counts of one completion."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    """The generated message of a non-streaming choice."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    """One choice of a non-streaming response."""
+
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"] | None
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """Non-streaming response (`object: chat.completion`)."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class Delta(BaseModel):
+    """Incremental message content of a stream chunk."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    """One choice of a stream chunk."""
+
+    index: int = 0
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """Streaming response frame (`object: chat.completion.chunk`)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class ModelCard(BaseModel):
+    """An entry of `GET /v1/models`."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "omega-vlm"
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    """`GET /v1/models` body."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorInfo(BaseModel):
+    """The `error` object of an OpenAI error body."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI error body: `{"error": {"message", "type", "param", "code"}}`."""
+
+    error: ErrorInfo
+
+
+def completion_id() -> str:
+    """A fresh OpenAI-style completion id."""
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    """Unix time in seconds, as OpenAI's `created`."""
+    return int(time.time())

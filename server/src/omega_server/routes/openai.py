@@ -1,0 +1,55 @@
+"""OpenAI-compatible routes: `GET /v1/models`, `POST /v1/chat/completions` (bearer auth when API_KEY is set)."""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from omega_server.errors import APIError
+from omega_server.protocol import ChatCompletionRequest, ModelCard, ModelList
+from omega_server.state import ServerState
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.omega
+    return state
+
+
+async def require_api_key(request: Request) -> None:
+    """Check `Authorization: Bearer <API_KEY>` when an API key is configured."""
+    key = _state(request).settings.api_key
+    if key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise APIError(
+            401,
+            "Missing API key: send 'Authorization: Bearer <key>'.",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not secrets.compare_digest(token.strip().encode(), key.get_secret_value().encode()):
+        raise APIError(
+            401, "Incorrect API key provided.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+@router.get("/models")
+async def list_models(request: Request) -> ModelList:
+    """The one served model."""
+    state = _state(request)
+    card = ModelCard(
+        id=state.settings.model_name, created=state.started, max_model_len=state.settings.max_model_length
+    )
+    return ModelList(data=[card])
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    """Chat completion, JSON or SSE (`stream: true`)."""
+    return await _state(request).chat().create(body, request)

@@ -1,0 +1,97 @@
+"""Server settings from the environment (DESIGN.md 3.2), validated at start.
+
+`load_settings()` raises `SettingsError` whose message names the offending variable; `__main__`
+prints it as one `fatal:` line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+AttnImpl = Literal["auto", "flash_attention_2", "sdpa", "eager"]
+DType = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+class SettingsError(ValueError):
+    """A bad environment value; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Environment of the server. Variable names are the field names in upper case."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", protected_namespaces=())
+
+    model_path: str = Field(description="Checkpoint: a local directory, file:///dir or hf://org/name[@rev].")
+    served_model_name: str | None = Field(
+        default=None, description="OpenAI `model` name; defaults to the checkpoint directory name."
+    )
+    attn_impl: AttnImpl = Field(default="auto", description="Attention backend to ask for.")
+    max_batch_size: int = Field(default=4, ge=1, le=1024, description="Requests per forward pass.")
+    max_model_length: int = Field(default=8192, ge=16, description="Prompt plus output tokens, at most.")
+    dtype: DType = Field(default="auto", description="Weights dtype; auto = bfloat16 on GPU, float32 on CPU.")
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N.")
+    host: str = Field(default="0.0.0.0", description="Listen address.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Listen port (0 = any free port).")
+    api_key: SecretStr | None = Field(
+        default=None, description="When set, /v1/* needs `Authorization: Bearer`."
+    )
+    max_queue: int = Field(default=64, ge=1, description="Requests waiting for the engine before 429.")
+    default_max_tokens: int = Field(default=512, ge=1, description="max_tokens when a request gives none.")
+    max_images_per_request: int = Field(default=8, ge=0, description="Image parts allowed in one request.")
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest encoded image, bytes.")
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="Largest image, width x height.")
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request body.")
+    allow_image_urls: bool = Field(default=True, description="Fetch http(s) image URLs.")
+    image_fetch_timeout: float = Field(default=10.0, gt=0, description="Seconds to fetch one image URL.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info")
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_path(cls, value: str) -> str:
+        # Resolving the path (file://, hf:// downloads) is the model loader's job; it names MODEL_PATH too.
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @field_validator("served_model_name", "api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("dtype", "attn_impl", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @property
+    def model_name(self) -> str:
+        """The served model name: SERVED_MODEL_NAME, else the checkpoint's last path component."""
+        if self.served_model_name:
+            return self.served_model_name
+        tail = self.model_path.rstrip("/").split("@")[0].rsplit("/", 1)[-1]
+        return tail or "model"
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `env` (default: the process environment); `SettingsError` names the variable."""
+    source = dict(os.environ if env is None else env)
+    fields = Settings.model_fields
+    values = {name: source[key] for key in source if (name := key.lower()) in fields}
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            var = str(err["loc"][0]).upper() if err["loc"] else "environment"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "missing":
+                problems.append(f"{var} is required but not set")
+            else:
+                shown = err.get("input")
+                problems.append(f"{var}={shown!r}: {msg}" if isinstance(shown, str) else f"{var}: {msg}")
+        raise SettingsError("invalid environment: " + "; ".join(problems)) from None
