@@ -1,0 +1,345 @@
+"""The server's ``GET /health`` contract as the operator reads it, and an async prober.
+
+DESIGN.md 3.2 is the contract. :class:`HealthReport` holds only the fields the operator acts on and
+ignores the rest, so the server may add fields freely. The prober reaches each pod either directly
+(``http://<podIP>:<port>/health``, the default) or through the API server's pod proxy
+(``/api/v1/namespaces/{ns}/pods/{name}:{port}/proxy/health``), for operators that run outside the
+cluster network. Probes run concurrently under one semaphore with a per-probe timeout; a probe never
+raises, it returns a :class:`ProbeResult` that says what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import ssl
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+#: ``ATTN_IMPL`` values that ask the server for flash-attn 2 first (``auto`` = flash, then sdpa).
+FLASH_REQUESTS = frozenset({"flash_attention_2", "auto"})
+FLASH_BACKEND = "flash_attention_2"
+
+
+class FlashAttnInfo(BaseModel):
+    """``flash_attn`` block of the health report: did flash-attn 2 load, and if not, why."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    available: bool = False
+    loaded: bool = False
+    version: str | None = None
+    error: str | None = None
+
+
+class HealthReport(BaseModel):
+    """The fields of ``GET /health`` (DESIGN.md 3.2) that the operator needs; extra fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: str = "unknown"
+    ready: bool = False
+    attn: str | None = Field(default=None, description="backend actually in use")
+    attn_requested: str | None = None
+    flash_attn: FlashAttnInfo = Field(default_factory=FlashAttnInfo)
+    model: str | None = None
+    dtype: str | None = None
+    devices: list[str] = Field(default_factory=list)
+    device_names: list[str] = Field(default_factory=list)
+    error: str | None = Field(default=None, description="engine/start-up error, when the server gives one")
+    version: str | None = None
+
+    @property
+    def flash_requested(self) -> bool:
+        """True when the server was asked for flash-attn 2 (explicitly or through ``auto``)."""
+        return (self.attn_requested or "") in FLASH_REQUESTS
+
+    @property
+    def flash_failed(self) -> bool:
+        """True when flash was asked for and the server says it could not load it.
+
+        A server that is still loading reports ``loaded: false`` without an error; that is not a
+        failure yet. A failure is an explicit ``flash_attn.error``, or a ready server whose real
+        backend is not flash although flash was asked for (it fell back in-process).
+        """
+        if not self.flash_requested or self.flash_attn.loaded:
+            return False
+        if self.flash_attn.error:
+            return True
+        return self.ready and self.attn is not None and self.attn != FLASH_BACKEND
+
+    @property
+    def flash_error(self) -> str:
+        """The server's own words about the flash failure (or a description when it gave none)."""
+        if self.flash_attn.error:
+            return self.flash_attn.error
+        return f"attn_requested={self.attn_requested} but the server runs attn={self.attn}"
+
+
+def parse_report(body: bytes | str | Mapping[str, Any]) -> HealthReport | None:
+    """Parse a /health body; None when it is not a JSON object of the expected shape."""
+    try:
+        data = json.loads(body) if isinstance(body, bytes | str) else dict(body)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        return HealthReport.model_validate(data)
+    except ValidationError:
+        return None
+
+
+class ProbeOutcome(StrEnum):
+    """What a probe got back."""
+
+    REPORT = "report"  # a parseable health body (HTTP 200, or 503 while loading / engine dead)
+    HTTP_STATUS = "http_status"  # an HTTP answer without a health body
+    UNREACHABLE = "unreachable"  # connection refused, timeout, proxy could not reach the pod
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    """One pod to probe."""
+
+    namespace: str
+    name: str
+    ip: str | None
+    port: int = 8000
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The typed outcome of one probe. ``report`` is set exactly when ``outcome`` is REPORT."""
+
+    pod: str
+    outcome: ProbeOutcome
+    http_status: int | None = None
+    report: HealthReport | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+
+    @property
+    def ready(self) -> bool:
+        """200 with ``ready: true``."""
+        return self.http_status == 200 and self.report is not None and self.report.ready
+
+    @property
+    def metric_result(self) -> Literal["ready", "not_ready", "unreachable"]:
+        """Label value for ``omega_operator_health_probes_total{result}``."""
+        if self.outcome is ProbeOutcome.UNREACHABLE:
+            return "unreachable"
+        return "ready" if self.ready else "not_ready"
+
+
+def jittered(interval_s: float, jitter: float = 0.2, rng: random.Random | None = None) -> float:
+    """``interval_s`` spread uniformly by +-``jitter`` (a fraction), so many probers do not align."""
+    if interval_s <= 0:
+        return 0.0
+    j = min(max(jitter, 0.0), 1.0)
+    r = (rng or random).uniform(1.0 - j, 1.0 + j)
+    return interval_s * r
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """How to reach the API server for pod-proxy probes."""
+
+    server: str
+    token: str | None = None
+    ca_file: str | None = None
+    verify: bool = True
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @classmethod
+    def from_kubernetes(cls, cfg: Any) -> ProxyConfig:
+        """Build from a ``kubernetes.client.Configuration`` (kubeconfig or in-cluster)."""
+        auth = (getattr(cfg, "api_key", None) or {}).get("authorization") or (
+            getattr(cfg, "api_key", None) or {}
+        ).get("BearerToken")
+        token = None
+        if auth:
+            token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else auth
+        return cls(
+            server=str(cfg.host).rstrip("/"),
+            token=token,
+            ca_file=getattr(cfg, "ssl_ca_cert", None),
+            verify=bool(getattr(cfg, "verify_ssl", True)),
+            cert_file=getattr(cfg, "cert_file", None),
+            key_file=getattr(cfg, "key_file", None),
+        )
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """TLS settings for aiohttp."""
+        if not self.server.startswith("https"):
+            return False
+        if not self.verify:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+@dataclass
+class HealthProber:
+    """Probes pods' ``/health`` concurrently (bounded), each with a timeout; never raises.
+
+    One prober is shared by every OmegaVLM, so ``max_concurrency`` bounds the whole operator's
+    probing however many objects there are. Use ``async with`` or call :meth:`close`.
+    """
+
+    timeout_s: float = 3.0
+    max_concurrency: int = 32
+    proxy: ProxyConfig | None = None
+    max_body_bytes: int = 64 * 1024
+    _sem: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
+    _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+
+    async def __aenter__(self) -> HealthProber:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url_for(self, target: ProbeTarget) -> str:
+        """The URL probed for ``target``."""
+        if self.proxy is not None:
+            return (
+                f"{self.proxy.server}/api/v1/namespaces/{target.namespace}"
+                f"/pods/{target.name}:{target.port}/proxy/health"
+            )
+        return f"http://{target.ip}:{target.port}/health"
+
+    def _session_get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"Accept": "application/json"}
+            ssl_arg: ssl.SSLContext | bool = False
+            if self.proxy is not None:
+                if self.proxy.token:
+                    headers["Authorization"] = f"Bearer {self.proxy.token}"
+                ssl_arg = self.proxy.ssl_context()
+            # Connection limits are the semaphore's job; keep-alive off for direct probes because
+            # pod IPs come and go.
+            connector = aiohttp.TCPConnector(
+                limit=0, ssl=ssl_arg, force_close=self.proxy is None, enable_cleanup_closed=True
+            )
+            self._session = aiohttp.ClientSession(headers=headers, connector=connector)
+        return self._session
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(max(1, self.max_concurrency))
+        return self._sem
+
+    async def probe(self, target: ProbeTarget) -> ProbeResult:
+        """Probe one pod. Returns REPORT / HTTP_STATUS / UNREACHABLE, never raises."""
+        if self.proxy is None and not target.ip:
+            return ProbeResult(target.name, ProbeOutcome.UNREACHABLE, error="pod has no IP yet")
+        async with self._semaphore():
+            start = time.monotonic()
+            try:
+                return await asyncio.wait_for(self._probe(target, start), timeout=self.timeout_s)
+            except TimeoutError:
+                return ProbeResult(
+                    target.name,
+                    ProbeOutcome.UNREACHABLE,
+                    error=f"timed out after {self.timeout_s:g}s",
+                    duration_s=time.monotonic() - start,
+                )
+            except (aiohttp.ClientError, OSError) as exc:
+                return ProbeResult(
+                    target.name,
+                    ProbeOutcome.UNREACHABLE,
+                    error=f"{type(exc).__name__}: {exc}",
+                    duration_s=time.monotonic() - start,
+                )
+
+    async def _probe(self, target: ProbeTarget, start: float) -> ProbeResult:
+        async with self._session_get().get(self.url_for(target), allow_redirects=False) as resp:
+            body = await resp.content.read(self.max_body_bytes)
+        took = time.monotonic() - start
+        report = parse_report(body)
+        if self.proxy is not None and _is_proxy_error(resp.status, body):
+            # The API server answered for the pod: it could not reach it.
+            return ProbeResult(
+                target.name,
+                ProbeOutcome.UNREACHABLE,
+                resp.status,
+                error=_status_message(body),
+                duration_s=took,
+            )
+        if report is not None:
+            return ProbeResult(target.name, ProbeOutcome.REPORT, resp.status, report=report, duration_s=took)
+        text = body.decode("utf-8", "replace").strip()[:300]
+        return ProbeResult(
+            target.name, ProbeOutcome.HTTP_STATUS, resp.status, error=text or resp.reason, duration_s=took
+        )
+
+    async def probe_many(self, targets: Iterable[ProbeTarget]) -> dict[str, ProbeResult]:
+        """Probe all targets concurrently (within the shared bound); result keyed by pod name."""
+        ts = list(targets)
+        results = await asyncio.gather(*(self.probe(t) for t in ts))
+        return {r.pod: r for r in results}
+
+
+def _is_proxy_error(status: int, body: bytes) -> bool:
+    """A ``kind: Status`` failure body is the API server's own answer, not the pod's."""
+    if status < 400:
+        return False
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return status in (502, 503)
+    return isinstance(data, dict) and data.get("kind") == "Status"
+
+
+def _status_message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+        return str(data.get("message") or data)[:300]
+    except ValueError:
+        return body.decode("utf-8", "replace")[:300]
+
+
+def pod_port(pod: Mapping[str, Any], default: int = 8000) -> int:
+    """The server port of a pod: the container port named ``http``, else the first one, else ``default``."""
+    ports: list[Mapping[str, Any]] = []
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        ports.extend(c.get("ports") or [])
+    for p in ports:
+        if p.get("name") == "http" and p.get("containerPort"):
+            return int(p["containerPort"])
+    for p in ports:
+        if p.get("containerPort"):
+            return int(p["containerPort"])
+    return default
+
+
+def pod_target(pod: Mapping[str, Any], port: int | None = None) -> ProbeTarget:
+    """A :class:`ProbeTarget` from a pod object (API JSON as a dict); port from the pod unless given."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    return ProbeTarget(
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or ""),
+        ip=status.get("podIP") or None,
+        port=port if port is not None else pod_port(pod),
+    )
