@@ -574,6 +574,16 @@ def test_spec_adapter_reads_models_and_mappings() -> None:
     m = FallbackSpec.from_spec(Spec(), flash_image=FLASH, sdpa_image=SDPA)
     assert (m.enabled, m.crash_loop_restarts, m.attention) == (True, 2, "flash_attention_2")
 
+    @dataclass
+    class Unset:  # optional model fields left unset are None: the defaults apply
+        attention: str | None = None
+        fallback: Fb | None = None
+
+    d = FallbackSpec.from_spec(Unset(), flash_image=FLASH, sdpa_image=SDPA)
+    assert (d.enabled, d.crash_loop_restarts, d.attention) == (True, 3, "auto")
+    n = FallbackSpec.from_spec({"fallback": {"enabled": None}}, flash_image=FLASH, sdpa_image=SDPA)
+    assert n.enabled is True
+
 
 def test_record_round_trip_and_legacy_record_without_attention() -> None:
     rec = FallbackRecord.from_status(rolled_back()["fallback"])

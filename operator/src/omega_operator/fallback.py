@@ -57,7 +57,7 @@ class Reason(StrEnum):
     FLASH_LOAD_FAILED = "FlashAttentionLoadFailed"
     FLASH_CRASH_LOOP = "FlashVariantCrashLoop"
     OOM_KILLED = "OOMKilled"
-    IMAGE_PULL = "ImagePullBackOff"
+    IMAGE_PULL = "ImagePullFailed"  # ErrImagePull / ImagePullBackOff / InvalidImageName
     UNSCHEDULABLE = "Unschedulable"
     MODEL_LOAD_FAILED = "ModelLoadFailed"
     CRASH_LOOP = "CrashLoopBackOff"
@@ -117,16 +117,16 @@ class FallbackSpec:
         """Adapt the operator's spec model (``omega_operator.api``) or a plain camelCase mapping."""
 
         def get(obj: Any, *names: str, default: Any = None) -> Any:
+            # Unset optional fields are None in the models: None means "the default".
             for n in names:
-                if isinstance(obj, Mapping) and n in obj:
-                    return obj[n]
-                if not isinstance(obj, Mapping) and hasattr(obj, n):
-                    return getattr(obj, n)
+                value = obj.get(n) if isinstance(obj, Mapping) else getattr(obj, n, None)
+                if value is not None:
+                    return value
             return default
 
         attention = get(spec, "attention", default="auto")
         attention = getattr(attention, "value", attention)
-        fb = get(spec, "fallback", default=None) or {}
+        fb = get(spec, "fallback", default={})
         return cls(
             attention=str(attention),
             flash_image=flash_image,
