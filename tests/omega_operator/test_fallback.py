@@ -323,6 +323,23 @@ CASES = [
         headline=Reason.MODEL_LOAD_FAILED,
     ),
     Case(
+        "server-load-failed-naming-flash-attn",
+        [pod("a", ready=False)],
+        {
+            "a": health(
+                ready=False,
+                loaded=False,
+                status="failed",
+                engine_error="ValueError: FlashAttention2 is not supported",
+            )
+        },
+        action=Action.ROLLBACK,
+        attention="sdpa",
+        reason=Reason.FLASH_LOAD_FAILED,
+        degraded=True,
+        message_has="not supported",
+    ),
+    Case(
         "after-operator-restart-status-says-rolled-back",
         [pod("s1", image=SDPA, attn="sdpa"), pod("f-old", deleting=True)],
         {"s1": SDPA_OK, "f-old": FLASH_BAD},

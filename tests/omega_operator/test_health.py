@@ -45,7 +45,18 @@ READY_BODY: dict[str, Any] = {
     "max_model_length": 8192,
     "version": "0.1.0",
 }
-LOADING_BODY = {**READY_BODY, "status": "loading", "ready": False, "attn": None, "flash_attn": {}}
+# What the server sends while loading: what it does not know yet is null.
+LOADING_BODY = {
+    **READY_BODY,
+    "status": "loading",
+    "ready": False,
+    "attn": None,
+    "flash_attn": None,
+    "dtype": None,
+    "devices": [],
+    "device_names": [],
+    "error": None,
+}
 
 
 @asynccontextmanager

@@ -504,8 +504,13 @@ def _pod_findings(pod: PodView, spec: FallbackSpec, probe: ProbeResult | None) -
         and report.error
         and report.status not in ("loading", "starting")
     ):
-        reason = Reason.MODEL_LOAD_FAILED if _MODEL_RE.search(report.error) else Reason.SERVER_UNHEALTHY
-        add(reason, report.error)
+        if flash and _FLASH_RE.search(report.error):
+            if not any(f.reason == Reason.FLASH_LOAD_FAILED for f in out):
+                add(Reason.FLASH_LOAD_FAILED, report.error)
+        elif _MODEL_RE.search(report.error):
+            add(Reason.MODEL_LOAD_FAILED, report.error)
+        else:
+            add(Reason.SERVER_UNHEALTHY, report.error)
     return out
 
 

@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 #: ``ATTN_IMPL`` values that ask the server for flash-attn 2 first (``auto`` = flash, then sdpa).
 FLASH_REQUESTS = frozenset({"flash_attention_2", "auto"})
@@ -55,6 +55,14 @@ class HealthReport(BaseModel):
     device_names: list[str] = Field(default_factory=list)
     error: str | None = Field(default=None, description="engine/start-up error, when the server gives one")
     version: str | None = None
+
+    @field_validator("flash_attn", "devices", "device_names", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any, info: Any) -> Any:
+        """A server still loading sends ``null`` for what it does not know yet."""
+        if value is None:
+            return {} if info.field_name == "flash_attn" else []
+        return value
 
     @property
     def flash_requested(self) -> bool:
