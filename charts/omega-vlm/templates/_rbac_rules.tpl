@@ -38,7 +38,7 @@ code path that needs it (operator/src/omega_operator/...).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
-{{- if eq .Values.operator.health.mode "proxy" }}
+{{- if eq .Values.operator.probe.mode "proxy" }}
 # health.py, proxy mode: GET /api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/health.
 - apiGroups: [""]
   resources: ["pods/proxy"]
