@@ -166,6 +166,7 @@ class ProxyConfig:
     verify: bool = True
     cert_file: str | None = None
     key_file: str | None = None
+    context: ssl.SSLContext | bool | None = None  # a ready TLS setting (wins over the fields above)
 
     @classmethod
     def from_kubernetes(cls, cfg: Any) -> ProxyConfig:
@@ -187,6 +188,8 @@ class ProxyConfig:
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         """TLS settings for aiohttp."""
+        if self.context is not None:
+            return self.context
         if not self.server.startswith("https"):
             return False
         if not self.verify:
