@@ -1,0 +1,38 @@
+"""`python -m omega_operator` / `omega-vlm-operator`: run the operator.
+
+Talks to the cluster of KUBECONFIG when set (else ~/.kube/config, or the service account inside
+a pod). Settings come from OMEGA_OPERATOR_* environment variables (see omega_operator.settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import kopf
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="omega-vlm-operator", description=__doc__.split("\n")[0])
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Import registers the handlers.
+    from omega_operator import handlers
+
+    s = handlers.SETTINGS
+    liveness = f"http://0.0.0.0:{s.liveness_port}/healthz" if s.liveness_port else None
+    kopf.run(
+        standalone=s.peering is None,
+        peering_name=s.peering,
+        clusterwide=not s.namespaces,
+        namespaces=s.namespaces,
+        liveness_endpoint=liveness,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The OmegaVLM API: pydantic models (the single source of the CRD) and spec validation."""
+
+from omega_operator.api.models import (
+    API_VERSION,
+    GROUP,
+    H100_PRODUCTS,
+    KIND,
+    PLURAL,
+    RESERVED_ENV,
+    VERSION,
+    AttentionStatus,
+    Condition,
+    FallbackRecord,
+    OmegaVLM,
+    OmegaVLMSpec,
+    OmegaVLMStatus,
+)
+from omega_operator.api.validation import ENV_RULES, SPEC_RULES, FieldError, InvalidSpec, parse_spec
+
+__all__ = [
+    "API_VERSION",
+    "ENV_RULES",
+    "GROUP",
+    "H100_PRODUCTS",
+    "KIND",
+    "PLURAL",
+    "RESERVED_ENV",
+    "SPEC_RULES",
+    "VERSION",
+    "AttentionStatus",
+    "Condition",
+    "FallbackRecord",
+    "FieldError",
+    "InvalidSpec",
+    "OmegaVLM",
+    "OmegaVLMSpec",
+    "OmegaVLMStatus",
+    "parse_spec",
+]

@@ -1,0 +1,380 @@
+"""The OmegaVLM custom resource as pydantic models: the single source of the CRD schema.
+
+Field names are snake_case in Python and camelCase in Kubernetes (aliases). No field carries a
+schema default (a default in the CRD would rewrite stored objects); defaults live in code, and
+each description says what the default is.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+GROUP = "vlm.omega.io"
+VERSION = "v1alpha1"
+KIND = "OmegaVLM"
+PLURAL = "omegavlms"
+SINGULAR = "omegavlm"
+SHORT_NAMES = ["ovlm"]
+CATEGORIES = ["omega"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Products that NVIDIA GPU Feature Discovery reports for H100 GPUs (label nvidia.com/gpu.product).
+H100_PRODUCTS = ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe", "NVIDIA-H100-NVL"]
+
+# pvc://claim[/path] | hf://org/name[@rev] | file:///absolute/path
+URI_PATTERN = (
+    r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?"
+    r"|hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*(@[-A-Za-z0-9_./]+)?"
+    r"|file:///[^\s]*)$"
+)
+URI_RE = re.compile(URI_PATTERN)
+
+# Environment variables the operator derives from the spec; the user may not set them in spec.env.
+RESERVED_ENV = (
+    "ATTN_IMPL",
+    "MAX_BATCH_SIZE",
+    "MAX_MODEL_LENGTH",
+    "DTYPE",
+    "MODEL_PATH",
+    "SERVED_MODEL_NAME",
+    "PORT",
+)
+
+Attention = Literal["auto", "flash_attention_2", "sdpa"]
+Variant = Literal["flash", "sdpa"]
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"]
+
+# Kubernetes resource quantity: an integer or a string such as "64Gi".
+Quantity = Annotated[
+    int | str,
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}),
+]
+
+
+def _open_object(description: str) -> Any:
+    """An object whose inner schema is Kubernetes' own (kept as-is, not pruned)."""
+    return WithJsonSchema(
+        {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "description": description}
+    )
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False)
+
+
+class ModelSource(_Model):
+    """Which model to serve and where its weights are."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.:/]*$",
+        description="Served model name: the OpenAI `model` field clients send (SERVED_MODEL_NAME).",
+    )
+    uri: str = Field(
+        max_length=2048,
+        pattern=URI_PATTERN,
+        description=(
+            "Where the weights are: `pvc://claim/path` (the claim is mounted read-only and MODEL_PATH "
+            "points into it), `hf://org/name[@revision]` (downloaded by the server at start; needs "
+            "network) or `file:///path` (a path on the node). Passed to the server as MODEL_PATH."
+        ),
+    )
+
+
+class ImageSpec(_Model):
+    """The inference-server image. Two variants exist: `flash` (flash-attn 2) and `sdpa` (PyTorch SDPA)."""
+
+    repository: str = Field(
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^\s:@]+(:[0-9]+)?(/[^\s:@]+)*$",
+        description="Image repository without tag, for example registry.example.com/omega-vlm-server.",
+    )
+    tag: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=120,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        description=(
+            "Base tag. The variants are `<repository>:<tag>-flash` and `<repository>:<tag>-sdpa`. "
+            "Required unless flashImage and sdpaImage are both given (sdpaImage alone for attention sdpa)."
+        ),
+    )
+    flash_image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=640,
+        description="Full image reference of the flash variant; overrides `<repository>:<tag>-flash`.",
+    )
+    sdpa_image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=640,
+        description="Full image reference of the sdpa variant; overrides `<repository>:<tag>-sdpa`.",
+    )
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Image pull policy of the server container. Default: IfNotPresent."
+    )
+
+
+class FallbackSpec(_Model):
+    """Automatic rollback from the flash variant to the sdpa variant."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description=(
+            "Roll back to the sdpa variant when flash-attn fails to load or the flash variant "
+            "crash-loops. Default: true. When false the OmegaVLM turns Degraded instead."
+        ),
+    )
+    crash_loop_restarts: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Container restarts of a flash-variant pod that count as a failed flash load. Default: 3.",
+    )
+
+
+class RuntimeSpec(_Model):
+    """Inference-server runtime knobs."""
+
+    max_batch_size: int | None = Field(
+        default=None, ge=1, le=1024, description="Requests per forward pass (MAX_BATCH_SIZE). Default: 4."
+    )
+    max_model_length: int | None = Field(
+        default=None,
+        ge=256,
+        le=1048576,
+        description="Longest prompt plus output in tokens (MAX_MODEL_LENGTH). Default: 8192.",
+    )
+    dtype: Dtype | None = Field(
+        default=None, description="Weight and activation dtype (DTYPE). Default: bfloat16."
+    )
+    shm_size: Quantity | None = Field(
+        default=None, description="Size limit of the memory-backed /dev/shm volume. Default: 16Gi."
+    )
+    startup_timeout_seconds: int | None = Field(
+        default=None,
+        ge=60,
+        le=86400,
+        description=(
+            "How long a pod may take to load the model before the kubelet restarts it (startup probe "
+            "on /health). Default: 1800."
+        ),
+    )
+
+
+class GpuSpec(_Model):
+    """GPUs per pod and the GPU products the pods may run on."""
+
+    count: int | None = Field(
+        default=None, ge=1, le=8, description="GPUs per pod (limits nvidia.com/gpu). Default: 1."
+    )
+    products: list[Annotated[str, Field(min_length=1, max_length=63)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        description=(
+            "Allowed values of the node label nvidia.com/gpu.product (GPU Feature Discovery). "
+            "Default: NVIDIA-H100-80GB-HBM3, NVIDIA-H100-PCIe, NVIDIA-H100-NVL."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
+class ServiceSpec(_Model):
+    """The Service in front of the pods."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] | None = Field(
+        default=None, description="Service type. Default: ClusterIP."
+    )
+    port: int | None = Field(default=None, ge=1, le=65535, description="Service port. Default: 8000.")
+
+
+class ResourceRequirements(_Model):
+    """Compute resources of the server container (nvidia.com/gpu comes from spec.gpu.count)."""
+
+    limits: dict[str, Quantity] | None = Field(default=None, description="Resource limits, e.g. cpu, memory.")
+    requests: dict[str, Quantity] | None = Field(
+        default=None, description="Resource requests, e.g. cpu, memory."
+    )
+
+
+class EnvVar(_Model):
+    """An extra environment variable of the server container (Kubernetes EnvVar)."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name."
+    )
+    value: str | None = Field(default=None, description="Literal value.")
+    value_from: Annotated[
+        dict[str, Any] | None, _open_object("Source of the value (Kubernetes EnvVarSource).")
+    ] = None
+
+
+class Toleration(_Model):
+    """A Kubernetes toleration."""
+
+    key: str | None = Field(default=None, description="Taint key the toleration applies to.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value to match (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated."
+    )
+
+
+class LocalObjectReference(_Model):
+    """A reference to an object in the same namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the referenced object.")
+
+
+class OmegaVLMSpec(_Model):
+    """Desired state of an OmegaVLM: a VLM inference server on NVIDIA H100 nodes."""
+
+    model: ModelSource = Field(description="The model to serve.")
+    replicas: int | None = Field(
+        default=None, ge=0, le=1000, description="Number of server pods. Default: 1."
+    )
+    image: ImageSpec = Field(description="The inference-server image and its variants.")
+    attention: Attention | None = Field(
+        default=None,
+        description=(
+            "Attention backend: `auto` (flash variant first, sdpa fallback), `flash_attention_2` "
+            "(flash variant, ATTN_IMPL=flash_attention_2) or `sdpa`. Default: auto."
+        ),
+    )
+    fallback: FallbackSpec | None = Field(default=None, description="Automatic rollback to the sdpa variant.")
+    runtime: RuntimeSpec | None = Field(default=None, description="Inference-server runtime knobs.")
+    gpu: GpuSpec | None = Field(default=None, description="GPUs per pod and allowed GPU products.")
+    service: ServiceSpec | None = Field(default=None, description="The Service in front of the pods.")
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Extra compute resources (cpu, memory) of the server container."
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Extra node selector, ANDed with the GPU product affinity."
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, description="Extra tolerations (the nvidia.com/gpu toleration is always added)."
+    )
+    affinity: Annotated[
+        dict[str, Any] | None,
+        _open_object("Extra affinity (Kubernetes Affinity), merged with the GPU product node affinity."),
+    ] = None
+    env: list[EnvVar] | None = Field(
+        default=None,
+        description="Extra environment variables. Variables the operator sets (ATTN_IMPL, ...) are refused.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    env_from: (
+        list[Annotated[dict[str, Any], _open_object("A Kubernetes EnvFromSource (configMapRef/secretRef).")]]
+        | None
+    ) = Field(default=None, description="Extra environment from ConfigMaps or Secrets.")
+    image_pull_secrets: list[LocalObjectReference] | None = Field(
+        default=None, description="Secrets for pulling the server image."
+    )
+    service_account_name: str | None = Field(
+        default=None, max_length=253, description="Service account of the server pods."
+    )
+    pod_annotations: dict[str, str] | None = Field(
+        default=None, description="Extra annotations on the server pods."
+    )
+
+
+class FallbackRecord(_Model):
+    """Why and when the operator rolled the deployment back to the sdpa variant (sticky)."""
+
+    at: str = Field(description="When the rollback happened (RFC 3339).")
+    from_image: str = Field(description="The flash image that failed.")
+    to_image: str | None = Field(default=None, description="The sdpa image rolled back to.")
+    reason: str = Field(description="FlashAttentionLoadFailed or FlashVariantCrashLoop.")
+    message: str | None = Field(default=None, description="The pod's own error message.")
+    pod: str | None = Field(default=None, description="The pod that reported the failure.")
+    node: str | None = Field(default=None, description="The node of that pod.")
+    attention: str | None = Field(
+        default=None, description="spec.attention when it happened; a change of it retries flash."
+    )
+
+
+class FlashError(_Model):
+    """One distinct flash-attn error and the pods that reported it."""
+
+    message: str = Field(description="The error as the pods report it.")
+    pods: list[str] | None = Field(default=None, description="Pods that reported it.")
+    count: int | None = Field(default=None, description="How many pods reported it.")
+
+
+class AttentionStatus(_Model):
+    """Requested versus actually running attention backend."""
+
+    requested: Attention | None = Field(default=None, description="spec.attention as last reconciled.")
+    active: str | None = Field(
+        default=None,
+        description=(
+            "What the ready pods report on /health: flash_attention_2, sdpa, mixed (see counts) or "
+            "unknown (no ready pod has reported yet)."
+        ),
+    )
+    counts: dict[str, int] | None = Field(default=None, description="Ready pods per reported backend.")
+    flash_errors: list[FlashError] | None = Field(
+        default=None, description="Distinct flash-attn errors the pods report."
+    )
+    fallback: FallbackRecord | None = Field(
+        default=None, description="Set while the deployment is rolled back to the sdpa variant."
+    )
+    retry_flash: str | None = Field(
+        default=None, description="Value of the vlm.omega.io/retry-flash annotation last acted on."
+    )
+
+
+class Condition(_Model):
+    """A metav1.Condition."""
+
+    type: str = Field(
+        description="Condition type: Ready, Progressing, Schedulable or FlashAttentionDegraded."
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason.")
+    message: str = Field(description="Human-readable detail.")
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation this was computed for."
+    )
+    last_transition_time: str = Field(description="When status last flipped (RFC 3339).")
+
+
+class OmegaVLMStatus(_Model):
+    """Observed state, written by the operator."""
+
+    observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")
+    phase: Phase | None = Field(default=None, description="Pending, Progressing, Ready, Degraded or Failed.")
+    replicas: int | None = Field(default=None, description="Pods of the Deployment.")
+    ready_replicas: int | None = Field(default=None, description="Ready pods of the Deployment.")
+    replica_summary: str | None = Field(default=None, description="ready/desired, for kubectl get.")
+    image: str | None = Field(default=None, description="Image the Deployment runs.")
+    variant: Variant | None = Field(
+        default=None, description="Image variant the Deployment runs: flash or sdpa."
+    )
+    attention: AttentionStatus | None = Field(
+        default=None, description="Requested and active attention backend."
+    )
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description="Ready, Progressing, Schedulable, FlashAttentionDegraded.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class OmegaVLM(_Model):
+    """An OmegaVLM: a vision-language-model inference service on NVIDIA H100 nodes."""
+
+    spec: OmegaVLMSpec
+    status: OmegaVLMStatus | None = None

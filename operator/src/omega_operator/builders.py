@@ -1,0 +1,387 @@
+"""Pure builders: an OmegaVLM spec -> the desired Deployment, Service and PodDisruptionBudget.
+
+Nothing here talks to the API server. This module is the ONE place that maps the spec to the
+server's environment (`server_env`) and to the pod (placement, probes, security, volumes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omega_operator.api.models import API_VERSION, H100_PRODUCTS, KIND, OmegaVLMSpec
+
+FIELD_MANAGER = "omega-vlm-operator"
+MANAGED_BY = FIELD_MANAGER
+APP_NAME = "omega-vlm-server"
+CONTAINER = "server"
+CONTAINER_PORT = 8000
+PORT_NAME = "http"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+VARIANT_LABEL = "vlm.omega.io/variant"
+RETRY_FLASH_ANNOTATION = "vlm.omega.io/retry-flash"
+MODEL_MOUNT = "/models"
+
+# Defaults of optional spec fields (the CRD carries none; see api.models).
+DEFAULT_REPLICAS = 1
+DEFAULT_ATTENTION = "auto"
+DEFAULT_MAX_BATCH_SIZE = 4
+DEFAULT_MAX_MODEL_LENGTH = 8192
+DEFAULT_DTYPE = "bfloat16"
+DEFAULT_GPU_COUNT = 1
+DEFAULT_SHM_SIZE = "16Gi"
+DEFAULT_STARTUP_TIMEOUT = 1800
+DEFAULT_SERVICE_TYPE = "ClusterIP"
+DEFAULT_SERVICE_PORT = 8000
+DEFAULT_FALLBACK_ENABLED = True
+DEFAULT_CRASH_LOOP_RESTARTS = 3
+STARTUP_PERIOD = 10
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The parent OmegaVLM as children reference it."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+# ---------------------------------------------------------------- spec with defaults applied
+
+
+def replicas(spec: OmegaVLMSpec) -> int:
+    return DEFAULT_REPLICAS if spec.replicas is None else spec.replicas
+
+
+def attention(spec: OmegaVLMSpec) -> str:
+    return spec.attention or DEFAULT_ATTENTION
+
+
+def gpu_count(spec: OmegaVLMSpec) -> int:
+    return (spec.gpu.count if spec.gpu and spec.gpu.count else None) or DEFAULT_GPU_COUNT
+
+
+def gpu_products(spec: OmegaVLMSpec) -> list[str]:
+    return list(spec.gpu.products) if spec.gpu and spec.gpu.products else list(H100_PRODUCTS)
+
+
+def fallback_enabled(spec: OmegaVLMSpec) -> bool:
+    if spec.fallback is None or spec.fallback.enabled is None:
+        return DEFAULT_FALLBACK_ENABLED
+    return spec.fallback.enabled
+
+
+def crash_loop_restarts(spec: OmegaVLMSpec) -> int:
+    if spec.fallback is None or spec.fallback.crash_loop_restarts is None:
+        return DEFAULT_CRASH_LOOP_RESTARTS
+    return spec.fallback.crash_loop_restarts
+
+
+def service_port(spec: OmegaVLMSpec) -> int:
+    return (spec.service.port if spec.service else None) or DEFAULT_SERVICE_PORT
+
+
+# ---------------------------------------------------------------- images and variants
+
+
+def flash_image(spec: OmegaVLMSpec) -> str | None:
+    """Image of the flash variant (None when neither flashImage nor tag is given)."""
+    if spec.image.flash_image:
+        return spec.image.flash_image
+    return f"{spec.image.repository}:{spec.image.tag}-flash" if spec.image.tag else None
+
+
+def sdpa_image(spec: OmegaVLMSpec) -> str | None:
+    """Image of the sdpa variant (None when neither sdpaImage nor tag is given)."""
+    if spec.image.sdpa_image:
+        return spec.image.sdpa_image
+    return f"{spec.image.repository}:{spec.image.tag}-sdpa" if spec.image.tag else None
+
+
+def requested_variant(spec: OmegaVLMSpec) -> str:
+    """The variant the spec asks for before any fallback: sdpa for `sdpa`, else flash."""
+    return "sdpa" if attention(spec) == "sdpa" else "flash"
+
+
+def variant(spec: OmegaVLMSpec, fallback_in_force: bool) -> str:
+    """The variant to run: the requested one, or sdpa while a recorded fallback is in force."""
+    return "sdpa" if fallback_in_force else requested_variant(spec)
+
+
+def image_for(spec: OmegaVLMSpec, variant_: str) -> str:
+    image = flash_image(spec) if variant_ == "flash" else sdpa_image(spec)
+    if image is None:  # parse_spec's image rule makes this unreachable for valid specs
+        raise ValueError(f"spec.image gives no {variant_} image")
+    return image
+
+
+def attn_impl(spec: OmegaVLMSpec, variant_: str) -> str:
+    """ATTN_IMPL for the server: sdpa on the sdpa variant, flash_attention_2 on the flash one."""
+    return "sdpa" if variant_ == "sdpa" else "flash_attention_2"
+
+
+# ---------------------------------------------------------------- environment (the one mapping)
+
+
+@dataclass(frozen=True)
+class ModelVolume:
+    """How model.uri reaches the pod: MODEL_PATH, plus a read-only PVC mount for pvc://."""
+
+    model_path: str
+    claim: str | None = None
+
+
+def model_volume(uri: str) -> ModelVolume:
+    if uri.startswith("pvc://"):
+        rest = uri[len("pvc://") :]
+        claim, _, path = rest.partition("/")
+        mount = f"{MODEL_MOUNT}/{claim}"
+        return ModelVolume(model_path=f"{mount}/{path}".rstrip("/") if path else mount, claim=claim)
+    return ModelVolume(model_path=uri)  # file:// and hf:// are the server's to resolve
+
+
+def server_env(spec: OmegaVLMSpec, variant_: str) -> list[dict[str, Any]]:
+    """The server container's environment: ours (DESIGN.md 3.2) first, then the user's, in order.
+
+    The user's variables come after ours so they may reference ours as $(VAR); names that clash
+    with ours are refused by validation, never silently overridden.
+    """
+    rt = spec.runtime
+    ours = {
+        "ATTN_IMPL": attn_impl(spec, variant_),
+        "MAX_BATCH_SIZE": str((rt.max_batch_size if rt else None) or DEFAULT_MAX_BATCH_SIZE),
+        "MAX_MODEL_LENGTH": str((rt.max_model_length if rt else None) or DEFAULT_MAX_MODEL_LENGTH),
+        "DTYPE": (rt.dtype if rt else None) or DEFAULT_DTYPE,
+        "MODEL_PATH": model_volume(spec.model.uri).model_path,
+        "SERVED_MODEL_NAME": spec.model.name,
+        "PORT": str(CONTAINER_PORT),
+    }
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in ours.items()]
+    for item in spec.env or []:
+        env.append(item.model_dump(by_alias=True, exclude_none=True))
+    return env
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """Labels that select the pods of one OmegaVLM (immutable once the Deployment exists)."""
+    return {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": name}
+
+
+def labels(name: str) -> dict[str, str]:
+    return {
+        **selector_labels(name),
+        "app.kubernetes.io/component": "inference",
+        "app.kubernetes.io/part-of": "omega-vlm",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(owner: Owner) -> dict[str, Any]:
+    return {
+        "name": owner.name,
+        "namespace": owner.namespace,
+        "labels": labels(owner.name),
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+# ---------------------------------------------------------------- placement
+
+
+def gpu_toleration() -> dict[str, Any]:
+    return {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def affinity(spec: OmegaVLMSpec) -> dict[str, Any]:
+    """Required node affinity on the GPU product, ANDed into each of the user's node selector terms."""
+    ours = {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": gpu_products(spec)}
+    user = dict(spec.affinity or {})
+    node_aff = dict(user.get("nodeAffinity") or {})
+    required = dict(node_aff.get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    terms = [dict(t) for t in required.get("nodeSelectorTerms") or []] or [{}]
+    for term in terms:
+        term["matchExpressions"] = [*(term.get("matchExpressions") or []), ours]
+    required["nodeSelectorTerms"] = terms
+    node_aff["requiredDuringSchedulingIgnoredDuringExecution"] = required
+    user["nodeAffinity"] = node_aff
+    return user
+
+
+def tolerations(spec: OmegaVLMSpec) -> list[dict[str, Any]]:
+    return [
+        gpu_toleration(),
+        *(t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations or []),
+    ]
+
+
+def container_resources(spec: OmegaVLMSpec) -> dict[str, Any]:
+    res = spec.resources
+    limits = {k: str(v) for k, v in ((res.limits if res else None) or {}).items()}
+    requests = {k: str(v) for k, v in ((res.requests if res else None) or {}).items()}
+    limits[GPU_RESOURCE] = str(gpu_count(spec))
+    out: dict[str, Any] = {"limits": limits}
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+# ---------------------------------------------------------------- pod
+
+
+def probes(spec: OmegaVLMSpec) -> dict[str, dict[str, Any]]:
+    """Startup on /health sized for big model loads, readiness on /health, liveness on /live."""
+    timeout = (spec.runtime.startup_timeout_seconds if spec.runtime else None) or DEFAULT_STARTUP_TIMEOUT
+    return {
+        "startupProbe": {
+            "httpGet": {"path": "/health", "port": PORT_NAME},
+            "periodSeconds": STARTUP_PERIOD,
+            "timeoutSeconds": 5,
+            "failureThreshold": max(1, -(-timeout // STARTUP_PERIOD)),
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": PORT_NAME},
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/live", "port": PORT_NAME},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+    }
+
+
+def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]:
+    image = image_for(spec, variant_)
+    mv = model_volume(spec.model.uri)
+    shm = str((spec.runtime.shm_size if spec.runtime else None) or DEFAULT_SHM_SIZE)
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}}]
+    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    if mv.claim:
+        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": mv.claim, "readOnly": True}})
+        mounts.append({"name": "model", "mountPath": f"{MODEL_MOUNT}/{mv.claim}", "readOnly": True})
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "imagePullPolicy": spec.image.pull_policy or "IfNotPresent",
+        "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        "env": server_env(spec, variant_),
+        "resources": container_resources(spec),
+        **probes(spec),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if spec.env_from:
+        container["envFrom"] = [dict(e) for e in spec.env_from]
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "affinity": affinity(spec),
+        "tolerations": tolerations(spec),
+        "volumes": volumes,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": 30,
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    meta: dict[str, Any] = {"labels": {**labels(name), VARIANT_LABEL: variant_}}
+    if spec.pod_annotations:
+        meta["annotations"] = dict(spec.pod_annotations)
+    return {"metadata": meta, "spec": pod_spec}
+
+
+# ---------------------------------------------------------------- children
+
+
+def deployment(spec: OmegaVLMSpec, owner: Owner, variant_: str) -> dict[str, Any]:
+    """The Deployment of server pods, as a server-side-apply body."""
+    meta = _metadata(owner)
+    meta["labels"] = {**meta["labels"], VARIANT_LABEL: variant_}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": replicas(spec),
+            "selector": {"matchLabels": selector_labels(owner.name)},
+            # GPUs are scarce: take a pod down before starting its replacement, never surge.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": DEFAULT_STARTUP_TIMEOUT
+            if not (spec.runtime and spec.runtime.startup_timeout_seconds)
+            else spec.runtime.startup_timeout_seconds + 300,
+            "template": pod_template(spec, owner.name, variant_),
+        },
+    }
+
+
+def service(spec: OmegaVLMSpec, owner: Owner) -> dict[str, Any]:
+    """The Service in front of the pods (OpenAI-compatible HTTP)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner),
+        "spec": {
+            "type": (spec.service.type if spec.service else None) or DEFAULT_SERVICE_TYPE,
+            "selector": selector_labels(owner.name),
+            "ports": [
+                {"name": PORT_NAME, "port": service_port(spec), "targetPort": PORT_NAME, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def pdb(spec: OmegaVLMSpec, owner: Owner, api_version: str) -> dict[str, Any] | None:
+    """A PodDisruptionBudget (at most one pod down at a time) when replicas > 1, else None.
+
+    `api_version` is policy/v1 or policy/v1beta1, whichever the cluster serves (discovery).
+    """
+    if replicas(spec) <= 1:
+        return None
+    return {
+        "apiVersion": api_version,
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner.name)}},
+    }
+
+
+def children(
+    spec: OmegaVLMSpec, owner: Owner, variant_: str, pdb_api_version: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """(Deployment, Service, PodDisruptionBudget or None) for one OmegaVLM."""
+    return deployment(spec, owner, variant_), service(spec, owner), pdb(spec, owner, pdb_api_version)

@@ -1,0 +1,107 @@
+"""Status conditions (metav1.Condition shape), pure.
+
+`lastTransitionTime` changes only when a condition's status flips; reason, message and
+observedGeneration may change without touching it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+# Condition types.
+READY = "Ready"
+PROGRESSING = "Progressing"
+SCHEDULABLE = "Schedulable"
+FLASH_DEGRADED = "FlashAttentionDegraded"
+ORDER = (READY, PROGRESSING, SCHEDULABLE, FLASH_DEGRADED)
+
+# Reasons (CamelCase constants).
+INVALID_SPEC = "InvalidSpec"
+ALL_REPLICAS_READY = "AllReplicasReady"
+REPLICAS_NOT_READY = "ReplicasNotReady"
+SCALED_TO_ZERO = "ScaledToZero"
+DEPLOYMENT_MISSING = "DeploymentMissing"
+ROLLING_OUT = "RollingOut"
+ROLLOUT_COMPLETE = "RolloutComplete"
+ROLLOUT_STALLED = "ProgressDeadlineExceeded"
+SCHEDULED = "Scheduled"
+UNSCHEDULABLE = "Unschedulable"
+IMAGE_PULL_FAILED = "ImagePullFailed"
+CRASH_LOOP = "CrashLoopBackOff"
+OOM_KILLED = "OOMKilled"
+FLASH_ACTIVE = "FlashAttentionActive"
+FLASH_NOT_REQUESTED = "FlashAttentionNotRequested"
+FLASH_LOAD_FAILED = "FlashAttentionLoadFailed"
+FLASH_CRASH_LOOP = "FlashVariantCrashLoop"
+
+Status = Literal["True", "False", "Unknown"]
+
+
+def now_rfc3339() -> str:
+    """Current time as Kubernetes writes it (second precision, Z suffix)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def get(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    """The condition of that type, or None."""
+    for cond in conditions or []:
+        if cond.get("type") == type_:
+            return cond
+    return None
+
+
+def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
+    cond = get(conditions, type_)
+    return cond is not None and cond.get("status") == "True"
+
+
+def set_condition(
+    conditions: list[dict[str, Any]] | None,
+    type_: str,
+    status: Status,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str | None = None,
+) -> list[dict[str, Any]]:
+    """Return a new list with that condition set (input untouched), in a stable order."""
+    old = get(conditions, type_)
+    if old is not None and old.get("status") == status and old.get("lastTransitionTime"):
+        transition = old["lastTransitionTime"]
+    else:
+        transition = now or now_rfc3339()
+    new = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": transition,
+    }
+    if generation is None:
+        del new["observedGeneration"]
+    rest = [dict(c) for c in conditions or [] if c.get("type") != type_]
+    return sort_conditions([*rest, new])
+
+
+def remove_condition(conditions: list[dict[str, Any]] | None, type_: str) -> list[dict[str, Any]]:
+    return [dict(c) for c in conditions or [] if c.get("type") != type_]
+
+
+def sort_conditions(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Known types first in a fixed order, then the rest by type (stable output, no spurious diffs)."""
+
+    def key(c: dict[str, Any]) -> tuple[int, str]:
+        t = c.get("type", "")
+        return (ORDER.index(t) if t in ORDER else len(ORDER), t)
+
+    return sorted(conditions, key=key)
+
+
+def flipped(old: list[dict[str, Any]] | None, new: list[dict[str, Any]] | None, type_: str) -> bool:
+    """Whether the status of that condition type differs between two lists (a transition)."""
+    a, b = get(old, type_), get(new, type_)
+    return (a or {}).get("status") != (b or {}).get("status") or (a or {}).get("reason") != (b or {}).get(
+        "reason"
+    )

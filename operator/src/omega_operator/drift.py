@@ -1,0 +1,57 @@
+"""Pure comparison of a desired child (server-side-apply body) with the live object.
+
+A reconcile applies a child only when the live object does not already hold every field we
+set with the value we set, so a reconcile that changes nothing writes nothing. Fields others
+own (defaults, other managers' additions) are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Lists whose items SSA merges by a key: extra items owned by others are fine.
+_LIST_KEYS = ("name", "type")
+
+
+def _list_key(items: list[Any]) -> str | None:
+    if not items or not all(isinstance(i, dict) for i in items):
+        return None
+    for key in _LIST_KEYS:
+        if all(key in i for i in items):
+            return key
+    return None
+
+
+def contains(actual: Any, desired: Any) -> bool:
+    """True when `actual` holds everything `desired` says (recursively)."""
+    if isinstance(desired, dict):
+        if not isinstance(actual, dict):
+            return False
+        return all(k in actual and contains(actual[k], v) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(actual, list):
+            return False
+        key = _list_key(desired)
+        if key is not None and _list_key(actual) == key:
+            by_key = {i[key]: i for i in actual}
+            # Same keys in the same relative order (env order matters for $(VAR) references).
+            order = [i[key] for i in actual if i[key] in {d[key] for d in desired}]
+            return order == [d[key] for d in desired] and all(contains(by_key[d[key]], d) for d in desired)
+        return len(actual) == len(desired) and all(
+            contains(a, d) for a, d in zip(actual, desired, strict=True)
+        )
+    if isinstance(desired, bool) or isinstance(actual, bool):
+        return actual is desired
+    if isinstance(desired, int | float) and isinstance(actual, int | float):
+        return actual == desired
+    return actual == desired
+
+
+def needs_apply(desired: dict[str, Any], actual: dict[str, Any] | None) -> bool:
+    """Whether the desired object must be (re)applied: missing, or any of our fields differs."""
+    if actual is None or (actual.get("metadata") or {}).get("deletionTimestamp"):
+        return True
+    return not (
+        contains(actual.get("metadata") or {}, desired["metadata"])
+        and contains(actual.get("spec") or {}, desired.get("spec") or {})
+    )

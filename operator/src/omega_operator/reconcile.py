@@ -1,0 +1,237 @@
+"""One idempotent reconcile of an OmegaVLM: validate, decide the variant, converge the children,
+write the status; Events on transitions. Used for create, update, resume and the periodic timer.
+
+Observed children and pods come in from the caller (kopf indexes: watch caches), so a reconcile
+that finds everything in place makes no API request at all, reads included, unless it probes pods.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from omega_operator import builders as b
+from omega_operator import conditions as c
+from omega_operator import drift, fallback, metrics
+from omega_operator import status as st
+from omega_operator.api.validation import InvalidSpec, parse_spec
+from omega_operator.health import HealthProber, ProbeResult, pod_target
+from omega_operator.kube import ApiError, Kube
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Observed:
+    """The children and pods of one OmegaVLM as the watch caches have them."""
+
+    deployment: dict[str, Any] | None = None
+    service: dict[str, Any] | None = None
+    pdb: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    """What a reconcile did (for tests, logs and metrics)."""
+
+    outcome: str  # success | invalid | error
+    applied: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    status_patch: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    action: str | None = None
+
+
+def owner_of(body: dict[str, Any]) -> b.Owner:
+    meta = body["metadata"]
+    return b.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+async def _probe(prober: HealthProber | None, pods: list[dict[str, Any]]) -> dict[str, ProbeResult]:
+    """Probe the /health of every live pod that has an IP (none when no prober is configured)."""
+    if prober is None:
+        return {}
+    targets = [
+        pod_target(p)
+        for p in pods
+        if (p.get("status") or {}).get("podIP") and not (p.get("metadata") or {}).get("deletionTimestamp")
+    ]
+    if not targets:
+        return {}
+    results = await prober.probe_many(targets)
+    for r in results.values():
+        metrics.HEALTH_PROBES.labels(r.metric_result).inc()
+        metrics.HEALTH_PROBE_DURATION.observe(r.duration_s)
+    return results
+
+
+async def reconcile(
+    kube: Kube, body: dict[str, Any], observed: Observed, prober: HealthProber | None = None
+) -> Result:
+    """Converge one OmegaVLM. Raises ApiError on API failures (the caller maps them to retries)."""
+    started = time.monotonic()
+    try:
+        res = await _reconcile(kube, body, observed, prober)
+    except ApiError:
+        metrics.RECONCILES.labels("error").inc()
+        raise
+    finally:
+        metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
+    metrics.RECONCILES.labels(res.outcome).inc()
+    return res
+
+
+async def _reconcile(
+    kube: Kube, body: dict[str, Any], observed: Observed, prober: HealthProber | None
+) -> Result:
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    generation = meta.get("generation")
+    old = copy.deepcopy(body.get("status") or {})
+    old.pop("kopf", None)
+    res = Result("success")
+
+    async def event(type_: str, reason: str, message: str) -> None:
+        res.events.append((type_, reason, message))
+        await kube.event(body, type_, reason, message)
+
+    # 1. Validate: a bad spec touches no child.
+    try:
+        spec = parse_spec(body.get("spec"))
+    except InvalidSpec as exc:
+        return await _mark_invalid(kube, body, old, generation, str(exc), res, event)
+
+    # 2. Decide the variant (the fallback decision, fed by the pods' /health).
+    flash_img = b.flash_image(spec) or ""
+    sdpa_img = b.sdpa_image(spec) or ""
+    fspec = fallback.FallbackSpec.from_spec(
+        {
+            "attention": b.attention(spec),
+            "fallback": {
+                "enabled": b.fallback_enabled(spec),
+                "crashLoopRestarts": b.crash_loop_restarts(spec),
+            },
+        },
+        flash_image=flash_img,
+        sdpa_image=sdpa_img,
+    )
+    probes = await _probe(prober, observed.pods)
+    decision = fallback.decide(
+        fspec,
+        old.get("attention"),
+        [fallback.PodView.from_pod(p, b.CONTAINER) for p in observed.pods],
+        probes,
+        annotations=meta.get("annotations") or {},
+        now=fallback.now_utc(),
+    )
+    res.action = decision.action.value
+    variant = "sdpa" if decision.attention == fallback.SDPA else "flash"
+    image = b.image_for(spec, variant)
+
+    # 3. Converge the children (apply only what differs from the watch cache).
+    owner = owner_of(body)
+    deployment, service, pdb = b.children(spec, owner, variant, await kube.pdb_api_version())
+    live_deployment = observed.deployment
+    try:
+        if drift.needs_apply(deployment, observed.deployment):
+            live_deployment = await kube.apply(deployment)
+            res.applied.append("Deployment")
+        if drift.needs_apply(service, observed.service):
+            await kube.apply(service)
+            res.applied.append("Service")
+        if pdb is not None and drift.needs_apply(pdb, observed.pdb):
+            await kube.apply(pdb)
+            res.applied.append("PodDisruptionBudget")
+        elif pdb is None and observed.pdb is not None:
+            version = observed.pdb.get("apiVersion") or await kube.pdb_api_version()
+            if await kube.delete(version, "PodDisruptionBudget", ns, name):
+                res.deleted.append("PodDisruptionBudget")
+    except ApiError as exc:
+        if exc.status == 422:  # the API server refused what the spec asks for (e.g. a bad affinity)
+            return await _mark_invalid(kube, body, old, generation, f"spec: {exc.message}", res, event)
+        raise
+
+    # 4. Status.
+    attention = {"requested": b.attention(spec)}
+    for key, value in decision.status_attention().items():
+        if value not in (None, [], {}):
+            attention[key] = value
+    problems = [st.Problem(str(f.reason), f.message, f.pod) for f in decision.problems]
+    flash = st.FlashState(
+        degraded=decision.condition_status,
+        reason=str(decision.reason),
+        message=decision.message,
+        rolled_back=decision.fallback is not None and variant == "sdpa",
+        unhandled=decision.action is fallback.Action.DEGRADED,
+    )
+    new = st.compute(
+        spec=spec,
+        generation=generation,
+        old=old,
+        attention=attention,
+        variant=variant,
+        image=image,
+        deployment=live_deployment if observed.deployment is None or res.applied else observed.deployment,
+        problems=problems,
+        flash=flash,
+    )
+    res.status_patch = st.diff(old, new)
+    if res.status_patch:
+        await kube.patch_status(ns, name, res.status_patch)
+
+    # 5. Events on transitions, and metrics.
+    if decision.action is fallback.Action.ROLLBACK and decision.fallback is not None:
+        metrics.FALLBACKS.labels(str(decision.fallback.reason)).inc()
+        await event("Warning", fallback.EVENT_REASON, decision.message)
+    elif decision.action is fallback.Action.RESET:
+        await event("Normal", "FlashAttentionRetry", decision.message)
+    if "Deployment" in res.applied and observed.deployment is None:
+        await event("Normal", "Created", f"Deployment {name} created ({variant} variant, image {image})")
+    elif old.get("variant") and old.get("variant") != variant:
+        await event("Normal", "VariantChanged", f"image variant {old.get('variant')} -> {variant} ({image})")
+    await _transition_events(old.get("conditions"), new["conditions"], event)
+    metrics.observe_object(ns, name, new.get("phase"), attention.get("active"))
+    return res
+
+
+async def _transition_events(old: Any, new: list[dict[str, Any]], event: Any) -> None:
+    """Ready turning True or False (with its reason), Schedulable turning False."""
+    was_ready = c.get(old, c.READY)
+    now_ready = c.get(new, c.READY)
+    if now_ready is not None and c.flipped(old, new, c.READY):
+        if now_ready["status"] == "True":
+            await event("Normal", "Ready", now_ready["message"])
+        elif not (was_ready is None and now_ready["reason"] == c.REPLICAS_NOT_READY):
+            # Skip the first "not ready yet" of a new object: that is no news.
+            await event("Warning", now_ready["reason"], now_ready["message"])
+    sched = c.get(new, c.SCHEDULABLE)
+    if sched and sched["status"] == "False" and c.flipped(old, new, c.SCHEDULABLE):
+        await event("Warning", c.UNSCHEDULABLE, sched["message"])
+
+
+async def _mark_invalid(
+    kube: Kube,
+    body: dict[str, Any],
+    old: dict[str, Any],
+    generation: int | None,
+    message: str,
+    res: Result,
+    event: Any,
+) -> Result:
+    meta = body["metadata"]
+    new = st.invalid(old=old, generation=generation, message=message)
+    res.outcome = "invalid"
+    res.status_patch = st.diff(old, new)
+    if res.status_patch:
+        await kube.patch_status(meta["namespace"], meta["name"], res.status_patch)
+    before = c.get(old.get("conditions"), c.READY) or {}
+    if before.get("reason") != c.INVALID_SPEC or before.get("message") != message:
+        await event("Warning", c.INVALID_SPEC, message)
+    metrics.observe_object(
+        meta["namespace"], meta["name"], "Failed", (old.get("attention") or {}).get("active")
+    )
+    return res

@@ -1,0 +1,192 @@
+"""Pure status computation: observed Deployment + pod findings + the fallback decision -> status.
+
+The pod findings and the flash decision come from `omega_operator.fallback` (one classifier of
+pod trouble); this module turns them and the Deployment's counters into the status fields and
+the Ready / Progressing / Schedulable / FlashAttentionDegraded conditions.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from omega_operator import builders as b
+from omega_operator import conditions as c
+from omega_operator.api.models import OmegaVLMSpec
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A non-flash problem seen on a pod (reason is a CamelCase constant)."""
+
+    reason: str
+    message: str
+    pod: str | None = None
+
+
+@dataclass(frozen=True)
+class FlashState:
+    """The FlashAttentionDegraded condition as decided, and whether it blocks (fallback disabled)."""
+
+    degraded: bool
+    reason: str
+    message: str
+    rolled_back: bool = False  # a fallback record is in force: running sdpa instead of flash
+    unhandled: bool = False  # flash failed and fallback.enabled is false: phase Degraded
+
+
+def compute(
+    *,
+    spec: OmegaVLMSpec,
+    generation: int | None,
+    old: dict[str, Any] | None,
+    attention: dict[str, Any],
+    variant: str,
+    image: str,
+    deployment: dict[str, Any] | None,
+    problems: list[Problem],
+    flash: FlashState,
+    now: str | None = None,
+) -> dict[str, Any]:
+    """The full new status of a valid OmegaVLM.
+
+    `attention` is status.attention as decided this round; `problems` are the non-flash pod
+    problems, most severe first (Unschedulable first); `flash` is the fallback decision's verdict.
+    """
+    old = old or {}
+    conds = old.get("conditions") or []
+    desired = b.replicas(spec)
+    dstatus = (deployment or {}).get("status") or {}
+    dmeta = (deployment or {}).get("metadata") or {}
+    total = int(dstatus.get("replicas") or 0)
+    ready = int(dstatus.get("readyReplicas") or 0)
+    updated = int(dstatus.get("updatedReplicas") or 0)
+    rolled_out = (
+        deployment is not None
+        and int(dstatus.get("observedGeneration") or 0) >= int(dmeta.get("generation") or 1)
+        and updated >= desired
+        and total <= desired
+    )
+    unsched = next((p for p in problems if p.reason == c.UNSCHEDULABLE), None)
+
+    # Schedulable: False with the scheduler's own message.
+    if unsched:
+        msg = f"pod {unsched.pod}: {unsched.message}" if unsched.pod else unsched.message
+        conds = c.set_condition(conds, c.SCHEDULABLE, "False", c.UNSCHEDULABLE, msg, generation, now)
+    else:
+        conds = c.set_condition(
+            conds, c.SCHEDULABLE, "True", c.SCHEDULED, "all pods are scheduled", generation, now
+        )
+
+    # Progressing
+    dep_progress = next((x for x in dstatus.get("conditions") or [] if x.get("type") == "Progressing"), None)
+    if deployment is None:
+        conds = c.set_condition(
+            conds, c.PROGRESSING, "True", c.ROLLING_OUT, "creating the Deployment", generation, now
+        )
+    elif dep_progress and dep_progress.get("reason") == c.ROLLOUT_STALLED:
+        msg = dep_progress.get("message") or "rollout stalled"
+        conds = c.set_condition(conds, c.PROGRESSING, "False", c.ROLLOUT_STALLED, msg, generation, now)
+    elif not rolled_out:
+        msg = f"rolling out the {variant} variant: {updated}/{desired} updated, {ready} ready"
+        conds = c.set_condition(conds, c.PROGRESSING, "True", c.ROLLING_OUT, msg, generation, now)
+    else:
+        msg = f"{variant} variant rolled out"
+        conds = c.set_condition(conds, c.PROGRESSING, "False", c.ROLLOUT_COMPLETE, msg, generation, now)
+
+    # Ready
+    all_ready = rolled_out and ready >= desired
+    if desired == 0 and deployment is not None:
+        conds = c.set_condition(
+            conds, c.READY, "True", c.SCALED_TO_ZERO, "scaled to zero replicas", generation, now
+        )
+    elif all_ready and flash.rolled_back:
+        # Serving, but on sdpa: the Reason column says why.
+        msg = f"{ready}/{desired} replicas ready on the sdpa variant after a flash-attn failure"
+        conds = c.set_condition(conds, c.READY, "True", flash.reason, msg, generation, now)
+    elif all_ready:
+        msg = f"{ready}/{desired} replicas ready"
+        conds = c.set_condition(conds, c.READY, "True", c.ALL_REPLICAS_READY, msg, generation, now)
+    else:
+        head = problems[0] if problems else None
+        if head is None and flash.unhandled:
+            head = Problem(flash.reason, flash.message)
+        reason = head.reason if head else c.REPLICAS_NOT_READY
+        msg = f"{ready}/{desired} replicas ready"
+        if head:
+            msg += f"; {'pod ' + head.pod + ': ' if head.pod and head.reason != c.UNSCHEDULABLE else ''}{head.message}"
+        conds = c.set_condition(conds, c.READY, "False", reason, msg, generation, now)
+
+    # FlashAttentionDegraded
+    conds = c.set_condition(
+        conds,
+        c.FLASH_DEGRADED,
+        "True" if flash.degraded else "False",
+        flash.reason,
+        flash.message,
+        generation,
+        now,
+    )
+
+    # Phase
+    if flash.unhandled or (problems and not unsched and not all_ready and desired > 0):
+        phase = "Degraded"
+    elif c.is_true(conds, c.READY):
+        phase = "Ready"
+    elif unsched or deployment is None or total == 0:
+        phase = "Pending"
+    else:
+        phase = "Progressing"
+
+    return {
+        "observedGeneration": generation,
+        "phase": phase,
+        "replicas": total,
+        "readyReplicas": ready,
+        "replicaSummary": f"{ready}/{desired}",
+        "image": image,
+        "variant": variant,
+        "attention": attention,
+        "conditions": conds,
+    }
+
+
+def invalid(
+    *, old: dict[str, Any] | None, generation: int | None, message: str, now: str | None = None
+) -> dict[str, Any]:
+    """Status of an OmegaVLM whose spec is invalid: Ready=False InvalidSpec, phase Failed.
+
+    Everything observed before (replicas, image, attention) is kept: no child was touched.
+    """
+    new = copy.deepcopy(old or {})
+    new["observedGeneration"] = generation
+    new["phase"] = "Failed"
+    new["conditions"] = c.set_condition(
+        new.get("conditions"), c.READY, "False", c.INVALID_SPEC, message, generation, now
+    )
+    return new
+
+
+def diff(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """An RFC 7386 merge patch turning `old` into `new` ({} when equal). kopf's own key is left alone."""
+    return _merge_patch(old or {}, new, top=True)
+
+
+def _merge_patch(old: dict[str, Any], new: dict[str, Any], top: bool = False) -> dict[str, Any]:
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = _merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif key not in old:
+            if value is not None:
+                patch[key] = value
+        elif before != value:
+            patch[key] = value
+    for key in old:
+        if key not in new and not (top and key == "kopf"):
+            patch[key] = None
+    return patch
