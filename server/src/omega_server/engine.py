@@ -1,0 +1,864 @@
+"""The generation engine: continuous batching over a KV cache, on a worker thread (no FastAPI here).
+
+``Engine.load(config)`` loads model + processor (``models``), picks the attention backend with an
+in-process flash -> sdpa fallback (``attention``) and runs a warm-up forward with an image.
+``prepare()`` turns a chat into model inputs (validation errors are typed), ``stream()`` queues it and
+yields ``StepOutput`` deltas.
+
+How generation runs: one worker thread owns the model. Each new request is prefilled on its own
+(batch 1, its images, its exact prompt) and then joins the running batch between decode steps; its KV
+cache rows are left-padded to the batch's length and an attention mask hides the padding. Every decode
+step is one forward pass for all running sequences (up to ``max_batch_size``), each with its own
+sampling parameters, seed, stop strings and token budget. Finished or cancelled sequences leave between
+steps and their cache rows are dropped. Greedy outputs equal ``model.generate()``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from omega_server import attention, models
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "EngineDeadError",
+    "EngineError",
+    "EngineInfo",
+    "EngineStats",
+    "GenerationRequest",
+    "InvalidRequestError",
+    "PreparedRequest",
+    "PromptTooLongError",
+    "QueueFullError",
+    "SamplingParams",
+    "StepOutput",
+]
+
+ROLES = ("system", "user", "assistant")
+
+# --------------------------------------------------------------------------- public types
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling. ``temperature == 0`` is greedy decoding."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class GenerationRequest:
+    """A chat in HF format: ``{"role", "content": [{"type": "text", "text"} | {"type": "image", "image": PIL}]}``."""
+
+    messages: list[dict[str, Any]]
+    params: SamplingParams
+
+
+@dataclass
+class StepOutput:
+    """One streamed delta. The last item of a stream has ``finished=True`` and a ``finish_reason``."""
+
+    text: str
+    token_ids: list[int]
+    finished: bool
+    finish_reason: str | None  # "stop" | "length" | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class EngineError(Exception):
+    """Base of the engine's errors: ``message``, ``param`` (the request field at fault), ``code``."""
+
+    default_code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+
+class InvalidRequestError(EngineError):
+    """The request cannot be served as given (HTTP 400)."""
+
+    default_code = "invalid_request"
+
+
+class PromptTooLongError(InvalidRequestError):
+    """Prompt tokens plus max_tokens exceed MAX_MODEL_LENGTH (HTTP 400)."""
+
+    default_code = "context_length_exceeded"
+
+
+class QueueFullError(EngineError):
+    """The bounded queue is full (HTTP 429 with Retry-After)."""
+
+    default_code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class EngineDeadError(EngineError):
+    """The engine stopped (shut down or an unrecoverable device error) (HTTP 503)."""
+
+    default_code = "engine_dead"
+
+
+@dataclass
+class EngineConfig:
+    """Engine settings (the server maps its environment onto these)."""
+
+    model_path: str
+    attn_impl: str = "auto"
+    dtype: str = "auto"
+    max_batch_size: int = 4
+    max_model_length: int = 8192
+    max_queue: int = 64
+    device: str = "auto"
+    served_model_name: str | None = None
+    max_images_per_request: int = 8
+
+
+@dataclass
+class EngineInfo:
+    """What the engine runs; /health is built from it."""
+
+    attn: str  # the backend really in use (model.config._attn_implementation)
+    attn_requested: str
+    flash_attn: dict[str, Any]  # {available, loaded, version, error}
+    dtype: str  # "torch.bfloat16"
+    devices: list[str]
+    device_names: list[str]
+    model_type: str  # as the checkpoint declares it
+    max_batch_size: int
+    max_model_length: int
+    served_model_name: str = ""
+    resolved_model_type: str = ""
+    architecture: str = ""
+    model_path: str = ""
+    load_seconds: float = 0.0
+    flash_load_failures: int = 0
+
+
+@dataclass
+class EngineStats:
+    """Counters (read without locking; ints are updated by the worker thread)."""
+
+    forward_passes: int = 0
+    requests_batched_total: int = 0  # requests that shared at least one forward pass with another
+    max_batch_seen: int = 0
+    queue_depth: int = 0
+    running: int = 0
+    prefill_passes: int = 0
+    decode_passes: int = 0
+    requests_total: int = 0
+    completion_tokens_total: int = 0
+    errors_total: int = 0
+
+
+@dataclass
+class PreparedRequest:
+    """Model inputs (on CPU) for one request, made by ``Engine.prepare``."""
+
+    inputs: dict[str, torch.Tensor]
+    prompt_tokens: int
+    params: SamplingParams
+    num_images: int = 0
+
+
+# --------------------------------------------------------------------------- request preparation
+
+
+def _validate(req: GenerationRequest, max_images: int) -> list[Any]:
+    """Check the chat shape and sampling parameters; return the images in order."""
+    from PIL import Image
+
+    p = req.params
+    if not isinstance(p.max_tokens, int) or p.max_tokens < 1:
+        raise InvalidRequestError(
+            f"max_tokens must be a positive integer, got {p.max_tokens!r}", param="max_tokens"
+        )
+    if not (isinstance(p.temperature, (int, float)) and math.isfinite(p.temperature) and p.temperature >= 0):
+        raise InvalidRequestError(f"temperature must be >= 0, got {p.temperature!r}", param="temperature")
+    if not (isinstance(p.top_p, (int, float)) and 0 < p.top_p <= 1):
+        raise InvalidRequestError(f"top_p must be in (0, 1], got {p.top_p!r}", param="top_p")
+    if any(not isinstance(s, str) or not s for s in p.stop):
+        raise InvalidRequestError("stop strings must be non-empty strings", param="stop")
+    if not isinstance(req.messages, list) or not req.messages:
+        raise InvalidRequestError("messages must be a non-empty list", param="messages")
+    images: list[Any] = []
+    has_content = False
+    for i, msg in enumerate(req.messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+            role = msg.get("role") if isinstance(msg, dict) else None
+            raise InvalidRequestError(
+                f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}",
+                param=f"messages.{i}.role",
+            )
+        content = msg.get("content")
+        if isinstance(content, str):
+            has_content = has_content or bool(content)
+            continue
+        if not isinstance(content, list):
+            raise InvalidRequestError(
+                f"messages[{i}].content must be a list of parts", param=f"messages.{i}.content"
+            )
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                has_content = has_content or bool(part["text"])
+            elif kind == "image" and isinstance(part.get("image"), Image.Image):
+                images.append(part["image"])
+                has_content = True
+            else:
+                raise InvalidRequestError(
+                    f"messages[{i}].content[{j}]: unsupported part type {kind!r}",
+                    param=f"messages.{i}.content.{j}.type",
+                )
+    if not has_content:
+        raise InvalidRequestError("messages have no content", param="messages")
+    if len(images) > max_images:
+        raise InvalidRequestError(f"too many images: {len(images)} (at most {max_images})", param="messages")
+    return images
+
+
+def _rgb(image: Any) -> Any:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# --------------------------------------------------------------------------- the decode machinery
+
+
+@dataclass
+class _Seq:
+    """One request in flight (owned by the worker thread once admitted)."""
+
+    prepared: PreparedRequest
+    loop: asyncio.AbstractEventLoop | None
+    queue: asyncio.Queue[Any] | None
+    emit: Callable[[Any], None] | None = None  # for callers without an event loop (warm-up, tests)
+    cancelled: bool = False
+    done: bool = False
+    generator: torch.Generator | None = None
+    token_ids: list[int] = field(default_factory=list)
+    cache_len: int = 0  # real (unpadded) tokens in this sequence's KV cache
+    next_pos: int = 0  # text position of the next token fed
+    rope_delta: int = 0  # M-RoPE offset (Qwen-VL); 0 elsewhere
+    last_token: int = 0
+    # incremental detokenization (prefix/read offsets) and stop-string hold-back
+    prefix_offset: int = 0
+    read_offset: int = 0
+    text: str = ""
+    emitted: int = 0
+    batched: bool = False
+
+    def send(self, item: Any) -> None:
+        if self.emit is not None:
+            self.emit(item)
+        elif self.loop is not None and self.queue is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class _Runner:
+    """Prefill, batched decode and sampling on one model. Used only from one thread at a time."""
+
+    def __init__(self, model: Any, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.device = model.get_input_embeddings().weight.device
+        self.mrope = hasattr(getattr(model, "model", None), "rope_deltas")
+        params = inspect.signature(model.forward).parameters
+        self.logits_to_keep = "logits_to_keep" in params
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.eos_ids = self._eos_ids()
+        # the running batch
+        self.seqs: list[_Seq] = []
+        self.cache: Any = None
+        self.observer: Callable[[int], None] | None = None
+        self.stats: EngineStats | None = None
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.model.config, self.tokenizer):
+            value = getattr(source, "eos_token_id", None)
+            if value is None:
+                continue
+            ids.update([value] if isinstance(value, int) else list(value))
+        return ids
+
+    # -- forward passes
+
+    def _forward(self, batch: int, **kwargs: Any) -> Any:
+        if self.logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(**kwargs, use_cache=True, return_dict=True)
+        if self.stats is not None:
+            self.stats.forward_passes += 1
+            self.stats.max_batch_seen = max(self.stats.max_batch_seen, batch)
+        if self.observer is not None:
+            with contextlib.suppress(Exception):
+                self.observer(batch)
+        return out
+
+    def prefill(self, seq: _Seq) -> None:
+        """Run the prompt (with its images) alone, sample the first token, and join the batch."""
+        inputs = {
+            k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in seq.prepared.inputs.items()
+        }
+        for key, value in inputs.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                inputs[key] = value.to(self.model.dtype)
+        if self.mrope:
+            self.model.model.rope_deltas = None  # computed afresh from this prompt's images
+        out = self._forward(1, **inputs)
+        if self.stats is not None:
+            self.stats.prefill_passes += 1
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        length = int(inputs["input_ids"].shape[1])
+        seq.cache_len = length
+        seq.next_pos = length
+        if self.mrope:
+            deltas = self.model.model.rope_deltas
+            seq.rope_delta = int(deltas.reshape(-1)[0].item()) if deltas is not None else 0
+            self.model.model.rope_deltas = None
+        token = self._sample([seq], out.logits[:, -1, :])[0]
+        seq.last_token = token
+        self._merge(seq, cache)
+
+    def _merge(self, seq: _Seq, cache: Any) -> None:
+        """Append a prefilled sequence's cache rows to the batch cache, left-padding the shorter side."""
+        if self.cache is None or not self.seqs:
+            self.cache = cache
+            self.seqs = [seq]
+            return
+        batch_len = self.cache.get_seq_length()
+        new_len = cache.get_seq_length()
+        width = max(batch_len, new_len)
+        for layer, new in zip(self.cache.layers, cache.layers, strict=True):
+            layer.keys = torch.cat([_left_pad(layer.keys, width), _left_pad(new.keys, width)], dim=0)
+            layer.values = torch.cat([_left_pad(layer.values, width), _left_pad(new.values, width)], dim=0)
+        self.seqs.append(seq)
+
+    def evict(self, keep: list[int]) -> None:
+        """Keep only the batch rows in ``keep`` and drop padding columns no row needs."""
+        if not keep:
+            self.seqs = []
+            self.cache = None
+            return
+        if len(keep) == len(self.seqs):
+            return
+        width = self.cache.get_seq_length()
+        kept = [self.seqs[i] for i in keep]
+        trim = width - max(s.cache_len for s in kept)
+        index = torch.tensor(keep, device=self.cache.layers[0].keys.device)
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, trim:, :]
+            layer.values = layer.values.index_select(0, index)[:, :, trim:, :]
+        self.seqs = kept
+
+    def decode(self) -> list[int]:
+        """One forward pass for every running sequence; returns the sampled tokens, in batch order."""
+        seqs = self.seqs
+        n = len(seqs)
+        width = self.cache.get_seq_length()
+        dev = self.device
+        input_ids = torch.tensor([[s.last_token] for s in seqs], dtype=torch.long, device=dev)
+        lengths = torch.tensor([s.cache_len for s in seqs], dtype=torch.long, device=dev)
+        cols = torch.arange(width + 1, device=dev)
+        mask = (cols[None, :] >= (width - lengths)[:, None]).long()
+        pos = torch.tensor([[s.next_pos] for s in seqs], dtype=torch.long, device=dev)
+        if self.mrope:
+            delta = torch.tensor([[s.rope_delta] for s in seqs], dtype=torch.long, device=dev)
+            position_ids = (pos + delta)[None].expand(3, n, 1)
+        else:
+            position_ids = pos
+        kwargs = {self.cache_kw: self.cache}
+        out = self._forward(n, input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs)
+        if self.stats is not None:
+            self.stats.decode_passes += 1
+            if n > 1:
+                for s in seqs:
+                    if not s.batched:
+                        s.batched = True
+                        self.stats.requests_batched_total += 1
+        for s in seqs:
+            s.cache_len += 1
+            s.next_pos += 1
+        tokens = self._sample(seqs, out.logits[:, -1, :])
+        for s, t in zip(seqs, tokens, strict=True):
+            s.last_token = t
+        return tokens
+
+    # -- sampling
+
+    def _sample(self, seqs: list[_Seq], logits: torch.Tensor) -> list[int]:
+        logits = logits.float()
+        greedy = logits.argmax(dim=-1)
+        out: list[int] = greedy.tolist()
+        for i, s in enumerate(seqs):
+            temp = s.prepared.params.temperature
+            if temp <= 1e-5:
+                continue
+            probs = torch.softmax(logits[i] / temp, dim=-1)
+            top_p = s.prepared.params.top_p
+            if top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                cumulative = sorted_probs.cumsum(-1)
+                drop = cumulative - sorted_probs > top_p  # keep the smallest prefix reaching top_p
+                sorted_probs[drop] = 0.0
+                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+            out[i] = int(torch.multinomial(probs, 1, generator=s.generator).item())
+        return out
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - t.shape[-2]
+    if missing <= 0:
+        return t
+    pad = t.new_zeros((*t.shape[:-2], missing, t.shape[-1]))
+    return torch.cat([pad, t], dim=-2)
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class Engine:
+    """A loaded model serving generation requests; see the module docstring.
+
+    Public surface: ``load``, ``info``, ``prepare``, ``stream``, ``stats``, ``batch_observer``, ``alive``,
+    ``shutdown``. Thread-safe; ``stream`` must be iterated on an asyncio event loop.
+    """
+
+    def __init__(self, config: EngineConfig, loaded: models.LoadedModel, info: EngineInfo) -> None:
+        self.config = config
+        self.info = info
+        self.stats = EngineStats()
+        self.batch_observer: Callable[[int], None] | None = None
+        self.alive = True
+        self._loaded = loaded
+        self._processor = loaded.processor
+        self._prep_lock = threading.Lock()  # tokenizers/processors are not safe to share across threads
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[_Seq] = collections.deque()
+        self._stopping = False
+        self._dead_reason = ""
+        self._runner = _Runner(loaded.model, loaded.processor)
+        self._runner.stats = self.stats
+        self._runner.observer = self._observe
+        self._thread = threading.Thread(target=self._work, name="omega-engine", daemon=True)
+        self._thread.start()
+
+    # -- construction
+
+    @classmethod
+    def load(cls, config: EngineConfig) -> Engine:
+        """Load model + processor, choose attention (flash -> sdpa fallback), warm up with an image."""
+        if config.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if config.max_model_length < 2:
+            raise ValueError("max_model_length must be >= 2")
+        started = time.monotonic()
+        path = models.resolve_model_path(config.model_path)
+        choice = attention.resolve(
+            path,
+            requested=config.attn_impl,
+            dtype=config.dtype,
+            device=config.device,
+            warmup=lambda lm: warm_up(lm),
+        )
+        loaded = choice.loaded
+        info = EngineInfo(
+            attn=choice.backend,
+            attn_requested=choice.requested,
+            flash_attn=choice.flash_attn.as_dict(),
+            dtype=str(loaded.dtype),
+            devices=loaded.devices,
+            device_names=models.device_names(loaded.devices),
+            model_type=loaded.model_type,
+            max_batch_size=config.max_batch_size,
+            max_model_length=config.max_model_length,
+            served_model_name=config.served_model_name or Path(path).name,
+            resolved_model_type=loaded.resolved_model_type,
+            architecture=type(loaded.model).__name__,
+            model_path=config.model_path,
+            load_seconds=round(time.monotonic() - started, 3),
+            flash_load_failures=choice.flash_load_failures,
+        )
+        log.info(
+            "engine ready: %s (%s) attn=%s requested=%s dtype=%s devices=%s in %.1fs",
+            info.served_model_name,
+            info.model_type,
+            info.attn,
+            info.attn_requested,
+            info.dtype,
+            info.devices,
+            info.load_seconds,
+        )
+        return cls(config, loaded, info)
+
+    # -- requests
+
+    def prepare(self, req: GenerationRequest) -> PreparedRequest:
+        """Apply the chat template and the processor. Raises InvalidRequestError / PromptTooLongError."""
+        images = _validate(req, self.config.max_images_per_request)
+        return prepare_inputs(
+            self._processor,
+            req,
+            images,
+            max_model_length=self.config.max_model_length,
+            lock=self._prep_lock,
+        )
+
+    async def stream(self, prepared: PreparedRequest) -> AsyncIterator[StepOutput]:
+        """Queue the request and yield its deltas; the last has ``finished=True``.
+
+        Raises QueueFullError (at the first iteration) when the queue is full, EngineDeadError when the
+        engine stopped. Closing or cancelling the iterator cancels the generation.
+        """
+        if not self.alive:
+            raise EngineDeadError(self._dead_message())
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        seq = _Seq(prepared=prepared, loop=asyncio.get_running_loop(), queue=queue)
+        self._submit(seq)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    return
+        finally:
+            if not seq.done:
+                seq.cancelled = True
+                with self._cond:
+                    self._cond.notify_all()
+
+    def _submit(self, seq: _Seq) -> None:
+        with self._cond:
+            if not self.alive:
+                raise EngineDeadError(self._dead_message())
+            if len(self._waiting) >= self.config.max_queue:
+                raise QueueFullError(
+                    f"the server is busy: {len(self._waiting)} requests are queued (MAX_QUEUE={self.config.max_queue})",
+                    retry_after=1.0,
+                )
+            self._waiting.append(seq)
+            self.stats.requests_total += 1
+            self.stats.queue_depth = len(self._waiting)
+            self._cond.notify_all()
+
+    def generate_sync(self, prepared: PreparedRequest, timeout: float | None = None) -> list[StepOutput]:
+        """Run one request to completion from a plain thread (tests, tools); returns all its deltas."""
+        items: list[Any] = []
+        done = threading.Event()
+
+        def emit(item: Any) -> None:
+            items.append(item)
+            if isinstance(item, BaseException) or item.finished:
+                done.set()
+
+        seq = _Seq(prepared=prepared, loop=None, queue=None, emit=emit)
+        self._submit(seq)
+        if not done.wait(timeout):
+            seq.cancelled = True
+            raise TimeoutError("generation did not finish in time")
+        if isinstance(items[-1], BaseException):
+            raise items[-1]
+        return items
+
+    def shutdown(self) -> None:
+        """Stop the worker; queued and running requests end with EngineDeadError."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+        self._die("the engine was shut down")
+
+    # -- worker
+
+    def _observe(self, n: int) -> None:
+        if self.batch_observer is not None:
+            self.batch_observer(n)
+
+    def _dead_message(self) -> str:
+        return f"the engine is not running: {self._dead_reason or 'stopped'}"
+
+    def _die(self, reason: str) -> None:
+        with self._cond:
+            if self.alive:
+                self.alive = False
+                self._dead_reason = reason
+            pending = list(self._waiting)
+            self._waiting.clear()
+            self.stats.queue_depth = 0
+        err = EngineDeadError(self._dead_message())
+        for seq in pending + self._runner.seqs:
+            if not seq.done:
+                seq.done = True
+                seq.send(err)
+        self._runner.evict([])
+        self.stats.running = 0
+
+    def _work(self) -> None:
+        runner = self._runner
+        try:
+            with torch.inference_mode():
+                while True:
+                    admitted: list[_Seq] = []
+                    with self._cond:
+                        while not self._stopping and not self._waiting and not runner.seqs:
+                            self._cond.wait()
+                        if self._stopping:
+                            return
+                        free = self.config.max_batch_size - len(runner.seqs)
+                        while free > 0 and self._waiting:
+                            seq = self._waiting.popleft()
+                            if seq.cancelled:
+                                seq.done = True
+                                continue
+                            admitted.append(seq)
+                            free -= 1
+                        self.stats.queue_depth = len(self._waiting)
+                    for seq in admitted:
+                        self._admit(seq)
+                    self._drop_finished()
+                    if runner.seqs:
+                        self._step()
+                    self.stats.running = len(runner.seqs)
+        except Exception as exc:  # a bug or an unrecoverable device error: fail everything, loudly
+            log.exception("engine worker crashed")
+            self._die(f"worker crashed: {attention.describe_error(exc)}")
+
+    def _admit(self, seq: _Seq) -> None:
+        params = seq.prepared.params
+        gen_device = self._runner.device if self._runner.device.type == "cuda" else torch.device("cpu")
+        seq.generator = torch.Generator(device=gen_device)
+        if params.seed is not None:
+            seq.generator.manual_seed(params.seed)
+        else:
+            seq.generator.seed()
+        try:
+            self._runner.prefill(seq)
+        except Exception as exc:
+            self.stats.errors_total += 1
+            self._runner.evict([i for i, s in enumerate(self._runner.seqs) if s is not seq])
+            seq.done = True
+            if _fatal(exc):
+                seq.send(EngineDeadError(f"device error: {attention.describe_error(exc)}"))
+                raise
+            log.warning("prefill failed: %s", attention.describe_error(exc))
+            seq.send(
+                EngineError(f"generation failed: {attention.describe_error(exc)}", code="generation_failed")
+            )
+            return
+        self._after_token(seq, seq.last_token)
+
+    def _step(self) -> None:
+        runner = self._runner
+        try:
+            tokens = runner.decode()
+        except Exception as exc:
+            self.stats.errors_total += 1
+            seqs = list(runner.seqs)
+            runner.evict([])
+            if _fatal(exc):
+                raise
+            log.warning("decode step failed: %s", attention.describe_error(exc))
+            for s in seqs:
+                s.done = True
+                s.send(
+                    EngineError(
+                        f"generation failed: {attention.describe_error(exc)}", code="generation_failed"
+                    )
+                )
+            return
+        for s, t in zip(list(runner.seqs), tokens, strict=True):
+            self._after_token(s, t)
+        self._drop_finished()
+
+    def _drop_finished(self) -> None:
+        runner = self._runner
+        keep = [i for i, s in enumerate(runner.seqs) if not (s.done or s.cancelled)]
+        for s in runner.seqs:
+            if s.cancelled:
+                s.done = True
+        runner.evict(keep)
+
+    def _after_token(self, seq: _Seq, token: int) -> None:
+        """Record a sampled token, detokenize incrementally, check stop conditions, send the delta."""
+        params = seq.prepared.params
+        seq.token_ids.append(token)
+        self.stats.completion_tokens_total += 1
+        finish: str | None = None
+        if token in self._runner.eos_ids:
+            finish = "stop"
+        else:
+            self._detokenize(seq)
+            if params.stop:
+                finish = self._check_stop(seq)
+        if finish is None and len(seq.token_ids) >= params.max_tokens:
+            finish = "length"
+        if finish is not None:
+            if finish == "length" or token in self._runner.eos_ids:
+                self._flush(seq)
+            delta = seq.text[seq.emitted :]
+            seq.emitted = len(seq.text)
+        else:
+            hold = max((len(s) for s in params.stop), default=1) - 1
+            upto = max(seq.emitted, len(seq.text) - hold)
+            delta = seq.text[seq.emitted : upto]
+            seq.emitted = upto
+        seq.done = finish is not None
+        seq.send(
+            StepOutput(
+                text=delta,
+                token_ids=[token],
+                finished=seq.done,
+                finish_reason=finish,
+                prompt_tokens=seq.prepared.prompt_tokens,
+                completion_tokens=len(seq.token_ids),
+            )
+        )
+
+    def _detokenize(self, seq: _Seq) -> None:
+        tok = self._runner.tokenizer
+        ids = seq.token_ids
+        prefix = tok.decode(ids[seq.prefix_offset : seq.read_offset], skip_special_tokens=True)
+        full = tok.decode(ids[seq.prefix_offset :], skip_special_tokens=True)
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            seq.text += full[len(prefix) :]
+            seq.prefix_offset = seq.read_offset
+            seq.read_offset = len(ids)
+
+    def _flush(self, seq: _Seq) -> None:
+        """At the end, add text still held back waiting for more bytes of a character."""
+        ids = seq.token_ids[seq.read_offset :]
+        if ids and ids[-1] in self._runner.eos_ids:
+            ids = ids[:-1]
+        if not ids:
+            return
+        tok = self._runner.tokenizer
+        prefix = tok.decode(seq.token_ids[seq.prefix_offset : seq.read_offset], skip_special_tokens=True)
+        full = tok.decode(seq.token_ids[seq.prefix_offset : seq.read_offset] + ids, skip_special_tokens=True)
+        seq.text += full[len(prefix) :]
+        seq.read_offset = len(seq.token_ids)
+
+    @staticmethod
+    def _check_stop(seq: _Seq) -> str | None:
+        stops = seq.prepared.params.stop
+        longest = max(len(s) for s in stops)
+        start = max(0, seq.emitted - longest)
+        found = [i for i in (seq.text.find(s, start) for s in stops) if i >= 0]
+        if not found:
+            return None
+        seq.text = seq.text[: min(found)]
+        return "stop"
+
+
+def _fatal(exc: BaseException) -> bool:
+    """Errors after which the device cannot be trusted (CUDA errors are sticky)."""
+    accel = getattr(torch, "AcceleratorError", None)
+    if accel is not None and isinstance(exc, accel):
+        return True
+    text = str(exc)
+    return "CUDA error" in text or "device-side assert" in text
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def prepare_inputs(
+    processor: Any,
+    req: GenerationRequest,
+    images: list[Any],
+    *,
+    max_model_length: int,
+    lock: threading.Lock | None = None,
+) -> PreparedRequest:
+    """Chat template + processor for one validated request (all processor outputs are kept)."""
+    messages = [_normalize_message(m) for m in req.messages]
+    try:
+        with lock or contextlib.nullcontext():
+            text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+            if images:
+                kwargs["images"] = [_rgb(im) for im in images]
+            batch = processor(**kwargs)
+    except Exception as exc:
+        raise InvalidRequestError(
+            f"could not process the request: {attention.describe_error(exc)}", param="messages"
+        ) from exc
+    inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    prompt_tokens = int(inputs["input_ids"].shape[1])
+    max_tokens = req.params.max_tokens
+    if prompt_tokens + max_tokens > max_model_length:
+        raise PromptTooLongError(
+            f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}: {prompt_tokens + max_tokens} "
+            f"is more than this model's maximum length (MAX_MODEL_LENGTH={max_model_length})",
+            param="max_tokens" if prompt_tokens < max_model_length else "messages",
+        )
+    return PreparedRequest(
+        inputs=inputs, prompt_tokens=prompt_tokens, params=req.params, num_images=len(images)
+    )
+
+
+def _normalize_message(msg: dict[str, Any]) -> dict[str, Any]:
+    content = msg["content"]
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    return {"role": msg["role"], "content": content}
+
+
+def warmup_request(max_tokens: int = 2) -> GenerationRequest:
+    """The warm-up chat: one small image and a line of text."""
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 64), (127, 64, 200))
+    return GenerationRequest(
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": image}, {"type": "text", "text": "warm-up"}],
+            }
+        ],
+        params=SamplingParams(max_tokens=max_tokens, temperature=0.0),
+    )
+
+
+def warm_up(loaded: models.LoadedModel) -> None:
+    """A prefill with an image plus one batched decode step, on the calling thread; raises on failure."""
+    req = warmup_request()
+    prepared = prepare_inputs(loaded.processor, req, _validate(req, 8), max_model_length=1 << 30)
+    runner = _Runner(loaded.model, loaded.processor)
+    seq = _Seq(prepared=prepared, loop=None, queue=None, emit=lambda item: None)
+    with torch.inference_mode():
+        runner.prefill(seq)
+        runner.decode()
+    runner.evict([])
+    if loaded.model.device.type == "cuda":
+        torch.cuda.synchronize()
