@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import httpx
+
 from devcluster.cluster import Cluster, ClusterError
 from devcluster.settings import default_state_dir
 
@@ -46,10 +48,11 @@ def show(cluster: Cluster, *args: str) -> str:
     return text
 
 
-@step("The control plane")
+@step("The control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (Kubernetes v1.20.2)")
 def _control_plane(c: Cluster) -> None:
-    show(c, "version", "--output=yaml")
-    show(c, "get", "--raw=/readyz?verbose")
+    print(c.status_text() + "\n", flush=True)
+    show(c, "get", "--raw=/readyz")
+    show(c, "cluster-info")
 
 
 @step("Fake GPU nodes with GPU Feature Discovery labels")
@@ -69,6 +72,57 @@ def _nodes(c: Cluster) -> None:
         c, "get", "nodes", "-o",
         "custom-columns=NODE:.metadata.name,GPUS:.status.allocatable.nvidia\\.com/gpu,TAINTS:.spec.taints[*].key",
     )  # fmt: skip
+
+
+DEMO_IMAGE = "devcluster-demo/http-server"
+
+
+@step("The process kubelet: a pod asking for one H100 GPU is scheduled and runs as a local process")
+def _gpu_pod(c: Cluster) -> None:
+    # The image map turns this image into a local command; the pod's address is its own 127.x IP.
+    c.add_image(DEMO_IMAGE, [sys.executable, "-m", "http.server", "8000", "--bind", "$(HOST)"])
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "gpu-demo", "namespace": "default"},
+        "spec": {
+            "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": f"registry.example.com/{DEMO_IMAGE}:v1",
+                    "resources": {"limits": {"nvidia.com/gpu": 1}},
+                    "readinessProbe": {"httpGet": {"path": "/", "port": 8000}, "periodSeconds": 1},
+                }
+            ],
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {
+                                        "key": "nvidia.com/gpu.product",
+                                        "operator": "In",
+                                        "values": ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe"],
+                                    }
+                                ]
+                            }
+                        ]
+                    }
+                }
+            },
+        },
+    }
+    c.kubectl("delete", "pod", "gpu-demo", "--ignore-not-found", "--wait=true", check=False)
+    c.apply(pod)
+    show(c, "wait", "--for=condition=Ready", "pod/gpu-demo", "--timeout=60s")
+    show(c, "get", "pod", "gpu-demo", "-o", "wide")
+    ip = c.get("pod", "gpu-demo")["status"]["podIP"]
+    code = httpx.get(f"http://{ip}:8000/", trust_env=False, timeout=5).status_code
+    print(f"$ curl http://{ip}:8000/   -> HTTP {code} from the pod's own process\n", flush=True)
+    show(c, "delete", "pod", "gpu-demo")
 
 
 def _banner(title: str) -> None:
