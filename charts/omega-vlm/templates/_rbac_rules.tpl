@@ -1,60 +1,64 @@
 {{/*
 The operator's namespaced permissions: one list, rendered into a ClusterRole when the operator
-watches all namespaces, or into a Role in each watched namespace otherwise. Each rule names the
-code path that needs it (operator/src/omega_operator/...).
+watches all namespaces, or into a Role in each watched namespace otherwise. The comment on each
+rule names the code path (operator/src/omega_operator/...) that needs it.
 */}}
 {{- define "omega-vlm.operatorRules" -}}
-# kopf (handlers.py): list+watch OmegaVLMs, patch them for its progress/last-handled annotations
-# and finalizer; kube.py reads single objects with get.
+# handlers.py: kopf watches OmegaVLMs (on.create/update/resume, the refresh timer: list+watch) and
+# patches them to keep its progress and last-handled-configuration annotations (patch).
 - apiGroups: ["vlm.omega.io"]
   resources: ["omegavlms"]
-  verbs: ["get", "list", "watch", "patch"]
-# handlers.py / conditions.py: status (phase, conditions, attention, fallback) is written through
-# the status subresource.
+  verbs: ["list", "watch", "patch"]
+# kube.py Kube.patch_status (reconcile.py, observe.py): phase, conditions, attention and the
+# fallback record are merge-patched through the status subresource.
 - apiGroups: ["vlm.omega.io"]
   resources: ["omegavlms/status"]
-  verbs: ["get", "patch", "update"]
-# builders.py sets ownerReferences with blockOwnerDeletion on children; clusters that run the
+  verbs: ["patch"]
+# builders.py sets ownerReferences with blockOwnerDeletion on every child; clusters that run the
 # OwnerReferencesPermissionEnforcement admission plugin require update on the owner's finalizers.
 - apiGroups: ["vlm.omega.io"]
   resources: ["omegavlms/finalizers"]
   verbs: ["update"]
-# kube.py: server-side apply of the inference Deployment (create on first apply, patch after),
-# get/list/watch to observe rollout state and repair drift; the fallback (fallback.py) is one patch.
+# handlers.py deployments_idx: kopf index (list+watch) of the inference Deployments;
+# kube.py Kube.apply (reconcile.py): server-side apply, which creates on first apply (create) and
+# patches after; the flash->sdpa fallback is one such apply.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-# kube.py: server-side apply of the Service in front of the inference pods.
+  verbs: ["list", "watch", "create", "patch"]
+# handlers.py services_idx (list+watch); kube.py Kube.apply of the Service (create, patch).
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-# kube.py: PodDisruptionBudget for replicas > 1 (policy/v1, or policy/v1beta1 on clusters older
-# than 1.21, found by discovery); deleted again when replicas drop to 1.
+  verbs: ["list", "watch", "create", "patch"]
+# handlers.py pdbs_idx (list+watch); kube.py Kube.apply of the PodDisruptionBudget for
+# replicas > 1 (create, patch; policy/v1 or, before 1.21, policy/v1beta1: same group) and
+# Kube.delete when replicas drop to 1 (reconcile.py).
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# health.py / handlers.py: list the inference pods (phase, restarts, termination messages, podIP)
-# for the /health prober and the fallback decision; Schedulable reads pod conditions.
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# handlers.py pods_idx: kopf index (list+watch) of the inference pods: phase, restarts,
+# termination messages and podIP for the /health prober (health.py) and fallback.py.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- if eq .Values.operator.probe.mode "proxy" }}
-# health.py, proxy mode: GET /api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/health.
+# health.py ProxyConfig (OMEGA_OPERATOR_HEALTH_PROBE_MODE=proxy):
+# GET /api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/health.
 - apiGroups: [""]
   resources: ["pods/proxy"]
   verbs: ["get"]
 {{- end }}
-# kopf posts its handler events and handlers.py posts FlashAttentionFallback/InvalidSpec events
-# through core/v1; events.k8s.io/v1 is the same object under the newer API (both: create, patch to
-# aggregate repeats).
+# kube.py Kube.event (FlashAttentionFallback, InvalidSpec, Ready transitions) and kopf's own
+# warnings post core/v1 Events (create); patch lets a recorder bump the count of a repeated Event.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
+# The same Event objects under events.k8s.io/v1, the API newer recorders (kopf, client-go) post to.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- if and .Values.operator.peering.enabled (not (include "omega-vlm.clusterWide" .)) }}
-# kopf peering (settings.py peering option), namespaced: KopfPeering objects of kopf's CRDs.
+# __main__.py kopf.run(peering_name=...) with a namespace list: kopf's KopfPeering objects
+# (kopf.dev; zalando.org in older kopf) in each watched namespace.
 - apiGroups: ["kopf.dev", "zalando.org"]
   resources: ["kopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]
