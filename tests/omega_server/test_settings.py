@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from omega_server.settings import SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import socket
 import sys
 
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     server = uvicorn.Server(config)
     host, port = sock.getsockname()[:2]
     logging.getLogger("omega_server").info("listening on %s:%s, loading %s", host, port, settings.model_path)
+    # uvicorn re-raises the stop signal once it has shut down; with this handler in place the re-raised
+    # SIGTERM ends `main` normally, so a graceful stop exits 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: server.handle_exit(signum, frame) if server else None)
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
     if failure:

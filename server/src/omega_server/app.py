@@ -95,6 +95,7 @@ def _load_engine(settings: Settings) -> Any:
             max_queue=settings.max_queue,
             device=settings.device,
             served_model_name=settings.model_name,
+            max_images_per_request=settings.max_images_per_request,
         )
     )
 

@@ -7,6 +7,7 @@ Every 4xx/5xx the server sends (its own, the engine's typed errors, FastAPI's va
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -82,12 +83,13 @@ def from_engine_error(exc: EngineError) -> APIError:
     param = getattr(exc, "param", None)
     code = getattr(exc, "code", None)
     if isinstance(exc, QueueFullError):
+        retry_after = max(1, math.ceil(getattr(exc, "retry_after", RETRY_AFTER_SECONDS)))
         return APIError(
             429,
             message,
             param=param,
             code=code or "queue_full",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            headers={"Retry-After": str(retry_after)},
         )
     if isinstance(exc, EngineDeadError):
         return APIError(503, message, param=param, code=code or "engine_dead")

@@ -118,11 +118,11 @@ class Metrics:
         )
         r.register(_LiveGauges(stats, devices))
 
-    def record_engine_info(self, backend: str, requested: str, flash_failed: bool) -> None:
-        """Set the attention info gauge and count a flash-attn load failure, once per load."""
+    def record_engine_info(self, backend: str, requested: str, flash_failures: int) -> None:
+        """Set the attention info gauge and add the engine load's flash-attn failures."""
         self.attention_info.labels(backend=backend, requested=requested).set(1)
-        if flash_failed:
-            self.flash_attn_load_failures.inc()
+        if flash_failures > 0:
+            self.flash_attn_load_failures.inc(flash_failures)
 
     def render(self) -> bytes:
         """The exposition text."""

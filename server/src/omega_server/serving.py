@@ -11,7 +11,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -196,6 +196,11 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     raise ClientDisconnected()
 
 
+def finish_reason(out: StepOutput | None) -> Literal["stop", "length"]:
+    """OpenAI's finish_reason for the last output ("length" only when the token budget ran out)."""
+    return "length" if out is not None and out.finish_reason == "length" else "stop"
+
+
 async def aclose_quietly(iterator: Any) -> None:
     """Close an engine stream (which cancels its generation); streams without `aclose` are left alone."""
     close = getattr(iterator, "aclose", None)
@@ -294,7 +299,7 @@ class ChatService:
             choices=[
                 Choice(
                     message=AssistantMessage(content="".join(texts)),
-                    finish_reason=last.finish_reason or "stop",
+                    finish_reason=finish_reason(last),
                 )
             ],
             usage=Usage(
@@ -368,14 +373,14 @@ class ChatService:
                         yield chunk({"content": out.text})
                     if out.finished:
                         finished = True
-                        yield chunk({}, out.finish_reason or "stop")
+                        yield chunk({}, finish_reason(out))
             except EngineError as exc:
                 err = from_engine_error(exc)
                 yield _sse(error_body(err.status, err.message, err.param, err.code))
                 yield "data: [DONE]\n\n"
                 return
             if not finished:
-                yield chunk({}, last.finish_reason if last and last.finish_reason else "stop")
+                yield chunk({}, finish_reason(last))
             if include_usage and last is not None:
                 usage = Usage(
                     prompt_tokens=last.prompt_tokens,

@@ -72,10 +72,11 @@ class ServerState:
             info = engine.info
             requested = str(info_get(info, "attn_requested", self.settings.attn_impl))
             flash = flash_report(info) or {}
+            failures = info_get(info, "flash_load_failures")
+            if failures is None:  # engines that do not count: infer from the report
+                failures = int(requested in FLASH and not flash.get("loaded") and bool(flash.get("error")))
             self.metrics.record_engine_info(
-                backend=str(info_get(info, "attn")),
-                requested=requested,
-                flash_failed=requested in FLASH and not flash.get("loaded") and bool(flash.get("error")),
+                backend=str(info_get(info, "attn")), requested=requested, flash_failures=int(failures)
             )
             self._chat = ChatService(self.settings, engine, self.metrics)
             self._phase = "ready"
