@@ -206,3 +206,49 @@ def test_failing_liveness_probe_restarts_the_container(devcluster: Cluster, ns: 
     }
     assert {"Unhealthy", "Killing"} <= reasons
     devcluster.kubectl("delete", "pod", "unlive", "-n", ns, "--wait=false")
+
+
+def test_deployment_pods_count_ready_and_roll(devcluster: Cluster, ns: str) -> None:
+    """The operator's path: Deployment -> ReplicaSet -> pods run by the kubelet -> readyReplicas."""
+
+    def deployment(image_tag: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "srv", "namespace": ns},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "srv"}},
+                "template": {
+                    "metadata": {"labels": {"app": "srv"}},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 2,
+                        "containers": [
+                            {
+                                "name": "srv",
+                                "image": f"{HTTP_IMAGE}:{image_tag}",
+                                "env": [{"name": "PORT", "value": "8000"}],
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/", "port": 8000},
+                                    "periodSeconds": 1,
+                                },
+                            }
+                        ],
+                    },
+                },
+            },
+        }
+
+    devcluster.apply(deployment("v1"))
+    devcluster.kubectl("rollout", "status", "deployment/srv", "-n", ns, "--timeout=60s")
+    dep = devcluster.get("deployment", "srv", "-n", ns)
+    assert dep["status"]["readyReplicas"] == 2
+    pods = devcluster.get("pods", "-n", ns, "-l", "app=srv")["items"]
+    ips = {p["status"]["podIP"] for p in pods}
+    assert len(ips) == 2
+    # A new image rolls the pods; the old processes are stopped.
+    old_pids = [pid for key, pid in devcluster.pids().items() if key.startswith(f"pod:{ns}/srv-")]
+    devcluster.apply(deployment("v2"))
+    devcluster.kubectl("rollout", "status", "deployment/srv", "-n", ns, "--timeout=60s")
+    devcluster.wait_for(lambda: not any(alive(p) for p in old_pids), timeout=20, what="old pods stopped")
+    devcluster.kubectl("delete", "deployment", "srv", "-n", ns, "--wait=false")
