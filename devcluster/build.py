@@ -19,7 +19,14 @@ from pathlib import Path
 from devcluster import aptsource
 from devcluster.settings import BINARIES, KUBE_RELEASE, KubeRelease, bin_dir, release_dir
 
-APT_PACKAGES = ("etcd-server", "golang-github-modern-go-reflect2-dev", "make", "gcc", "rsync")
+BUILD_PACKAGES = ("golang-github-modern-go-reflect2-dev", "make", "gcc", "rsync")
+
+
+def runtime_packages() -> tuple[str, ...]:
+    """What a running cluster needs: etcd, and Debian's kubectl when the machine has none."""
+    return ("etcd-server",) if shutil.which("kubectl") else ("etcd-server", "kubernetes-client")
+
+
 REFLECT2_SRC = Path("/usr/share/gocode/src/github.com/modern-go/reflect2")
 STAMP = "BUILT"
 
@@ -54,11 +61,11 @@ def _privileged(cmd: list[str]) -> list[str]:
     raise RuntimeError(f"need root (or sudo) to run: {' '.join(cmd)}")
 
 
-def install_packages(release: KubeRelease) -> None:
-    """apt-get install what the build and the cluster need, when missing (Go, etcd, reflect2)."""
-    missing = _missing_packages((release.go_package, *APT_PACKAGES))
+def install_packages(packages: tuple[str, ...]) -> None:
+    """apt-get install those of ``packages`` that are missing."""
+    missing = _missing_packages(packages)
     if not missing:
-        say("Debian packages present: " + ", ".join((release.go_package, *APT_PACKAGES)))
+        say("Debian packages present: " + ", ".join(packages))
         return
     say(f"installing Debian packages: {' '.join(missing)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -202,10 +209,10 @@ def build(release: KubeRelease = KUBE_RELEASE, keep_tree: bool = False) -> Path:
     out = bin_dir(release)
     if is_built(release):
         say(f"kubernetes v{release.version} already built: {out}")
-        install_packages(release)  # etcd is needed at run time; cheap when present
+        install_packages(runtime_packages())  # cheap when present
         return out
     t0 = time.monotonic()
-    install_packages(release)
+    install_packages((release.go_package, *BUILD_PACKAGES, *runtime_packages()))
     rdir = release_dir(release)
     work = rdir / "work"
     work.mkdir(parents=True, exist_ok=True)
