@@ -126,8 +126,6 @@ def resolve(
     error: str | None = None
     try:
         loaded_flash = loader(path, attn_implementation=FLASH, dtype=dtype, device=device)
-        if _backend(loaded_flash) != FLASH:
-            raise RuntimeError(f"model loaded with {_backend(loaded_flash)} instead of {FLASH}")
         warmup(loaded_flash)
     except (ImportError, ValueError, RuntimeError, OSError, AttributeError, TypeError) as exc:
         # RuntimeError covers torch CUDA / kernel errors (torch.AcceleratorError subclasses it).
@@ -137,6 +135,8 @@ def resolve(
             if import_error is not None and import_error not in error:
                 error = f"{error} ({import_error})"
         log.warning("flash_attention_2 failed, falling back to %s: %s", FALLBACK, error)
+    if error is None and loaded_flash is not None and _backend(loaded_flash) != FLASH:
+        error = f"RuntimeError: the model loaded with {_backend(loaded_flash)}, not {FLASH}"
     if error is None and loaded_flash is not None:
         return AttentionChoice(
             loaded=loaded_flash,

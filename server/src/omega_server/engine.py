@@ -23,7 +23,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -533,7 +533,7 @@ class Engine:
             lock=self._prep_lock,
         )
 
-    async def stream(self, prepared: PreparedRequest) -> AsyncIterator[StepOutput]:
+    async def stream(self, prepared: PreparedRequest) -> AsyncGenerator[StepOutput, None]:
         """Queue the request and yield its deltas; the last has ``finished=True``.
 
         Raises QueueFullError (at the first iteration) when the queue is full, EngineDeadError when the

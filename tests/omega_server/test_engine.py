@@ -1,0 +1,332 @@
+"""The engine on tiny checkpoints: continuous batching equals generate(), sampling, stops, limits, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from omega_server.engine import (
+    Engine,
+    EngineConfig,
+    EngineDeadError,
+    GenerationRequest,
+    InvalidRequestError,
+    PreparedRequest,
+    PromptTooLongError,
+    QueueFullError,
+    SamplingParams,
+    StepOutput,
+)
+from PIL import Image
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def chat(i: int, *, max_tokens: int = 10, image: bool = True, **params: Any) -> GenerationRequest:
+    """A chat whose prompt length and image size vary with i (so batched rows need padding)."""
+    content: list[dict[str, Any]] = []
+    if image:
+        content.append(
+            {"type": "image", "image": Image.new("RGB", (36 + 9 * i, 28 + 6 * i), (20 * i, 90, 200))}
+        )
+    content.append({"type": "text", "text": "describe " + "this " * (i + 1)})
+    return GenerationRequest(
+        messages=[{"role": "user", "content": content}],
+        params=SamplingParams(max_tokens=max_tokens, temperature=params.pop("temperature", 0.0), **params),
+    )
+
+
+def reference(engine: Engine, req: GenerationRequest) -> list[int]:
+    """Greedy tokens of plain transformers generate() for one request, unbatched."""
+    prepared = engine.prepare(req)
+    model = engine._loaded.model
+    with torch.no_grad():
+        out = model.generate(**prepared.inputs, max_new_tokens=req.params.max_tokens, do_sample=False)
+    return list(out[0, prepared.prompt_tokens :].tolist())
+
+
+async def collect(engine: Engine, prepared: PreparedRequest) -> list[StepOutput]:
+    return [out async for out in engine.stream(prepared)]
+
+
+def run_concurrently(engine: Engine, reqs: list[GenerationRequest]) -> list[list[StepOutput]]:
+    async def main() -> list[list[StepOutput]]:
+        return list(await asyncio.gather(*(collect(engine, engine.prepare(r)) for r in reqs)))
+
+    return asyncio.run(main())
+
+
+def tokens(outs: list[StepOutput]) -> list[int]:
+    return [t for o in outs for t in o.token_ids]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint: Callable[[str], Path]) -> Iterator[Engine]:
+    eng = Engine.load(
+        EngineConfig(
+            model_path=str(tiny_checkpoint("qwen2_5_vl")), attn_impl="sdpa", max_batch_size=4, max_queue=8
+        )
+    )
+    yield eng
+    eng.shutdown()
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen3_vl_moe", "llava", "idefics3"])
+def test_batched_greedy_equals_generate(arch: str, tiny_checkpoint: Callable[[str], Path]) -> None:
+    eng = Engine.load(EngineConfig(model_path=str(tiny_checkpoint(arch)), attn_impl="sdpa", max_batch_size=3))
+    try:
+        # 5 requests, batch 3: requests join and leave the running batch between decode steps.
+        reqs = [chat(i, max_tokens=6 + 2 * i, image=i != 2) for i in range(5)]
+        results = run_concurrently(eng, reqs)
+        for req, outs in zip(reqs, results, strict=True):
+            assert tokens(outs) == reference(eng, req)
+            last = outs[-1]
+            assert last.finished
+            # random weights may pick EOS early: then generate() stopped there too
+            expected = "length" if last.completion_tokens == req.params.max_tokens else "stop"
+            assert last.finish_reason == expected
+            assert all(not o.finished for o in outs[:-1])
+        assert eng.stats.max_batch_seen == 3
+        assert eng.stats.requests_batched_total >= 2
+        assert eng.stats.decode_passes < sum(r.params.max_tokens for r in reqs)  # passes were shared
+    finally:
+        eng.shutdown()
+
+
+def test_single_request_equals_generate_and_reports_usage(engine: Engine) -> None:
+    req = chat(1, max_tokens=12)
+    outs = run_concurrently(engine, [req])[0]
+    assert tokens(outs) == reference(engine, req)
+    last = outs[-1]
+    assert last.completion_tokens == 12 == len(outs)
+    assert last.prompt_tokens == engine.prepare(req).prompt_tokens
+    assert last.finish_reason == "length"
+
+
+def test_info_reports_real_backend_and_devices(engine: Engine) -> None:
+    info = engine.info
+    assert info.attn == engine._loaded.model.config._attn_implementation == "sdpa"
+    assert info.attn_requested == "sdpa"
+    assert info.flash_attn["loaded"] is False
+    assert info.dtype == "torch.float32"
+    assert info.devices == ["cpu"] and info.device_names == ["cpu"]
+    assert info.model_type == "qwen2_5_vl"
+    assert (info.max_batch_size, info.max_model_length) == (4, 8192)
+    assert info.load_seconds > 0
+
+
+def test_batch_observer_sees_every_forward_pass(engine: Engine) -> None:
+    seen: list[int] = []
+    engine.batch_observer = seen.append
+    before = engine.stats.forward_passes
+    try:
+        run_concurrently(engine, [chat(i, max_tokens=5) for i in range(4)])
+    finally:
+        engine.batch_observer = None
+    assert len(seen) == engine.stats.forward_passes - before
+    assert max(seen) >= 2 and all(1 <= n <= 4 for n in seen)
+
+
+def test_stop_string_cuts_text_and_finishes(engine: Engine) -> None:
+    full = run_concurrently(engine, [chat(3, max_tokens=16)])[0]
+    text = "".join(o.text for o in full)
+    # a stop string taken from the middle of what greedy decoding produces
+    stop = next(text[i : i + 2] for i in range(3, len(text) - 2) if text.find(text[i : i + 2]) == i)
+    cut = text.index(stop)
+    outs = run_concurrently(engine, [chat(3, max_tokens=16, stop=(stop,))])[0]
+    assert "".join(o.text for o in outs) == text[:cut]
+    assert outs[-1].finish_reason == "stop"
+    assert outs[-1].completion_tokens < 16
+
+
+def test_eos_finishes_with_stop(engine: Engine) -> None:
+    req = chat(0, max_tokens=10)
+    greedy = tokens(run_concurrently(engine, [req])[0])
+    runner = engine._runner
+    saved = runner.eos_ids
+    runner.eos_ids = {greedy[3]} if greedy[3] not in greedy[:3] else {greedy[0]}
+    try:
+        outs = run_concurrently(engine, [req])[0]
+    finally:
+        runner.eos_ids = saved
+    assert outs[-1].finish_reason == "stop"
+    assert tokens(outs) == greedy[: len(outs)] and len(outs) <= 4
+
+
+def test_seeded_sampling_is_reproducible(engine: Engine) -> None:
+    reqs = [chat(1, max_tokens=12, temperature=1.5, top_p=0.9, seed=s) for s in (7, 7, 8)]
+    a, b, c = (tokens(o) for o in run_concurrently(engine, reqs))
+    assert a == b
+    assert a != c
+
+
+def test_prompt_too_long_names_both_numbers(tiny_checkpoint: Callable[[str], Path], engine: Engine) -> None:
+    prompt = engine.prepare(chat(0, max_tokens=1)).prompt_tokens
+    engine.config.max_model_length, saved = prompt + 5, engine.config.max_model_length
+    try:
+        engine.prepare(chat(0, max_tokens=5))  # exactly fits
+        with pytest.raises(PromptTooLongError) as err:
+            engine.prepare(chat(0, max_tokens=6))
+    finally:
+        engine.config.max_model_length = saved
+    msg = err.value.message
+    assert f"{prompt} tokens" in msg and "max_tokens is 6" in msg and f"MAX_MODEL_LENGTH={prompt + 5}" in msg
+    assert err.value.code == "context_length_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("messages", "params", "param"),
+    [
+        ([], {}, "messages"),
+        ([{"role": "robot", "content": "hi"}], {}, "messages.0.role"),
+        ([{"role": "user", "content": [{"type": "audio", "audio": b""}]}], {}, "messages.0.content.0.type"),
+        (
+            [{"role": "user", "content": [{"type": "image", "image": "not an image"}]}],
+            {},
+            "messages.0.content.0.type",
+        ),
+        ([{"role": "user", "content": ""}], {}, "messages"),
+        ([{"role": "user", "content": "hi"}], {"max_tokens": 0}, "max_tokens"),
+        ([{"role": "user", "content": "hi"}], {"max_tokens": 4, "temperature": -1.0}, "temperature"),
+        ([{"role": "user", "content": "hi"}], {"max_tokens": 4, "top_p": 0.0}, "top_p"),
+        ([{"role": "user", "content": "hi"}], {"max_tokens": 4, "stop": ("",)}, "stop"),
+    ],
+)
+def test_bad_requests_are_typed_and_harmless(
+    engine: Engine, messages: list[dict[str, Any]], params: dict[str, Any], param: str
+) -> None:
+    sampling = SamplingParams(**{"max_tokens": 4, **params})
+    with pytest.raises(InvalidRequestError) as err:
+        engine.prepare(GenerationRequest(messages=messages, params=sampling))
+    assert err.value.param == param
+    assert engine.alive
+    assert len(run_concurrently(engine, [chat(0, max_tokens=2)])[0]) == 2
+
+
+def test_too_many_images(engine: Engine) -> None:
+    image = Image.new("RGB", (32, 32))
+    content = [{"type": "image", "image": image}] * (engine.config.max_images_per_request + 1)
+    with pytest.raises(InvalidRequestError, match="too many images"):
+        engine.prepare(
+            GenerationRequest([{"role": "user", "content": content}], SamplingParams(max_tokens=2))
+        )
+
+
+def test_text_only_and_multi_turn_chats(engine: Engine) -> None:
+    req = GenerationRequest(
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hello"}]},
+            {"role": "assistant", "content": "hi"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": Image.new("L", (50, 40))},
+                    {"type": "text", "text": "?"},
+                ],
+            },
+        ],
+        params=SamplingParams(max_tokens=6, temperature=0.0),
+    )
+    text_only = chat(2, max_tokens=6, image=False)
+    a, b = run_concurrently(engine, [req, text_only])
+    assert tokens(a) == reference(engine, req)
+    assert tokens(b) == reference(engine, text_only)
+
+
+def test_cancelling_the_stream_cancels_generation(engine: Engine) -> None:
+    async def main() -> int:
+        agen = engine.stream(engine.prepare(chat(0, max_tokens=400)))
+        got = 0
+        async for _ in agen:
+            got += 1
+            if got == 3:
+                break
+        await agen.aclose()  # what a client disconnect does
+        for _ in range(200):
+            if engine.stats.running == 0:
+                break
+            await asyncio.sleep(0.01)
+        return got
+
+    before = engine.stats.completion_tokens_total
+    assert asyncio.run(main()) == 3
+    assert engine.stats.running == 0
+    assert engine.stats.completion_tokens_total - before < 400
+    assert len(run_concurrently(engine, [chat(0, max_tokens=2)])[0]) == 2
+
+
+def test_queue_full_raises_and_engine_recovers(tiny_checkpoint: Callable[[str], Path]) -> None:
+    eng = Engine.load(
+        EngineConfig(
+            model_path=str(tiny_checkpoint("llava")), attn_impl="sdpa", max_batch_size=1, max_queue=1
+        )
+    )
+
+    async def main() -> tuple[list[StepOutput], list[StepOutput], BaseException | None]:
+        long_run = eng.stream(eng.prepare(chat(0, max_tokens=300)))
+        first = await anext(long_run)  # running now: the batch (size 1) is full
+        waiting = asyncio.ensure_future(collect(eng, eng.prepare(chat(1, max_tokens=3))))
+        for _ in range(100):
+            if eng.stats.queue_depth == 1:
+                break
+            await asyncio.sleep(0.005)
+        rejected: BaseException | None = None
+        try:
+            await collect(eng, eng.prepare(chat(2, max_tokens=3)))
+        except QueueFullError as exc:
+            rejected = exc
+        rest = [first] + [o async for o in long_run]
+        return rest, await waiting, rejected
+
+    try:
+        long_outs, waited, rejected = asyncio.run(main())
+        assert isinstance(rejected, QueueFullError)
+        assert rejected.code == "queue_full" and "MAX_QUEUE=1" in rejected.message
+        assert long_outs[-1].completion_tokens == 300
+        assert len(waited) == 3
+    finally:
+        eng.shutdown()
+
+
+def test_shutdown_fails_streams_with_engine_dead(tiny_checkpoint: Callable[[str], Path]) -> None:
+    eng = Engine.load(EngineConfig(model_path=str(tiny_checkpoint("llava")), attn_impl="sdpa"))
+    eng.shutdown()
+    assert not eng.alive
+
+    async def main() -> None:
+        await collect(eng, eng.prepare(chat(0)))
+
+    with pytest.raises(EngineDeadError):
+        asyncio.run(main())
+
+
+def test_prepare_is_thread_safe(engine: Engine) -> None:
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(5):
+                results.append(engine.prepare(chat(i % 3)).prompt_tokens)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 30
+
+
+def test_generate_sync_for_plain_threads(engine: Engine) -> None:
+    req = chat(1, max_tokens=5)
+    outs = engine.generate_sync(engine.prepare(req), timeout=60)
+    assert tokens(outs) == reference(engine, req)
