@@ -1,0 +1,247 @@
+"""Helpers for the fallback end-to-end tests: the operator as a real process, the CRD, tiny
+checkpoints, OmegaVLM manifests and polling of what kubectl shows.
+
+Everything is real: the devcluster API server, the operator process (``python -m omega_operator``),
+the inference-server processes the process kubelet starts for the pods.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from devcluster import Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = (
+    str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
+)
+REPOSITORY = "registry.example.com/omega-vlm-server"
+TAG = "v0.1.0"
+FLASH_IMAGE = f"{REPOSITORY}:{TAG}-flash"
+SDPA_IMAGE = f"{REPOSITORY}:{TAG}-sdpa"
+PROBE_INTERVAL = 2.0  # seconds, for the tests (the default is 10)
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
+    """Poll until ``predicate()`` is truthy and return it (TimeoutError naming ``what`` otherwise)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (subprocess.CalledProcessError, KeyError, ValueError) as exc:
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"{what}: not after {timeout:.0f}s" + (f" (last error: {last})" if last else ""))
+
+
+def install_crd(cluster: Cluster) -> None:
+    """Apply the CRD rendered from the pydantic models (the single source) and wait until Established."""
+    from omega_operator import crdgen
+
+    # 1.20 does not know x-kubernetes-validations (CEL): client-side validation would refuse it.
+    cluster.kubectl("apply", "--validate=false", "-f", "-", input=crdgen.render())
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/omegavlms.vlm.omega.io")
+
+
+def make_namespace(cluster: Cluster, prefix: str) -> str:
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", ns)
+    return ns
+
+
+def tiny_checkpoint(out: Path, arch: str = "qwen2_5_vl") -> Path:
+    """A tiny random checkpoint written by the server's own tool (``python -m omega_server.tiny``)."""
+    if not (out / "config.json").exists():
+        subprocess.run(
+            [PYTHON, "-m", "omega_server.tiny", "--arch", arch, "--out", str(out)],
+            check=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            timeout=300,
+        )
+    return out
+
+
+def omegavlm(
+    name: str,
+    namespace: str,
+    model_dir: Path,
+    *,
+    attention: str = "auto",
+    replicas: int = 1,
+    image: dict[str, Any] | None = None,
+    fallback: dict[str, Any] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """An OmegaVLM manifest serving a tiny checkpoint from ``file://``."""
+    spec: dict[str, Any] = {
+        "model": {"name": "tiny", "uri": f"file://{model_dir}"},
+        "replicas": replicas,
+        "image": image or {"repository": REPOSITORY, "tag": TAG},
+        "attention": attention,
+        "runtime": {
+            "maxBatchSize": 2,
+            "maxModelLength": 512,
+            "dtype": "float32",
+            "startupTimeoutSeconds": 600,
+        },
+        # The process kubelet maps resources to nothing, but keep them small and explicit.
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+    }
+    if fallback is not None:
+        spec["fallback"] = fallback
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "vlm.omega.io/v1alpha1", "kind": "OmegaVLM", "metadata": meta, "spec": spec}
+
+
+class OperatorProcess:
+    """``python -m omega_operator`` against the devcluster, watching one namespace."""
+
+    def __init__(
+        self, cluster: Cluster, namespace: str, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.log_path = log_path
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("OMEGA_OPERATOR_")}
+        env = {
+            **inherited,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "OMEGA_OPERATOR_NAMESPACES": self.namespace,
+            "OMEGA_OPERATOR_PROBE_INTERVAL": str(PROBE_INTERVAL),
+            "OMEGA_OPERATOR_METRICS_PORT": "0",
+            "OMEGA_OPERATOR_LIVENESS_PORT": "0",
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            **self.extra_env,
+        }
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "omega_operator"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=str(REPO),
+            )
+        return self
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a few seconds (only this process, by its pid)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def get_json(cluster: Cluster, *args: str) -> dict[str, Any]:
+    return dict(json.loads(cluster.kubectl("get", *args, "-o", "json").stdout))
+
+
+def ovlm(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return get_json(cluster, "omegavlm", name, "-n", namespace)
+
+
+def deployment(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
+    proc = cluster.kubectl("get", "deployment", name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def server_container(dep: dict[str, Any]) -> dict[str, Any]:
+    containers = dep["spec"]["template"]["spec"]["containers"]
+    return next((c for c in containers if c.get("name") == "server"), containers[0])
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env") or []}
+
+
+def pods(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    return list(get_json(cluster, "pods", "-n", namespace).get("items") or [])
+
+
+def events(cluster: Cluster, namespace: str, reason: str | None = None) -> list[dict[str, Any]]:
+    items = list(get_json(cluster, "events", "-n", namespace).get("items") or [])
+    return [e for e in items if reason is None or e.get("reason") == reason]
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return dict(c)
+    return None
+
+
+def replica_set_images(cluster: Cluster, namespace: str) -> set[str]:
+    """Images of every ReplicaSet the Deployment ever had (revision history)."""
+    out = set()
+    for rs in get_json(cluster, "replicasets", "-n", namespace).get("items") or []:
+        for c in rs["spec"]["template"]["spec"]["containers"]:
+            out.add(c["image"])
+    return out
+
+
+def all_ready_on(cluster: Cluster, namespace: str, image: str, replicas: int) -> bool:
+    """Exactly ``replicas`` live pods, all on ``image`` and Ready."""
+    live = [p for p in pods(cluster, namespace) if not p["metadata"].get("deletionTimestamp")]
+    if len(live) != replicas:
+        return False
+    for p in live:
+        if p["spec"]["containers"][0]["image"] != image:
+            return False
+        conds = {c["type"]: c["status"] for c in p["status"].get("conditions") or []}
+        if conds.get("Ready") != "True":
+            return False
+    return True
+
+
+def dump(cluster: Cluster, namespace: str, op: OperatorProcess | None = None) -> str:
+    """What to print when a test fails: the object, pods, events and the operator's log tail."""
+    parts = []
+    for args in (
+        ("get", "ovlm,deploy,rs,pods", "-n", namespace, "-o", "wide"),
+        ("get", "events", "-n", namespace),
+    ):
+        parts.append(cluster.kubectl(*args, check=False).stdout)
+    proc = cluster.kubectl("get", "ovlm", "-n", namespace, "-o", "yaml", check=False)
+    parts.append(proc.stdout)
+    if op is not None:
+        parts.append("--- operator log (tail)\n" + "\n".join(op.log().splitlines()[-60:]))
+    return "\n".join(parts)
+
+
+def to_yaml(obj: dict[str, Any]) -> str:
+    return yaml.safe_dump(obj)
