@@ -135,6 +135,7 @@ def apiserver_argv(bin_dir: Path, layout: Layout, ports: Ports) -> list[str]:
         "--endpoint-reconciler-type=none",
         "--disable-admission-plugins=ServiceAccount",
         "--allow-privileged=true",
+        "--kubelet-preferred-address-types=InternalIP",
         "--profiling=false",
         "--v=1",
     ]

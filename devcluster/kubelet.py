@@ -166,10 +166,9 @@ class PodWorker(threading.Thread):
             ContainerRuntime(spec=c, log_path=self.dir / f"{c['name']}.log")
             for c in pod["spec"].get("containers", [])
         ]
-        for c in self.containers:
-            c.log_path.write_bytes(b"")
-            with contextlib.suppress(FileNotFoundError):
-                (self.dir / f"{c.name}.previous.log").unlink()
+        for c in self.containers:  # a new pod of the same name starts without the old one's logs
+            for stale in (c.log_path, self.dir / f"{c.name}.previous.log"):
+                stale.unlink(missing_ok=True)
         self._wake = threading.Event()
         self._gone = False
         self._stop_all = False

@@ -117,7 +117,9 @@ def node_object(spec: NodeSpec) -> dict[str, Any]:
     }
 
 
-def node_status(spec: NodeSpec, host_ip: str, heartbeat: str, since: str) -> dict[str, Any]:
+def node_status(
+    spec: NodeSpec, host_ip: str, heartbeat: str, since: str, kubelet_port: int = 10250
+) -> dict[str, Any]:
     """A Ready node's status: capacity (with nvidia.com/gpu), conditions, addresses, node info."""
     capacity = {"cpu": spec.cpu, "memory": spec.memory, "pods": "110", "ephemeral-storage": "1Ti"}
     if spec.gpu is not None and spec.gpu_count > 0:
@@ -142,7 +144,7 @@ def node_status(spec: NodeSpec, host_ip: str, heartbeat: str, since: str) -> dic
             cond("Ready", "True", "KubeletReady", "devcluster process kubelet is posting ready status"),
         ],
         "addresses": [{"type": "InternalIP", "address": host_ip}, {"type": "Hostname", "address": spec.name}],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "nodeInfo": {
             "machineID": spec.name,
             "systemUUID": spec.name,

@@ -28,6 +28,7 @@ from devcluster import controlplane as cp
 from devcluster import pki
 from devcluster.apiclient import Api
 from devcluster.kubelet import Ipam, Kubelet, KubeletConfig
+from devcluster.kubeletapi import KubeletServer
 from devcluster.nodeagent import NodeAgent
 from devcluster.nodes import NodeSpec
 from devcluster.procs import PidRegistry, spawn, stop_pid
@@ -73,6 +74,8 @@ class Supervisor:
         self.procs: dict[str, subprocess.Popen] = {}
         self.state: dict[str, Any] = {"phase": "starting", "supervisor_pid": os.getpid()}
         self.kubelet: Kubelet | None = None
+        self.kubelet_api: KubeletServer | None = None
+        self.registry.add("supervisor", os.getpid())
         self.threads: list[threading.Thread] = []
 
     def _set(self, **kv: Any) -> None:
@@ -131,6 +134,11 @@ class Supervisor:
         kcm = self._spawn("kube-controller-manager", cp.controller_manager_argv(binaries, layout, ports))
         sched = self._spawn("kube-scheduler", cp.scheduler_argv(binaries, layout, ports))
 
+        # kubectl logs: the apiserver asks <node IP>:10250 (TLS not verified without --kubelet-certificate-authority).
+        self.kubelet_api = KubeletServer(
+            layout.pods, node_ips, layout.pki / "apiserver.crt", layout.pki / "apiserver.key"
+        )
+        self.kubelet_api.start()
         agent = NodeAgent(api, nodes, node_ips)
         agent.register()
         kcfg = KubeletConfig(**self.config.get("kubelet", {}))
@@ -184,6 +192,8 @@ class Supervisor:
         self.stop.set()
         if self.kubelet is not None:
             self.kubelet.shutdown()
+        if self.kubelet_api is not None:
+            self.kubelet_api.stop()
         for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             proc = self.procs.get(name)
             if proc is not None:

@@ -100,6 +100,8 @@ def test_http_server_pod_runs_to_ready_on_its_own_pod_ip(devcluster: Cluster, ns
     assert cs["ready"] and cs["started"] and cs["restartCount"] == 0 and "running" in cs["state"]
     assert httpx.get(f"http://{ip}:8000/", trust_env=False).status_code == 200
     assert f"env {ip} hello s3cret {ip} cpu-0" in devcluster.pod_log(ns, "web")
+    # kubectl logs goes apiserver -> the node's kubelet endpoint -> the process's output.
+    assert f"env {ip} hello" in devcluster.kubectl("logs", "web", "-n", ns).stdout
     # Deleting the pod stops its process gracefully and the pod object goes away.
     pid = _container_pid(devcluster, ns, "web")
     devcluster.kubectl("delete", "pod", "web", "-n", ns, "--timeout=30s")
@@ -135,6 +137,7 @@ def test_crashing_container_restarts_with_termination_message(devcluster: Cluste
     term = cs["lastState"]["terminated"]
     assert term["exitCode"] == 3 and term["reason"] == "Error"
     assert "fatal: MODEL_PATH /nope does not exist" in term["message"]
+    assert "fatal: MODEL_PATH" in devcluster.kubectl("logs", "crasher", "-n", ns, "--previous").stdout
     waiting = devcluster.wait_for(
         lambda: _status(devcluster, ns, "crasher")["containerStatuses"][0]["state"].get("waiting"),
         what="waiting",
@@ -165,6 +168,7 @@ def test_unknown_image_reports_image_pull_errors(devcluster: Cluster, ns: str) -
     devcluster.wait_for(pull_backoff, timeout=20, interval=0.1, what="ImagePullBackOff")
     assert _status(devcluster, ns, "nopull")["phase"] == "Pending"
     assert not [k for k in devcluster.pids() if k.startswith(f"pod:{ns}/nopull/")]
+    assert "waiting to start" in devcluster.kubectl("logs", "nopull", "-n", ns, check=False).stderr
     devcluster.kubectl("delete", "pod", "nopull", "-n", ns, "--wait=false")
 
 
