@@ -41,6 +41,11 @@ class _State:
     kube: Kube | None = None
     prober: HealthProber | None = None
     locks: dict[str, asyncio.Lock] = {}
+    # uid -> the object as our last status patch returned it: a handler that starts with an
+    # older body (the watch event of our own write not yet in) uses this status instead.
+    written: dict[str, dict[str, Any]] = {}
+    # (uid, kind) -> a child as our last apply returned it (newer than the cache until its event).
+    applied: dict[tuple[str, str], dict[str, Any]] = {}
 
 
 STATE = _State()
@@ -160,26 +165,33 @@ async def _reconcile(body: kopf.Body, **kwargs: Any) -> None:
         return  # garbage collection removes the children
     key = (meta["namespace"], meta["name"])
     uid = meta["uid"]
-    pods = [
-        dict(p)
-        for p in kwargs["pods_idx"].get(key, [])
-        if uid in {o.get("uid") for o in (p.get("metadata") or {}).get("ownerReferences") or []}
-        or _pod_of(p, kwargs["deployments_idx"], key, uid)
-    ]
+    # Pods belong to ReplicaSets, not to us: the instance label (server-side filtered) finds them.
+    pods = [dict(p) for p in kwargs["pods_idx"].get(key, [])]
     observed = Observed(
-        deployment=_first(kwargs["deployments_idx"], key, uid),
-        service=_first(kwargs["services_idx"], key, uid),
-        pdb=_first(kwargs["pdbs_idx"], key, uid),
+        deployment=_newest(
+            _first(kwargs["deployments_idx"], key, uid), STATE.applied.get((uid, "Deployment"))
+        ),
+        service=_newest(_first(kwargs["services_idx"], key, uid), STATE.applied.get((uid, "Service"))),
+        pdb=_newest(_first(kwargs["pdbs_idx"], key, uid), STATE.applied.get((uid, "PodDisruptionBudget"))),
         pods=pods,
     )
     assert STATE.kube is not None, "startup handler did not run"
     async with _lock(uid):
+        mine = STATE.written.get(uid)
+        if mine is not None and _rv(mine) > _rv(raw):
+            raw["status"] = copy.deepcopy(mine.get("status") or {})
         try:
             res = await reconcile(STATE.kube, raw, observed, STATE.prober)
         except ApiError as exc:
             if exc.transient or exc.status == 404:
                 raise kopf.TemporaryError(f"API error, will retry: {exc}", delay=5) from exc
             raise
+    if res.written is not None:
+        STATE.written[uid] = res.written
+    for kind, obj in res.objects.items():
+        STATE.applied[(uid, kind)] = obj
+    for kind in res.deleted:
+        STATE.applied.pop((uid, kind), None)
     if res.applied or res.deleted or res.status_patch:
         log.info(
             "reconciled %s/%s: applied=%s deleted=%s status=%s action=%s",
@@ -192,11 +204,25 @@ async def _reconcile(body: kopf.Body, **kwargs: Any) -> None:
         )
 
 
-def _pod_of(
-    pod: Mapping[str, Any], deployments: kopf.Index[Any, Any], key: tuple[str, str], uid: str
-) -> bool:
-    """Pods are owned by ReplicaSets, not by us: accept the instance's pods when our Deployment exists."""
-    return _first(deployments, key, uid) is not None
+def _newest(cached: dict[str, Any] | None, mine: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The cache's copy unless our own last write is newer (its watch event is not in yet).
+
+    A child deleted by someone else is gone from the cache while ours still exists: trust the
+    cache then (the delete is newer than anything we wrote), except right after our own create.
+    """
+    if mine is None:
+        return cached
+    if cached is None:
+        return None
+    return mine if _rv(mine) > _rv(cached) else cached
+
+
+def _rv(obj: Mapping[str, Any]) -> int:
+    """resourceVersion as a number (etcd revision); 0 when it is not one."""
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-resume")
@@ -221,7 +247,12 @@ async def refresh(body: kopf.Body, **kwargs: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def forget(type: str, namespace: str | None, name: str, **_: Any) -> None:
+def forget(type: str, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> None:
     """Drop a deleted OmegaVLM's metric series."""
     if type == "DELETED":
         metrics.forget_object(namespace or "", name)
+        uid = str((body.get("metadata") or {}).get("uid"))
+        STATE.written.pop(uid, None)
+        STATE.locks.pop(uid, None)
+        for k in [k for k in STATE.applied if k[0] == uid]:
+            del STATE.applied[k]

@@ -44,6 +44,8 @@ class Result:
     status_patch: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     action: str | None = None
+    written: dict[str, Any] | None = None  # the object as the status patch returned it
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> object as applied
 
 
 def owner_of(body: dict[str, Any]) -> b.Owner:
@@ -138,13 +140,13 @@ async def _reconcile(
     live_deployment = observed.deployment
     try:
         if drift.needs_apply(deployment, observed.deployment):
-            live_deployment = await kube.apply(deployment)
+            live_deployment = res.objects["Deployment"] = await kube.apply(deployment)
             res.applied.append("Deployment")
         if drift.needs_apply(service, observed.service):
-            await kube.apply(service)
+            res.objects["Service"] = await kube.apply(service)
             res.applied.append("Service")
         if pdb is not None and drift.needs_apply(pdb, observed.pdb):
-            await kube.apply(pdb)
+            res.objects["PodDisruptionBudget"] = await kube.apply(pdb)
             res.applied.append("PodDisruptionBudget")
         elif pdb is None and observed.pdb is not None:
             version = observed.pdb.get("apiVersion") or await kube.pdb_api_version()
@@ -181,7 +183,7 @@ async def _reconcile(
     )
     res.status_patch = st.diff(old, new)
     if res.status_patch:
-        await kube.patch_status(ns, name, res.status_patch)
+        res.written = await kube.patch_status(ns, name, res.status_patch)
 
     # 5. Events on transitions, and metrics.
     if decision.action is fallback.Action.ROLLBACK and decision.fallback is not None:
@@ -205,8 +207,10 @@ async def _transition_events(old: Any, new: list[dict[str, Any]], event: Any) ->
     if now_ready is not None and c.flipped(old, new, c.READY):
         if now_ready["status"] == "True":
             await event("Normal", "Ready", now_ready["message"])
-        elif not (was_ready is None and now_ready["reason"] == c.REPLICAS_NOT_READY):
-            # Skip the first "not ready yet" of a new object: that is no news.
+        elif now_ready["reason"] != c.UNSCHEDULABLE and not (
+            was_ready is None and now_ready["reason"] == c.REPLICAS_NOT_READY
+        ):
+            # Skip the first "not ready yet" of a new object (no news) and Unschedulable (its own Event below).
             await event("Warning", now_ready["reason"], now_ready["message"])
     sched = c.get(new, c.SCHEDULABLE)
     if sched and sched["status"] == "False" and c.flipped(old, new, c.SCHEDULABLE):
@@ -227,7 +231,7 @@ async def _mark_invalid(
     res.outcome = "invalid"
     res.status_patch = st.diff(old, new)
     if res.status_patch:
-        await kube.patch_status(meta["namespace"], meta["name"], res.status_patch)
+        res.written = await kube.patch_status(meta["namespace"], meta["name"], res.status_patch)
     before = c.get(old.get("conditions"), c.READY) or {}
     if before.get("reason") != c.INVALID_SPEC or before.get("message") != message:
         await event("Warning", c.INVALID_SPEC, message)

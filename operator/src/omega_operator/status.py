@@ -67,6 +67,7 @@ def compute(
         and int(dstatus.get("observedGeneration") or 0) >= int(dmeta.get("generation") or 1)
         and updated >= desired
         and total <= desired
+        and ready >= desired  # as `kubectl rollout status`: complete once the new pods are ready
     )
     unsched = next((p for p in problems if p.reason == c.UNSCHEDULABLE), None)
 
