@@ -107,6 +107,20 @@ def test_greedy_is_deterministic_and_seed_reproduces_sampling(client: httpx.Clie
     assert a == b
 
 
+def test_tiny_temperature_means_greedy(client: httpx.Client) -> None:
+    expected = greedy(client, 6)["choices"]
+    assert chat(client, max_tokens=6, temperature=1e-30).json()["choices"] == expected
+
+
+def test_json_body_without_json_content_type(client: httpx.Client) -> None:
+    """`curl -d '{...}'` sends form encoding; the body is JSON all the same."""
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+    r = client.post(
+        "/v1/chat/completions", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert r.status_code == 200, r.text
+
+
 def test_text_only_and_system_messages(client: httpx.Client) -> None:
     r = chat(
         client,

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class _Wire(BaseModel):
     """Base of the request models: unknown fields are ignored, as most OpenAI servers do."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class TextPart(_Wire):
@@ -68,10 +68,10 @@ class ChatCompletionRequest(_Wire):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1)
+    n: int | None = Field(default=1, ge=1)
     # Accepted only at their neutral values (checked in serving).
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)

@@ -15,9 +15,10 @@ from typing import Any, Literal, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 
 from omega_server.engine import EngineError, GenerationRequest, SamplingParams, StepOutput
-from omega_server.errors import APIError, error_body, from_engine_error
+from omega_server.errors import APIError, describe_validation_error, error_body, from_engine_error
 from omega_server.images import ImageFetcher, ImageLimits
 from omega_server.metrics import Metrics
 from omega_server.protocol import (
@@ -37,11 +38,38 @@ from omega_server.settings import Settings
 T = TypeVar("T")
 
 MAX_STOP_SEQUENCES = 16
+MIN_TEMPERATURE = 1e-5
 CLIENT_CLOSED = 499  # nginx's code for "client closed request"; shows up in requests_total
 
 
 class ClientDisconnected(Exception):
     """The client went away before the answer was ready; its generation was cancelled."""
+
+
+def parse_request(raw: bytes) -> ChatCompletionRequest:
+    """Parse a chat-completion body, whatever its Content-Type (curl -d sends form encoding).
+
+    Malformed JSON and schema errors become `APIError(400)` with a one-line message and `param`.
+    """
+    if not raw.strip():
+        raise APIError(400, "Request body is required (a JSON object).", code="invalid_value")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting bombs
+        if isinstance(exc, RecursionError):
+            detail = "nested too deeply"
+        elif isinstance(exc, json.JSONDecodeError):
+            detail = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        else:
+            detail = str(exc)
+        raise APIError(400, f"Malformed JSON body: {detail}.", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "Request body must be a JSON object.", code="invalid_value")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        message, param = describe_validation_error(exc.errors())
+        raise APIError(400, message, param=param, code="invalid_value") from None
 
 
 def check_supported(req: ChatCompletionRequest, served_model: str, max_model_length: int) -> None:
@@ -57,7 +85,7 @@ def check_supported(req: ChatCompletionRequest, served_model: str, max_model_len
         raise APIError(
             400, "'messages' must contain at least one message.", param="messages", code="invalid_value"
         )
-    if req.n != 1:
+    if req.n not in (None, 1):
         raise APIError(
             400, f"n={req.n} is not supported: this server returns exactly one choice (n=1).", param="n"
         )
@@ -108,11 +136,16 @@ def sampling_params(req: ChatCompletionRequest, default_max_tokens: int) -> Samp
     max_tokens = requested_max_tokens(req)
     return SamplingParams(
         max_tokens=max_tokens if max_tokens is not None else default_max_tokens,
-        temperature=1.0 if req.temperature is None else req.temperature,
+        temperature=1.0 if req.temperature is None else greedy_if_tiny(req.temperature),
         top_p=1.0 if req.top_p is None else req.top_p,
         stop=stop_sequences(req.stop),
         seed=req.seed,
     )
+
+
+def greedy_if_tiny(temperature: float) -> float:
+    """Temperatures this close to 0 overflow the softmax; they mean greedy decoding."""
+    return 0.0 if temperature < MIN_TEMPERATURE else temperature
 
 
 def count_images(messages: list[ChatMessage]) -> int:

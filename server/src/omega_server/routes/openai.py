@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from omega_server.errors import APIError
-from omega_server.protocol import ChatCompletionRequest, ModelCard, ModelList
+from omega_server.protocol import ModelCard, ModelList
+from omega_server.serving import parse_request
 from omega_server.state import ServerState
 
 
@@ -49,7 +50,15 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[card])
 
 
-@router.post("/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    """Chat completion, JSON or SSE (`stream: true`)."""
-    return await _state(request).chat().create(body, request)
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+    },
+)
+async def chat_completions(request: Request) -> Response:
+    """Chat completion, JSON or SSE (`stream: true`); the body is a `ChatCompletionRequest`."""
+    chat = _state(request).chat()
+    body = parse_request(await request.body())
+    return await chat.create(body, request)
