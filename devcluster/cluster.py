@@ -23,7 +23,7 @@ from devcluster.procs import PidRegistry, alive, signal_group
 from devcluster.settings import bin_dir
 
 # Fast crash-loop back-off for test clusters (a kubelet uses 10 s, doubling up to 5 min).
-TEST_KUBELET = KubeletConfig(backoff_base_s=1.0, backoff_max_s=8.0, max_grace_s=10.0)
+TEST_KUBELET = KubeletConfig(backoff_base_s=1.0, backoff_max_s=8.0, max_grace_s=10.0, lease_renew_s=3.0)
 
 
 class ClusterError(RuntimeError):

@@ -56,6 +56,7 @@ class KubeletConfig:
     max_grace_s: float = 30.0  # cap on terminationGracePeriodSeconds
     tick_s: float = 0.25
     list_interval_s: float = 0.5
+    lease_renew_s: float = 10.0  # node heartbeat (the node-lifecycle controller's grace period is 40 s)
 
     def to_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
@@ -156,8 +157,9 @@ class PodWorker(threading.Thread):
         self.key = f"{meta['namespace']}/{meta['name']}/{meta['uid']}"
         self.uid = meta["uid"]
         self.node = pod["spec"]["nodeName"]
-        self.pod_ip = kubelet.ipam.allocate(self.key)
         self.host_ip = kubelet.node_ips.get(self.node, "127.0.0.1")
+        self.host_network = bool(pod["spec"].get("hostNetwork"))
+        self.pod_ip = self.host_ip if self.host_network else kubelet.ipam.allocate(self.key)
         self.start_time = now_iso()
         self.dir = kubelet.layout_pods / meta["namespace"] / meta["name"]
         self.dir.mkdir(parents=True, exist_ok=True)

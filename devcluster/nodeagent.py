@@ -19,8 +19,11 @@ STATUS_REFRESH_S = 60.0
 class NodeAgent:
     """The kubelet's node half: registration, heartbeats (Lease + Ready condition)."""
 
-    def __init__(self, api: Api, specs: list[NodeSpec], node_ips: dict[str, str]) -> None:
+    def __init__(
+        self, api: Api, specs: list[NodeSpec], node_ips: dict[str, str], lease_renew_s: float = LEASE_RENEW_S
+    ) -> None:
         self.api = api
+        self.lease_renew_s = lease_renew_s
         self.specs = specs
         self.node_ips = node_ips
         self.since = now_iso()
@@ -59,8 +62,8 @@ class NodeAgent:
     def run(self, stop: threading.Event) -> None:
         """Heartbeat until ``stop`` is set."""
         ticks = 0
-        per_status = int(STATUS_REFRESH_S / LEASE_RENEW_S)
-        while not stop.wait(LEASE_RENEW_S):
+        per_status = max(1, int(STATUS_REFRESH_S / self.lease_renew_s))
+        while not stop.wait(self.lease_renew_s):
             ticks += 1
             try:
                 self.renew_leases()

@@ -35,8 +35,15 @@ def test_nodes_ready_with_gpu_capacity_and_heartbeat_leases(devcluster: Cluster)
     assert nodes["h100-sxm-0"]["status"]["allocatable"]["nvidia.com/gpu"] == "8"
     assert nodes["h100-pcie-0"]["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H100-PCIe"
     assert "nvidia.com/gpu" not in nodes["cpu-0"]["status"]["allocatable"]
-    leases = devcluster.get("leases", "-n", "kube-node-lease")["items"]
-    assert {lease["metadata"]["name"] for lease in leases} >= set(nodes)
+    leases = {x["metadata"]["name"]: x for x in devcluster.get("leases", "-n", "kube-node-lease")["items"]}
+    assert set(leases) >= set(nodes)
+    # Heartbeats: the node agent renews every node's Lease (the node-lifecycle controller watches them).
+    first = leases["h100-sxm-0"]["spec"]["renewTime"]
+    devcluster.wait_for(
+        lambda: devcluster.get("lease", "h100-sxm-0", "-n", "kube-node-lease")["spec"]["renewTime"] != first,
+        timeout=15,
+        what="lease renewed",
+    )
 
 
 CRD = """
