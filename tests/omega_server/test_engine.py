@@ -152,10 +152,12 @@ def test_eos_finishes_with_stop(engine: Engine) -> None:
     runner.eos_ids = {greedy[3]} if greedy[3] not in greedy[:3] else {greedy[0]}
     try:
         outs = run_concurrently(engine, [req])[0]
+        ignored = run_concurrently(engine, [chat(0, max_tokens=10, ignore_eos=True)])[0]
     finally:
         runner.eos_ids = saved
     assert outs[-1].finish_reason == "stop"
     assert tokens(outs) == greedy[: len(outs)] and len(outs) <= 4
+    assert tokens(ignored) == greedy and ignored[-1].finish_reason == "length"
 
 
 def test_seeded_sampling_is_reproducible(engine: Engine) -> None:

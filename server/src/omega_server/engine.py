@@ -64,6 +64,7 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # benchmarks: always generate max_tokens
 
 
 @dataclass
@@ -715,7 +716,8 @@ class Engine:
         seq.token_ids.append(token)
         self.stats.completion_tokens_total += 1
         finish: str | None = None
-        if token in self._runner.eos_ids:
+        eos = token in self._runner.eos_ids and not params.ignore_eos
+        if eos:
             finish = "stop"
         else:
             self._detokenize(seq)
@@ -724,8 +726,10 @@ class Engine:
         if finish is None and len(seq.token_ids) >= params.max_tokens:
             finish = "length"
         if finish is not None:
-            if finish == "length" or token in self._runner.eos_ids:
+            if eos or finish == "length":  # a stop-string finish has already cut the text
                 self._flush(seq)
+                if params.stop and self._check_stop(seq):
+                    finish = "stop"
             delta = seq.text[seq.emitted :]
             seq.emitted = len(seq.text)
         else:
