@@ -12,7 +12,7 @@ Steps (each in its own child process, so a failed CUDA context or a flash import
   2. throughput: a random-weight model with Qwen2.5-VL-7B's configuration, built on the GPU in bf16
      (nothing downloaded) and saved once; then for each backend Engine.load() from that directory
      (load time), and the engine alone at concurrency 1, 4 and 16 (max batch 16): 512 prompt tokens
-     with one 448x448 image, N new tokens with EOS ignored, greedy. Also plain generate() at batch 1
+     with one 448x448 image, N (default 128) new tokens with EOS ignored, greedy. Also plain generate() at batch 1
      on the same model for comparison.
 Prints a table at the end and writes OUT_DIR/gpu_smoke.json.
 """
@@ -326,9 +326,12 @@ def main() -> int:
     ap.add_argument("--child", choices=sorted(CHILDREN))
     ap.add_argument("--out", default="bench-out")
     ap.add_argument("--flash-site", default=None, help="directory where the flash-attn wheel is installed")
+    ap.add_argument(
+        "--extra-site", default=None, help="directory with the server's own dependencies, if needed"
+    )
     ap.add_argument("--model", default="/tmp/qwen2_5_vl_7b_random")
     ap.add_argument("--backend", default="sdpa")
-    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16])
     ap.add_argument("--skip-7b", action="store_true")
     args = ap.parse_args()
@@ -344,20 +347,29 @@ def main() -> int:
     base_env["PYTHONUNBUFFERED"] = "1"
     base_env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
     src = str(ROOT / "server" / "src")
-    flash_env = {**base_env, "PYTHONPATH": os.pathsep.join(p for p in (args.flash_site, src) if p)}
-    plain_env = {**base_env, "PYTHONPATH": src}
+    flash_env = {
+        **base_env,
+        "PYTHONPATH": os.pathsep.join(p for p in (args.flash_site, src, args.extra_site) if p),
+    }
+    plain_env = {**base_env, "PYTHONPATH": os.pathsep.join(p for p in (src, args.extra_site) if p)}
     report: dict[str, Any] = {
         "command": " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
 
-    report["flash_with_wheel"] = _child("flash", [], flash_env, 400)
+    def save() -> None:
+        (out_dir / "gpu_smoke.json").write_text(json.dumps(report, indent=2, default=str))
+
+    report["flash_with_wheel"] = _child("flash", [], flash_env, 180)
+    save()
     print("flash with wheel:", json.dumps(report["flash_with_wheel"], default=str)[:3000], flush=True)
-    report["flash_without_wheel"] = _child("flash", [], plain_env, 400)
+    report["flash_without_wheel"] = _child("flash", [], plain_env, 180)
+    save()
     print("flash without wheel:", json.dumps(report["flash_without_wheel"], default=str)[:3000], flush=True)
 
     if not args.skip_7b:
-        report["build_7b"] = _child("build7b", ["--model", args.model], plain_env, 400)
+        report["build_7b"] = _child("build7b", ["--model", args.model], plain_env, 240)
+        save()
         print("build 7b:", report["build_7b"], flush=True)
         conc = ",".join(map(str, args.concurrency))
         common = ["--model", args.model, "--new-tokens", str(args.new_tokens), "--concurrency", conc]
@@ -365,10 +377,10 @@ def main() -> int:
             "throughput", [*common, "--backend", "flash_attention_2"], flash_env, 600
         )
         print("flash_attention_2:", json.dumps(report["flash_attention_2"], default=str)[:3000], flush=True)
-        report["sdpa"] = _child("throughput", [*common, "--backend", "sdpa"], plain_env, 600)
+        report["sdpa"] = _child("throughput", [*common, "--backend", "sdpa"], plain_env, 300)
         print("sdpa:", json.dumps(report["sdpa"], default=str)[:3000], flush=True)
 
-    (out_dir / "gpu_smoke.json").write_text(json.dumps(report, indent=2, default=str))
+    save()
     _table(report)
     return 0
 
