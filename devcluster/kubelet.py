@@ -27,7 +27,7 @@ from devcluster.apiclient import Api, ApiError
 from devcluster.nodes import now_iso
 from devcluster.podstatus import ContainerView, pod_status, tail_message
 from devcluster.probes import ProbeTracker, run_probe
-from devcluster.procs import PidRegistry, proc_start_ticks, spawn, stop_pid
+from devcluster.procs import PidRegistry, proc_start_ticks, signal_group, spawn, stop_pid
 
 log = logging.getLogger("devcluster.kubelet")
 
@@ -351,8 +351,8 @@ class PodWorker(threading.Thread):
 
     def _exited(self, c: ContainerRuntime, rc: int, now: float) -> None:
         assert c.proc is not None
-        # Reap anything left in the container's process group.
-        stop_pid(c.proc.pid, 0.5, None, c.proc)
+        # Anything the container left in its process group goes with it.
+        signal_group(c.proc.pid, signal.SIGKILL)
         code = 128 - rc if rc < 0 else rc  # killed by signal N -> 128+N, as runtimes report it
         reason = "Completed" if code == 0 else "Error"
         message = None

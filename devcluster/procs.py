@@ -32,16 +32,14 @@ def alive(pid: int, ticks: int | None = None) -> bool:
     return now is not None and (ticks is None or now == ticks)
 
 
-def signal_group(pid: int, sig: int) -> None:
-    """Send ``sig`` to the process group led by ``pid`` (falling back to the pid alone)."""
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-    except PermissionError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+def signal_group(pgid: int, sig: int) -> None:
+    """Send ``sig`` to the process group ``pgid`` (every process here leads its own group).
+
+    Only the group is signalled, never a bare pid: once a group is empty its number may be a new,
+    unrelated process's pid.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
 
 
 def stop_pid(
@@ -110,8 +108,8 @@ class PidRegistry:
         """Stop every registered process still alive (SIGTERM, then SIGKILL); return their names."""
         me = os.getpid()
         left = {k: v for k, v in self.alive_items().items() if v[0] != me}
-        for _name, (pid, ticks) in left.items():
-            signal_group(pid, signal.SIGTERM) if alive(pid, ticks or None) else None
+        for pid, _ticks in left.values():
+            signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and any(alive(p, t or None) for p, t in left.values()):
             time.sleep(0.1)
