@@ -170,3 +170,20 @@ def test_engine_load_failure_reports_failed(request: pytest.FixtureRequest, tmp_
         assert httpx.get(f"{server.url}/health").status_code == 503
     finally:
         server.stop()
+
+
+def test_dead_engine_is_503_on_health_and_api(request: pytest.FixtureRequest) -> None:
+    server = ThreadServer({"MODEL_PATH": str(tiny(request)), "ATTN_IMPL": "sdpa"}).start()
+    try:
+        server.engine.shutdown()
+        r = httpx.get(f"{server.url}/health")
+        assert r.status_code == 503
+        body = r.json()
+        assert body["status"] == "dead" and body["ready"] is False and body["error"]
+        assert body["attn"] == "sdpa"  # what ran is still reported
+        chat = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": [image_message()]})
+        assert chat.status_code == 503
+        assert chat.json()["error"]["type"] == "service_unavailable_error"
+        assert httpx.get(f"{server.url}/live").status_code == 200
+    finally:
+        server.stop()

@@ -22,6 +22,15 @@ def _fatal(line: str) -> None:
     print(line if line.startswith("fatal:") else f"fatal: {line}", file=sys.stderr, flush=True)
 
 
+class _QuietProbes(logging.Filter):
+    """Keep kubelet/Prometheus probes (/health, /live, /metrics) out of the access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        path = args[2] if isinstance(args, tuple) and len(args) >= 3 else ""
+        return path not in ("/health", "/live", "/metrics")
+
+
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -71,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy_headers=False,
     )
     server = uvicorn.Server(config)
+    logging.getLogger("uvicorn.access").addFilter(_QuietProbes())
     host, port = sock.getsockname()[:2]
     logging.getLogger("omega_server").info("listening on %s:%s, loading %s", host, port, settings.model_path)
     # uvicorn re-raises the stop signal once it has shut down; with this handler in place the re-raised

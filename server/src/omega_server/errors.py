@@ -17,7 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from omega_server.engine import EngineDeadError, EngineError, PromptTooLongError, QueueFullError
+from omega_server.engine import (
+    EngineDeadError,
+    EngineError,
+    InvalidRequestError,
+    PromptTooLongError,
+    QueueFullError,
+)
 from omega_server.protocol import ErrorInfo, ErrorResponse
 
 log = logging.getLogger("omega_server.errors")
@@ -95,8 +101,10 @@ def from_engine_error(exc: EngineError) -> APIError:
         return APIError(503, message, param=param, code=code or "engine_dead")
     if isinstance(exc, PromptTooLongError):
         return APIError(400, message, param=param or "messages", code=code or "context_length_exceeded")
-    # InvalidRequestError and any other request-level engine error: the request's fault.
-    return APIError(400, message, param=param, code=code)
+    if isinstance(exc, InvalidRequestError):
+        return APIError(400, message, param=param, code=code)
+    # Anything else (a failed forward pass) is the server's fault, not the request's.
+    return APIError(500, message, param=param, code=code or "generation_failed")
 
 
 _UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|.*\[.*\])$")
