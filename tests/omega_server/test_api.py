@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -292,6 +293,43 @@ def test_client_disconnect_cancels_non_streaming_generation(server: ThreadServer
         assert server.engine.stats.running == 1
     _wait_idle(server, 10)
     assert _metric(server, "omega_server_requests_cancelled_total") == cancelled + 1
+
+
+def test_client_disconnect_while_queued_cancels(server: ThreadServer) -> None:
+    """A client that gives up while its request waits for a batch slot never gets generated for."""
+    _wait_idle(server)
+    cancelled = _metric(server, "omega_server_requests_cancelled_total")
+    prefills_before = server.engine.stats.prefill_passes
+
+    async def scenario() -> None:
+        long = {"messages": [image_message()], "max_tokens": 900, "temperature": 1.0, "stream": True}
+        # Two streams fill the batch (MAX_BATCH_SIZE=2) and keep it full.
+        async with (
+            httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=60) as c,
+            c.stream("POST", "/v1/chat/completions", json=long) as a,
+            c.stream("POST", "/v1/chat/completions", json=long) as b,
+        ):
+            assert (a.status_code, b.status_code) == (200, 200)
+            queued = asyncio.create_task(c.post("/v1/chat/completions", json={**long, "stream": False}))
+            for _ in range(200):
+                if server.engine.stats.queue_depth == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.engine.stats.queue_depth == 1
+            queued.cancel()  # the client hangs up while queued
+            with contextlib.suppress(asyncio.CancelledError):
+                await queued
+            for _ in range(200):
+                if _metric(server, "omega_server_requests_cancelled_total") == cancelled + 1:
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+    _wait_idle(server)
+    # The two streams (cancelled when closed) and the queued request: 3 cancellations; the queued one
+    # was never prefilled (only the two streams were).
+    assert _metric(server, "omega_server_requests_cancelled_total") == cancelled + 3
+    assert server.engine.stats.prefill_passes == prefills_before + 2
 
 
 # --------------------------------------------------------------------------- metrics
