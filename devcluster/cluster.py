@@ -282,6 +282,9 @@ class Cluster:
             f"pod range:  {self.pod_prefix}.x.y",
         ]
         for name, pid in sorted(self.pids().items()):
+            if name.startswith("pod:"):  # pod:<ns>/<pod>/<uid>/<container>
+                ns, pod, _uid, container = name[4:].split("/")
+                name = f"pod {ns}/{pod} [{container}]"
             lines.append(f"  {name:<40} pid {pid}")
         return "\n".join(lines)
 
