@@ -358,7 +358,8 @@ def test_crd_upgrade_hook_job() -> None:
     named = [r for r in role["rules"] if r.get("resourceNames")]
     assert named and named[0]["resourceNames"] == ["omegavlms.vlm.omega.io"]
     (c,) = job["spec"]["template"]["spec"]["containers"]
-    assert c["command"] == ["kubectl"] and c["args"][:3] == ["apply", "--server-side", "--force-conflicts"]
+    assert c["command"] == ["kubectl"] and c["args"][:2] == ["apply", "--validate=false"]
+    assert c["args"][-2:] == ["-f", "/crds/"]
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == "omega-omega-vlm-crds"
 
 
