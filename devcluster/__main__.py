@@ -60,9 +60,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if c.info.get("phase") == "ready" else 1
 
 
-def cmd_demo(_args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
+    import importlib
+
     from devcluster.demo import run_demo
 
+    for module in args.with_modules:
+        importlib.import_module(module)  # registers its steps with devcluster.demo.step
     return run_demo()
 
 
@@ -92,7 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="start the cluster; returns when ready").set_defaults(fn=cmd_up)
     sub.add_parser("down", help="stop everything").set_defaults(fn=cmd_down)
     sub.add_parser("status", help="report the cluster's state").set_defaults(fn=cmd_status)
-    sub.add_parser("demo", help="start the cluster and show it at work").set_defaults(fn=cmd_demo)
+    d = sub.add_parser("demo", help="start the cluster and show it at work (leaves it running)")
+    d.add_argument(
+        "--with",
+        dest="with_modules",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first: its @devcluster.demo.step functions run after the built-in steps",
+    )
+    d.set_defaults(fn=cmd_demo)
     lg = sub.add_parser("logs", help="output of a pod's container: logs NAMESPACE/POD")
     lg.add_argument("pod")
     lg.add_argument("-c", "--container")
