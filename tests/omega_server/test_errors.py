@@ -201,6 +201,13 @@ CASES: list[tuple[str, Any, int, tuple[str, ...], str | None]] = [
     ),
     ("top-p-zero", {"messages": user(TEXT), "top_p": 0}, 400, ("top_p",), "top_p"),
     ("top-p-high", {"messages": user(TEXT), "top_p": 1.5}, 400, ("top_p",), "top_p"),
+    (
+        "text-far-too-long",
+        {"messages": [{"role": "user", "content": "a" * (MAX_MODEL_LENGTH * 32 + 1)}]},
+        400,
+        ("characters", str(MAX_MODEL_LENGTH)),
+        "messages",
+    ),
     ("seed-out-of-range", {"messages": user(TEXT), "seed": 10**30}, 400, ("seed",), "seed"),
     ("empty-stop", {"messages": user(TEXT), "stop": [""]}, 400, ("Stop sequences",), "stop"),
     ("unknown-model", {"model": "gpt-4o", "messages": user(TEXT)}, 404, ("gpt-4o", "tiny-vlm"), "model"),

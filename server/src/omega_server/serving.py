@@ -39,6 +39,7 @@ T = TypeVar("T")
 
 MAX_STOP_SEQUENCES = 16
 MIN_TEMPERATURE = 1e-5
+MAX_CHARS_PER_TOKEN = 32  # generous: real tokenizers average 3-5 characters per token
 CLIENT_CLOSED = 499  # nginx's code for "client closed request"; shows up in requests_total
 
 
@@ -146,6 +147,17 @@ def sampling_params(req: ChatCompletionRequest, default_max_tokens: int) -> Samp
 def greedy_if_tiny(temperature: float) -> float:
     """Temperatures this close to 0 overflow the softmax; they mean greedy decoding."""
     return 0.0 if temperature < MIN_TEMPERATURE else temperature
+
+
+def text_length(messages: list[ChatMessage]) -> int:
+    """Characters of text in the whole conversation."""
+    total = 0
+    for m in messages:
+        if isinstance(m.content, str):
+            total += len(m.content)
+        elif m.content:
+            total += sum(len(p.text) for p in m.content if isinstance(p, TextPart))
+    return total
 
 
 def count_images(messages: list[ChatMessage]) -> int:
@@ -279,6 +291,17 @@ class ChatService:
                 f"Too many images: {images}; at most {self.settings.max_images_per_request} per request.",
                 param="messages",
                 code="too_many_images",
+            )
+        chars = text_length(req.messages)
+        limit = self.settings.max_model_length * MAX_CHARS_PER_TOKEN
+        if chars > limit:
+            # Refuse before tokenizing: no tokenizer makes fewer tokens than this from so much text.
+            raise APIError(
+                400,
+                f"The prompt text has {chars} characters, more than can fit in MAX_MODEL_LENGTH="
+                f"{self.settings.max_model_length} tokens (at most {limit} characters).",
+                param="messages",
+                code="context_length_exceeded",
             )
         messages = await to_engine_messages(req.messages, self.images.load)
         return GenerationRequest(messages=messages, params=params)
