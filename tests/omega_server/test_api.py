@@ -101,6 +101,24 @@ def test_max_tokens_bounds_output(client: httpx.Client) -> None:
             assert body["choices"][0]["finish_reason"] == "length"
 
 
+def test_default_max_tokens_fits_the_room_left(client: httpx.Client) -> None:
+    default = int(SHARED_ENV["DEFAULT_MAX_TOKENS"])
+    body = chat(client, messages=[{"role": "user", "content": "hi"}], temperature=0).json()
+    assert 1 <= body["usage"]["completion_tokens"] <= default
+    # A prompt that leaves fewer than DEFAULT_MAX_TOKENS tokens: the answer gets the room there is.
+    overhead = (
+        chat(client, messages=[{"role": "user", "content": "a"}], max_tokens=1).json()["usage"][
+            "prompt_tokens"
+        ]
+        - 1
+    )
+    text = "a" * (MAX_MODEL_LENGTH - overhead - 3)
+    body = chat(client, messages=[{"role": "user", "content": text}], temperature=0).json()
+    room = MAX_MODEL_LENGTH - body["usage"]["prompt_tokens"]
+    assert 1 <= room < default, body["usage"]
+    assert 1 <= body["usage"]["completion_tokens"] <= room
+
+
 def test_greedy_is_deterministic_and_seed_reproduces_sampling(client: httpx.Client) -> None:
     assert greedy(client, 10)["choices"] == greedy(client, 10)["choices"]
     a = chat(client, max_tokens=10, temperature=1.0, seed=1234).json()["choices"][0]["message"]["content"]

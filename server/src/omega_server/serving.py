@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -175,7 +176,7 @@ async def to_engine_messages(
     Images are loaded concurrently through `load_image(url, param)`.
     """
     out: list[dict[str, Any]] = []
-    pending: list[tuple[dict[str, Any], Awaitable[Any]]] = []
+    pending: list[tuple[dict[str, Any], str, str]] = []  # (part to fill, url, param)
     for i, msg in enumerate(messages):
         role = "system" if msg.role == "developer" else msg.role
         parts: list[dict[str, Any]] = []
@@ -196,7 +197,7 @@ async def to_engine_messages(
                         )
                     entry: dict[str, Any] = {"type": "image", "image": None}
                     parts.append(entry)
-                    pending.append((entry, load_image(part.image_url.url, param)))
+                    pending.append((entry, part.image_url.url, param))
         if not parts:
             raise APIError(
                 400,
@@ -206,8 +207,10 @@ async def to_engine_messages(
             )
         out.append({"role": role, "content": parts})
     if pending:
-        results = await asyncio.gather(*(aw for _, aw in pending), return_exceptions=True)
-        for (entry, _), result in zip(pending, results, strict=True):
+        results = await asyncio.gather(
+            *(load_image(url, param) for _, url, param in pending), return_exceptions=True
+        )
+        for (entry, _, _), result in zip(pending, results, strict=True):
             if isinstance(result, BaseException):
                 raise result
             entry["image"] = result
@@ -281,9 +284,8 @@ class ChatService:
     async def build(self, req: ChatCompletionRequest) -> GenerationRequest:
         """Validate a request and turn it into an engine request (images decoded)."""
         check_supported(req, self.model_name, self.settings.max_model_length)
-        params = sampling_params(
-            req, min(self.settings.default_max_tokens, self.settings.max_model_length // 2)
-        )
+        # Without max_tokens, prepare with a budget of 1 and widen it once the prompt length is known.
+        params = sampling_params(req, 1)
         images = count_images(req.messages)
         if images > self.settings.max_images_per_request:
             raise APIError(
@@ -312,6 +314,10 @@ class ChatService:
         try:
             gen_req = await cancel_on_disconnect(request, self.build(req))
             prepared = await cancel_on_disconnect(request, asyncio.to_thread(self.engine.prepare, gen_req))
+            if requested_max_tokens(req) is None:
+                room = self.settings.max_model_length - prepared.prompt_tokens
+                budget = max(1, min(self.settings.default_max_tokens, room))
+                prepared.params = dataclasses.replace(prepared.params, max_tokens=budget)
             if req.stream:
                 return await self._stream(req, prepared, request, arrival)
             return await cancel_on_disconnect(request, self._complete(prepared, arrival))
