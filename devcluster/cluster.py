@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,9 +75,27 @@ class Cluster:
                 f"control-plane binaries missing in {bin_dir()}: run `python -m devcluster build`"
             )
         if state_dir is None:
-            import tempfile
-
             state_dir = Path(tempfile.mkdtemp(prefix="devcluster-"))
+        args = (Path(state_dir), tuple(nodes), kubelet or KubeletConfig(), owner_pid, pod_prefix, timeout)
+        try:
+            return cls._start_once(*args)
+        except ClusterError as e:
+            # Free ports are picked before the components bind them: another process may have
+            # taken one in between. One more try, with fresh ports.
+            if "address already in use" not in str(e):
+                raise
+            return cls._start_once(*args)
+
+    @classmethod
+    def _start_once(
+        cls,
+        state_dir: Path,
+        nodes: tuple[NodeSpec, ...],
+        kubelet: KubeletConfig,
+        owner_pid: int | None,
+        pod_prefix: int | None,
+        timeout: float,
+    ) -> Cluster:
         layout = Layout(Path(state_dir).resolve())
         existing = cls._read_state(layout)
         if existing.get("phase") in ("starting", "ready", "degraded") and alive(
@@ -93,7 +112,7 @@ class Cluster:
         layout.logs.mkdir(parents=True, exist_ok=True)
         config = {
             "nodes": [n.to_dict() for n in nodes],
-            "kubelet": (kubelet or KubeletConfig()).to_dict(),
+            "kubelet": kubelet.to_dict(),
             "owner_pid": owner_pid,
             "pod_prefix": pod_prefix,
             "bin_dir": str(bin_dir()),

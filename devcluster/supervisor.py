@@ -45,6 +45,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
+    except OSError:
+        return ""
+
+
 def claim_pod_prefix(preferred: int | None) -> tuple[str, TextIO]:
     """Claim a 127.<a> range no other running cluster on this machine uses (an flock held for life)."""
     RANGE_LOCKS.mkdir(parents=True, exist_ok=True)
@@ -95,7 +102,11 @@ class Supervisor:
             if self.stop.is_set():
                 raise RuntimeError("stopped while starting")
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"{what} exited with code {proc.returncode}; see {self.layout.logs}")
+                name = next((n for n, p in self.procs.items() if p is proc), what)
+                tail = _tail(self.layout.logs / f"{name}.log")
+                raise RuntimeError(
+                    f"{what} exited with code {proc.returncode}; {self.layout.logs}/{name}.log:\n{tail}"
+                )
             if check():
                 return
             time.sleep(0.1)
