@@ -6,6 +6,7 @@ The flash cases run the real entry point, `python -m omega_server`, on a tiny ch
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import omega_server.app as app_module
 import pytest
+from omega_operator.health import parse_report
 
 from tests.omega_server.live import ProcessServer, ThreadServer, image_message, tiny
 
@@ -26,6 +28,9 @@ def _assert_sdpa_after_flash_failure(health: dict[str, Any]) -> None:
     flash = health["flash_attn"]
     assert flash["loaded"] is False
     assert isinstance(flash["error"], str) and flash["error"], flash
+    # The operator reads this very body to decide on a rollback (one health contract).
+    report = parse_report(json.dumps(health))
+    assert report is not None and report.flash_failed and report.flash_error == flash["error"]
 
 
 def _metric_lines(url: str) -> list[str]:
@@ -113,7 +118,8 @@ def gated_load(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
 def test_health_is_503_with_body_while_loading(
     request: pytest.FixtureRequest, gated_load: threading.Event
 ) -> None:
-    server = ThreadServer({"MODEL_PATH": str(tiny(request)), "ATTN_IMPL": "sdpa", "SERVED_MODEL_NAME": "m"})
+    env = {"MODEL_PATH": str(tiny(request)), "ATTN_IMPL": "flash_attention_2", "SERVED_MODEL_NAME": "m"}
+    server = ThreadServer(env)
     server.thread.start()
     try:
         url = server.url
@@ -124,7 +130,9 @@ def test_health_is_503_with_body_while_loading(
         body = r.json()
         assert body["status"] == "loading" and body["ready"] is False
         assert body["attn"] is None and body["flash_attn"] is None  # unknown yet: nothing to act on
-        assert body["attn_requested"] == "sdpa" and body["model"] == "m"
+        assert body["attn_requested"] == "flash_attention_2" and body["model"] == "m"
+        report = parse_report(r.content)  # a loading server is no flash failure (yet)
+        assert report is not None and not report.ready and not report.flash_failed
         chat = httpx.post(f"{url}/v1/chat/completions", json={"messages": [image_message()]})
         assert chat.status_code == 503 and "loading" in chat.json()["error"]["message"]
         assert "retry-after" in chat.headers
