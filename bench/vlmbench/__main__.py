@@ -1,0 +1,106 @@
+"""``python -m bench.vlmbench run ...`` (the benchmark) and ``... table FILES`` (markdown from results).
+
+Run on the accelerator machine from the repository root with ``server/src`` importable, e.g.:
+
+    PYTHONPATH=server/src:. python -m bench.vlmbench run --models omega17_vl_exp,qwen2_5_vl_7b \\
+        --backends sdpa,flash_attention_2 --drivers engine,http --concurrency 1,4,16,64 --out bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from bench.vlmbench.results import markdown_table, read_rows, replace_between_markers
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    ap = argparse.ArgumentParser(prog="python -m bench.vlmbench", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the benchmark matrix")
+    r.add_argument("--models", type=_names, default=["omega17_vl_exp", "qwen2_5_vl_7b"])
+    r.add_argument("--backends", type=_names, default=["sdpa", "flash_attention_2"])
+    r.add_argument("--drivers", type=_names, default=["engine", "http"])
+    r.add_argument("--concurrency", type=_ints, default=[1, 4, 16, 64])
+    r.add_argument("--prompt-tokens", type=int, default=512)
+    r.add_argument("--output-tokens", type=int, default=512)
+    r.add_argument("--image-size", type=int, default=448)
+    r.add_argument("--no-baseline", action="store_true", help="skip the plain generate() baseline")
+    r.add_argument("--baseline-batch", type=int, default=4)
+    r.add_argument(
+        "--baseline-tokens", type=int, default=None, help="new tokens for generate() (default: output)"
+    )
+    r.add_argument("--cell-time-limit", type=float, default=120.0, help="seconds per cell before cancelling")
+    r.add_argument("--deadline", type=float, default=None, help="start no cell after this many seconds")
+    r.add_argument(
+        "--max-batch-size", type=int, default=None, help="engine MAX_BATCH_SIZE (default: max conc)"
+    )
+    r.add_argument("--device", default="auto")
+    r.add_argument("--dtype", default="bfloat16")
+    r.add_argument("--out", type=Path, default=Path("bench/results"))
+    r.add_argument("--results-file", type=Path, default=None)
+    r.add_argument("--workdir", type=Path, default=Path("/tmp/vlmbench"))
+    t = sub.add_parser("table", help="print the markdown table of result files")
+    t.add_argument("files", nargs="+", type=Path)
+    t.add_argument("--readme", type=Path, default=None, help="also write it between the README's markers")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = parser().parse_args(argv)
+    if args.cmd == "table":
+        table = markdown_table(read_rows(args.files))
+        print(table)
+        if args.readme is not None:
+            args.readme.write_text(replace_between_markers(args.readme.read_text(), table))
+        return 0
+
+    from bench.vlmbench.run import RunConfig, run
+    from bench.vlmbench.workload import Workload
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    cfg = RunConfig(
+        models=args.models,
+        out_dir=args.out,
+        workdir=args.workdir,
+        backends=args.backends,
+        drivers=args.drivers,
+        concurrency=args.concurrency,
+        workload=Workload(args.prompt_tokens, args.output_tokens, args.image_size),
+        baseline=not args.no_baseline,
+        baseline_batch=args.baseline_batch,
+        baseline_tokens=args.baseline_tokens,
+        cell_time_limit_s=args.cell_time_limit,
+        deadline_s=args.deadline,
+        device=args.device,
+        dtype=args.dtype,
+        command=" ".join(
+            shlex.quote(a) for a in [sys.executable, "-m", "bench.vlmbench", *(argv or sys.argv[1:])]
+        ),
+        max_batch_size=args.max_batch_size,
+        results_file=args.results_file,
+        log=log,
+    )
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    rows = run(cfg)
+    print(markdown_table(rows), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
