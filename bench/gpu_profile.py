@@ -1,0 +1,163 @@
+"""Where a decode step's time goes: the engine's decode loop vs plain generate(), per attention backend.
+
+Run on the accelerator machine from the repository root (flash-attn on PYTHONPATH for the flash rows):
+
+    PYTHONPATH=server/src:FLASH_SITE python bench/gpu_profile.py
+
+Builds a random Qwen2.5-VL-7B-shaped model on the GPU (bf16, nothing downloaded, not saved), then for
+sdpa (with and without PyTorch's cuDNN SDPA kernel) and flash_attention_2: ms per decode step of the
+engine's runner at batch 1 and 4 and of generate() at batch 1, plus the top operators of a few
+profiled decode steps.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "server" / "src"))
+
+
+def build() -> tuple[Any, Any]:
+    import torch
+    from omega_server import tiny
+    from omega_server.models import processor_class_without_video
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tok = tiny.build_tokenizer(tiny.QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
+    eos, pad = tiny._ids(tok, "<|im_end|>", "<|endoftext|>")
+    text = {
+        "vocab_size": 152064,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "rms_norm_eps": 1e-6,
+        "bos_token_id": pad,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+        "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0},
+    }
+    vision = {
+        "depth": 32,
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,
+        "out_hidden_size": 3584,
+        "patch_size": 14,
+        "window_size": 112,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+        "tokens_per_second": 2,
+    }
+    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tiny._qwen_ids(tok))
+    with torch.device("cuda"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(
+            cfg, dtype=torch.bfloat16, attn_implementation="sdpa"
+        )
+    model.eval()
+    processor = processor_class_without_video(Qwen2_5_VLProcessor)(
+        image_processor=Qwen2VLImageProcessorPil(patch_size=14, temporal_patch_size=2, merge_size=2),
+        tokenizer=tok,
+        chat_template=tiny.QWEN_CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def main() -> int:
+    import torch
+    from omega_server import engine as E
+    from PIL import Image
+
+    if len(sys.argv) > 1:  # dry run on a tiny checkpoint (CPU): python bench/gpu_profile.py DIR
+        from omega_server import models
+
+        loaded = models.load(Path(sys.argv[1]), attn_implementation="sdpa", device="auto")
+        model, processor = loaded.model, loaded.processor
+    else:
+        model, processor = build()
+    dev = model.device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    image = Image.new("RGB", (448, 448), (30, 90, 200))
+    text = ("The quick brown fox jumps over the lazy dog. " * 8)[:230]
+    req = E.GenerationRequest(
+        messages=[
+            {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}
+        ],
+        params=E.SamplingParams(max_tokens=10_000, temperature=0.0, ignore_eos=True),
+    )
+    prepared = E.prepare_inputs(processor, req, [image], max_model_length=1 << 20)
+    print("prompt tokens", prepared.prompt_tokens, flush=True)
+
+    def runner_ms(batch: int, steps: int = 48) -> float:
+        runner = E._Runner(model, processor)
+        for _ in range(batch):
+            runner.prefill(E._Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None))
+        for _ in range(4):
+            runner.decode()
+        sync()
+        t = time.perf_counter()
+        for _ in range(steps):
+            runner.decode()
+        sync()
+        ms = 1000 * (time.perf_counter() - t) / steps
+        runner.evict([])
+        return ms
+
+    def generate_ms(steps: int = 48) -> float:
+        inputs = {k: v.to(dev) for k, v in prepared.inputs.items()}
+        model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        sync()
+        t = time.perf_counter()
+        model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+        sync()
+        return 1000 * (time.perf_counter() - t) / steps
+
+    def profile(label: str) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        runner = E._Runner(model, processor)
+        runner.prefill(E._Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None))
+        for _ in range(3):
+            runner.decode()
+        sync()
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            for _ in range(5):
+                runner.decode()
+            sync()
+        runner.evict([])
+        print(f"\n-- {label}: top ops by CPU time (5 decode steps, batch 1)")
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=14, max_name_column_width=60))
+        if dev.type == "cuda":
+            print(f"-- {label}: top ops by CUDA time")
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=60))
+
+    from transformers.utils import is_flash_attn_2_available
+
+    variants = [("sdpa", True), ("sdpa", False)]
+    if is_flash_attn_2_available():
+        variants.append(("flash_attention_2", True))
+    rows = []
+    with torch.inference_mode():
+        for impl, cudnn in variants:
+            model.set_attn_implementation(impl)
+            torch.backends.cuda.enable_cudnn_sdp(cudnn)
+            label = f"{impl}{'' if cudnn or impl != 'sdpa' else ' (cuDNN SDPA off)'}"
+            row = (label, runner_ms(1), runner_ms(4), generate_ms())
+            rows.append(row)
+            print(row, flush=True)
+            profile(label)
+    print("\n== ms per decode step (Qwen2.5-VL-7B shape, bf16, 512-token prompt with a 448x448 image)")
+    print(f"{'backend':34} {'engine b1':>10} {'engine b4':>10} {'generate b1':>12}")
+    for label, b1, b4, gen in rows:
+        print(f"{label:34} {b1:>10.1f} {b4:>10.1f} {gen:>12.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
