@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import subprocess
@@ -150,7 +151,7 @@ def versions() -> dict[str, Any]:
 
     out["flash_attn"] = attention.flash_attn_version()
     out["gpu_driver"] = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
-    out["git"] = _run(["git", "rev-parse", "--short", "HEAD"])
+    out["git"] = _run(["git", "rev-parse", "--short", "HEAD"]) or os.environ.get("BENCH_GIT_REV")
     return out
 
 
