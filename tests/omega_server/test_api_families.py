@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import openai
 import pytest
 from omega_server.tiny import ARCHES
@@ -18,7 +20,7 @@ def test_family_answers_a_chat_with_an_image(request: pytest.FixtureRequest, arc
     try:
         health = server.state.health()
         assert health["ready"] and health["attn"] == "sdpa" and health["model"] == arch
-        messages = [
+        messages: Any = [
             {
                 "role": "user",
                 "content": [
@@ -30,12 +32,12 @@ def test_family_answers_a_chat_with_an_image(request: pytest.FixtureRequest, arc
         with openai.OpenAI(
             base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60
         ) as client:
-            resp = client.chat.completions.create(model=arch, messages=messages, max_tokens=4, temperature=0)  # type: ignore[arg-type]
+            resp = client.chat.completions.create(model=arch, messages=messages, max_tokens=4, temperature=0)
             assert resp.usage is not None and 1 <= resp.usage.completion_tokens <= 4
             assert resp.usage.prompt_tokens > 10  # the image's tokens are in the prompt
             stream = client.chat.completions.create(
                 model=arch,
-                messages=messages,  # type: ignore[arg-type]
+                messages=messages,
                 max_tokens=4,
                 temperature=0,
                 stream=True,
