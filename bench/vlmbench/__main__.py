@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from bench.vlmbench.results import markdown_table, read_rows, replace_between_markers
+from bench.vlmbench.results import markdown_table, read_rows, replace_between_markers, write_rows
 
 
 def _ints(text: str) -> list[int]:
@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=Path("bench/results"))
     r.add_argument("--results-file", type=Path, default=None)
     r.add_argument("--workdir", type=Path, default=Path("/tmp/vlmbench"))
+    m = sub.add_parser("merge", help="concatenate result files into one (e.g. two runs of one day)")
+    m.add_argument("files", nargs="+", type=Path)
+    m.add_argument("--out", type=Path, required=True)
     t = sub.add_parser("table", help="print the markdown table of result files")
     t.add_argument("files", nargs="+", type=Path)
     t.add_argument("--readme", type=Path, default=None, help="also write it between the README's markers")
@@ -61,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parser().parse_args(argv)
+    if args.cmd == "merge":
+        rows = read_rows(args.files)
+        write_rows(args.out, rows)
+        print(f"{len(rows)} rows -> {args.out}")
+        return 0
     if args.cmd == "table":
         table = markdown_table(read_rows(args.files))
         print(table)

@@ -97,3 +97,18 @@ def test_readme_markers_are_replaced_in_place() -> None:
     twice = replace_between_markers(once + "\ntail\n", "| b |")
     assert "| a |" not in twice and "| b |" in twice and twice.rstrip().endswith("tail")
     assert twice.count(README_END) == 1
+
+
+def test_cli_merge_and_table_update_the_readme(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.vlmbench.__main__ import main
+
+    a = write_rows(tmp_path / "a.json", [_row()])
+    b = write_rows(tmp_path / "b.json", [_row(driver="http")])
+    assert main(["merge", str(a), str(b), "--out", str(tmp_path / "all.json")]) == 0
+    assert [r["driver"] for r in read_rows([tmp_path / "all.json"])] == ["engine", "http"]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{README_BEGIN}\nold\n{README_END}\n")
+    assert main(["table", str(tmp_path / "all.json"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and text.count("| omega17_vl_exp |") == 2
+    assert "| omega17_vl_exp |" in capsys.readouterr().out
