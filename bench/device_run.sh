@@ -25,4 +25,4 @@ fi
 export PYTHONPATH="$FLASH:$SITE:$PWD/server/src:$PWD"
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch, transformers, flash_attn; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, 'flash_attn', flash_attn.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"
-$PY -m bench.vlmbench run --out "$OUT" --workdir /tmp/vlmbench "$@" 2>&1 | tee "$OUT/log.txt"
+$PY -m bench.vlmbench run --isolate --out "$OUT" --workdir /tmp/vlmbench "$@" 2>&1 | tee "$OUT/log.txt"

@@ -52,6 +52,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=Path("bench/results"))
     r.add_argument("--results-file", type=Path, default=None)
     r.add_argument("--workdir", type=Path, default=Path("/tmp/vlmbench"))
+    r.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run each (model, backend) in its own process, so GPU memory is surely freed between them",
+    )
     m = sub.add_parser("merge", help="concatenate result files into one (e.g. two runs of one day)")
     m.add_argument("files", nargs="+", type=Path)
     m.add_argument("--out", type=Path, required=True)
@@ -76,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             args.readme.write_text(replace_between_markers(args.readme.read_text(), table))
         return 0
 
+    command = " ".join(
+        shlex.quote(a) for a in [sys.executable, "-m", "bench.vlmbench", *(argv or sys.argv[1:])]
+    )
+    if args.isolate and len(args.models) * len(args.backends) > 1:
+        return _isolated(args, command)
+
     from bench.vlmbench.run import RunConfig, run
     from bench.vlmbench.workload import Workload
 
@@ -97,15 +108,87 @@ def main(argv: list[str] | None = None) -> int:
         deadline_s=args.deadline,
         device=args.device,
         dtype=args.dtype,
-        command=" ".join(
-            shlex.quote(a) for a in [sys.executable, "-m", "bench.vlmbench", *(argv or sys.argv[1:])]
-        ),
+        command=os.environ.get("VLMBENCH_COMMAND", command),
         max_batch_size=args.max_batch_size,
         results_file=args.results_file,
         log=log,
     )
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     rows = run(cfg)
+    print(markdown_table(rows), flush=True)
+    return 0
+
+
+def _child_argv(
+    args: argparse.Namespace, model: str, backend: str, part: Path, deadline: float | None
+) -> list[str]:
+    out = [
+        "run",
+        f"--models={model}",
+        f"--backends={backend}",
+        f"--drivers={','.join(args.drivers)}",
+        f"--concurrency={','.join(map(str, args.concurrency))}",
+        f"--prompt-tokens={args.prompt_tokens}",
+        f"--output-tokens={args.output_tokens}",
+        f"--image-size={args.image_size}",
+        f"--baseline-batch={args.baseline_batch}",
+        f"--cell-time-limit={args.cell_time_limit}",
+        f"--device={args.device}",
+        f"--dtype={args.dtype}",
+        f"--out={args.out}",
+        f"--workdir={args.workdir}",
+        f"--results-file={part}",
+    ]
+    if args.no_baseline:
+        out.append("--no-baseline")
+    if args.baseline_tokens is not None:
+        out.append(f"--baseline-tokens={args.baseline_tokens}")
+    if args.max_batch_size is not None:
+        out.append(f"--max-batch-size={args.max_batch_size}")
+    if deadline is not None:
+        out.append(f"--deadline={deadline:.0f}")
+    return out
+
+
+def _isolated(args: argparse.Namespace, command: str) -> int:
+    """One child process per (model, backend); the rows are merged into one results file."""
+    import subprocess
+    import time
+
+    from bench.vlmbench.results import results_path
+
+    started = time.monotonic()
+    parts_dir = args.workdir / "parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, object]] = []
+    final: Path | None = args.results_file
+    for model in args.models:
+        for backend in args.backends:
+            deadline = None if args.deadline is None else args.deadline - (time.monotonic() - started)
+            if deadline is not None and deadline < 30:
+                print(f"[{model}/{backend}] skipped: out of time", flush=True)
+                continue
+            part = parts_dir / f"{model}-{backend}.json"
+            part.unlink(missing_ok=True)
+            env = {**os.environ, "VLMBENCH_COMMAND": command}
+            child = [
+                sys.executable,
+                "-m",
+                "bench.vlmbench",
+                *_child_argv(args, model, backend, part, deadline),
+            ]
+            code = subprocess.run(child, env=env, check=False).returncode
+            if code != 0:
+                print(f"[{model}/{backend}] child exited {code}", flush=True)
+            if part.exists():
+                rows.extend(read_rows([part]))
+            if rows:
+                if final is None:
+                    versions = rows[0].get("versions")
+                    device = versions.get("device", "unknown") if isinstance(versions, dict) else "unknown"
+                    final = results_path(args.out, str(device), time.strftime("%Y-%m-%d", time.gmtime()))
+                write_rows(final, rows)
+    print(f"wrote {len(rows)} rows to {final}", flush=True)
     print(markdown_table(rows), flush=True)
     return 0
 
