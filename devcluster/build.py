@@ -220,7 +220,9 @@ def build(release: KubeRelease = KUBE_RELEASE, keep_tree: bool = False) -> Path:
     tarball = fetch_source(release, work)
     # Debian names it <upstream>.orig or <x>+really<upstream>.orig: make sure it is the release we want.
     if not re.search(rf"(_|really){re.escape(release.version)}\.orig\.tar", tarball.name):
-        raise RuntimeError(f"{tarball.name} is not Kubernetes {release.version}: adjust KUBE_RELEASE in settings.py")
+        raise RuntimeError(
+            f"{tarball.name} is not Kubernetes {release.version}: adjust KUBE_RELEASE in settings.py"
+        )
     tree = unpack(tarball, work / "src")
     swap_reflect2(tree)
     run_make(release, tree, work)
