@@ -115,13 +115,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        closing = threading.Event()
         if engine is not None:
             state.attach(engine)
         else:
 
             def load() -> None:
-                started = time.monotonic()
                 try:
                     loaded = _load_engine(settings)
                 except BaseException as exc:
@@ -139,28 +137,14 @@ def create_app(
                     else:
                         log.error("%s", line)
                     return
-                if closing.is_set():
+                if not state.attach(loaded):  # the app stopped while the model loaded
                     loaded.shutdown()
-                    return
-                state.attach(loaded)
-                info = loaded.info
-                log.info(
-                    "model %s ready in %.1f s: attn=%s (requested %s)",
-                    settings.model_name,
-                    time.monotonic() - started,
-                    getattr(info, "attn", None) if not isinstance(info, dict) else info.get("attn"),
-                    settings.attn_impl,
-                )
 
             threading.Thread(target=load, name="omega-engine-load", daemon=True).start()
         try:
             yield
         finally:
-            closing.set()
-            if owns_engine:
-                await state.close()
-            elif state._chat is not None:
-                await state._chat.aclose()
+            await state.close(shutdown_engine=owns_engine)
 
     app = FastAPI(
         title="omega-vlm-server",

@@ -43,6 +43,7 @@ class ServerState:
         self.engine: Any | None = None
         self.error: str | None = None
         self._phase: Phase = "loading"
+        self._closed = False
         self._lock = threading.Lock()
         self._chat: ChatService | None = None
         self.metrics = Metrics(stats=self._stats, devices=self._devices)
@@ -64,9 +65,14 @@ class ServerState:
             return "dead"
         return self._phase
 
-    def attach(self, engine: Any) -> None:
-        """Start serving with a loaded engine: hook batch sizes into metrics, record the backend."""
+    def attach(self, engine: Any) -> bool:
+        """Start serving with a loaded engine: hook batch sizes into metrics, record the backend.
+
+        Returns False (and leaves the engine alone) when the server is already closing.
+        """
         with self._lock:
+            if self._closed:
+                return False
             self.engine = engine
             engine.batch_observer = self.metrics.batch_size.observe
             info = engine.info
@@ -80,6 +86,7 @@ class ServerState:
             )
             self._chat = ChatService(self.settings, engine, self.metrics)
             self._phase = "ready"
+            return True
 
     def fail(self, message: str) -> None:
         """The engine could not be loaded."""
@@ -125,12 +132,13 @@ class ServerState:
             "error": self.error if phase != "dead" else (self.error or "the engine stopped"),
         }
 
-    async def close(self) -> None:
-        """Stop serving: release the HTTP client and shut the engine down."""
+    async def close(self, shutdown_engine: bool = True) -> None:
+        """Stop serving: release the HTTP client and (when it is ours) shut the engine down."""
         with self._lock:
+            self._closed = True
             self._phase = "failed" if self._phase == "failed" else "dead"
             chat, engine = self._chat, self.engine
         if chat is not None:
             await chat.aclose()
-        if engine is not None:
+        if engine is not None and shutdown_engine:
             await asyncio.to_thread(engine.shutdown)
