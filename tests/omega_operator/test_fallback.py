@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -609,3 +610,25 @@ def test_record_round_trip_and_legacy_record_without_attention() -> None:
     r2 = FallbackRecord.from_status(legacy)
     assert r2 is not None and r2.applies_to(spec())
     assert FallbackRecord.from_status({}) is None and FallbackRecord.from_status(None) is None
+
+
+def test_decisions_on_the_real_servers_health_bodies() -> None:
+    """One health contract: bodies made by omega_server's own code, read by the operator's parser."""
+    from omega_server.settings import Settings
+    from omega_server.state import ServerState
+
+    state = ServerState(Settings(model_path="/tmp/none", attn_impl="flash_attention_2"))
+
+    def probe() -> ProbeResult:
+        body = state.health()
+        report = parse_report(json.dumps(body))
+        assert report is not None, body
+        return ProbeResult("a", ProbeOutcome.REPORT, 200 if body["ready"] else 503, report=report)
+
+    pods = [PodView.from_pod(pod("a", ready=False))]
+    loading = decide(spec(), None, pods, {"a": probe()}, now=NOW)
+    assert loading.action is Action.KEEP and loading.headline is None
+    state.fail("fatal: flash-attn: ImportError: flash_attn_2_cuda: undefined symbol")
+    failed = decide(spec(), None, pods, {"a": probe()}, now=NOW)
+    assert failed.action is Action.ROLLBACK and failed.reason == Reason.FLASH_LOAD_FAILED
+    assert failed.fallback is not None and "undefined symbol" in failed.fallback.message
