@@ -290,7 +290,9 @@ def test_update_to_invalid_spec_touches_no_child(cluster: Cluster, ns: str) -> N
     time.sleep(2 * PROBE_INTERVAL)
     after = deployment(cluster, ns, "upd")
     assert after is not None
-    assert after["metadata"]["resourceVersion"] == dep["metadata"]["resourceVersion"]
+    # (the controller manager writes the Deployment's status; its spec and generation are ours)
+    assert after["metadata"]["generation"] == dep["metadata"]["generation"]
+    assert after["spec"] == dep["spec"]
     assert after["spec"]["replicas"] == 0
     assert (get(cluster, "service", ns, "upd") or {})["metadata"]["resourceVersion"] == svc["metadata"][
         "resourceVersion"
@@ -320,7 +322,6 @@ def test_drift_is_repaired(cluster: Cluster, ns: str) -> None:
     cluster.kubectl(
         "set", "env", "deployment/drift", "-n", ns, "-c", "server", "MAX_BATCH_SIZE=64", "ATTN_IMPL=eager"
     )
-    assert env_of(server_container(deployment(cluster, ns, "drift") or {}))["MAX_BATCH_SIZE"] == "64"
     wait_for(
         lambda: env_of(server_container(deployment(cluster, ns, "drift") or {})).get("MAX_BATCH_SIZE") == "4",
         10 * PROBE_INTERVAL,
@@ -433,10 +434,10 @@ def test_ready_on_a_real_server_and_restart_writes_nothing(
 
     # Settled: no writes for a while. Restart the operator: still no writes.
     before = wait_settled(cluster, quiet_s=4 * PROBE_INTERVAL, timeout=settle_timeout())
-    resumed = operator.log().count("Resuming is processed")
+    resumed = operator.log().count(" resumed ")
     operator.stop()
     operator.start()
-    wait_for(lambda: operator.log().count("Resuming is processed") >= resumed + 3, 60, "operator resumed")
+    wait_for(lambda: operator.log().count(" resumed ") >= resumed + 3, 60, "operator resumed")
     time.sleep(5 * PROBE_INTERVAL)  # several timer rounds: probes, drift checks
     after = api_writes(cluster)
     assert after == before, f"{after - before} API writes after a restart with nothing changed"

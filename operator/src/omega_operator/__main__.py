@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # kopf logs every handler run at INFO (pod events included); keep its warnings and errors.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # Import registers the handlers.
     from omega_operator import handlers
 

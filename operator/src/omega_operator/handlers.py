@@ -14,14 +14,13 @@ import asyncio
 import copy
 import logging
 import os
-import random
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from omega_operator import builders as b
-from omega_operator import metrics
+from omega_operator import metrics, observe
 from omega_operator.api.models import GROUP, PLURAL, VERSION
 from omega_operator.health import HealthProber, ProxyConfig
 from omega_operator.kube import ApiError, Kube, load_credentials
@@ -45,7 +44,10 @@ class _State:
     # older body (the watch event of our own write not yet in) uses this status instead.
     written: dict[str, dict[str, Any]] = {}
     # (uid, kind) -> a child as our last apply returned it (newer than the cache until its event).
-    applied: dict[tuple[str, str], dict[str, Any]] = {}
+    applied: dict[tuple[str, str], tuple[dict[str, Any], bool]] = {}  # (object, seen in the cache)
+    # uid -> the last round of pod /health results (probing happens on the timer and on spec
+    # changes; reconciles triggered by child events reuse these).
+    probes: dict[str, dict[str, Any]] = {}
 
 
 STATE = _State()
@@ -146,6 +148,12 @@ def pods_idx(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: A
     return {key: _raw(body)} if key else None
 
 
+@kopf.index(GROUP, VERSION, PLURAL)
+def omegavlms_idx(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+    """The OmegaVLMs themselves, so that a child's event can reconcile its parent."""
+    return {(namespace or "", name): _raw(body)}
+
+
 def _first(index: kopf.Index[Any, Any], key: tuple[str, str], uid: str) -> dict[str, Any] | None:
     """The cached child of that OmegaVLM (owned by this uid: a same-named predecessor's child is not ours)."""
     for obj in index.get(key, []):
@@ -158,40 +166,45 @@ def _first(index: kopf.Index[Any, Any], key: tuple[str, str], uid: str) -> dict[
 # ------------------------------------------------------------------ the reconcile
 
 
-async def _reconcile(body: kopf.Body, **kwargs: Any) -> None:
+async def _reconcile(body: Mapping[str, Any], probe: bool = True, **kwargs: Any) -> None:
     raw = _raw(body)
     meta = raw["metadata"]
     if meta.get("deletionTimestamp"):
         return  # garbage collection removes the children
     key = (meta["namespace"], meta["name"])
     uid = meta["uid"]
-    # Pods belong to ReplicaSets, not to us: the instance label (server-side filtered) finds them.
-    pods = [dict(p) for p in kwargs["pods_idx"].get(key, [])]
-    observed = Observed(
-        deployment=_newest(
-            _first(kwargs["deployments_idx"], key, uid), STATE.applied.get((uid, "Deployment"))
-        ),
-        service=_newest(_first(kwargs["services_idx"], key, uid), STATE.applied.get((uid, "Service"))),
-        pdb=_newest(_first(kwargs["pdbs_idx"], key, uid), STATE.applied.get((uid, "PodDisruptionBudget"))),
-        pods=pods,
-    )
     assert STATE.kube is not None, "startup handler did not run"
     async with _lock(uid):
+        # Read the caches under the lock: a reconcile that just finished has recorded its writes.
+        # Pods belong to ReplicaSets, not to us: the instance label (server-side filtered) finds them.
+        pods = [dict(p) for p in kwargs["pods_idx"].get(key, [])]
+        observed = Observed(
+            deployment=_newest(_first(kwargs["deployments_idx"], key, uid), uid, "Deployment"),
+            service=_newest(_first(kwargs["services_idx"], key, uid), uid, "Service"),
+            pdb=_newest(_first(kwargs["pdbs_idx"], key, uid), uid, "PodDisruptionBudget"),
+            pods=pods,
+        )
         mine = STATE.written.get(uid)
         if mine is not None and _rv(mine) > _rv(raw):
             raw["status"] = copy.deepcopy(mine.get("status") or {})
         try:
-            res = await reconcile(STATE.kube, raw, observed, STATE.prober)
+            # Reuse the last probe round between rounds; a new process has none yet: probe.
+            earlier = None if probe else STATE.probes.get(uid)
+            res = await reconcile(STATE.kube, raw, observed, STATE.prober, earlier)
         except ApiError as exc:
+            if exc.status == 403 and "being terminated" in exc.message:
+                log.debug("namespace of %s/%s is being deleted: %s", key[0], key[1], exc)
+                return
             if exc.transient or exc.status == 404:
                 raise kopf.TemporaryError(f"API error, will retry: {exc}", delay=5) from exc
             raise
-    if res.written is not None:
-        STATE.written[uid] = res.written
-    for kind, obj in res.objects.items():
-        STATE.applied[(uid, kind)] = obj
-    for kind in res.deleted:
-        STATE.applied.pop((uid, kind), None)
+        STATE.probes[uid] = res.probes
+        if res.written is not None:
+            STATE.written[uid] = res.written
+        for kind, obj in res.objects.items():
+            STATE.applied[(uid, kind)] = (obj, False)
+        for kind in res.deleted:
+            STATE.applied.pop((uid, kind), None)
     if res.applied or res.deleted or res.status_patch:
         log.info(
             "reconciled %s/%s: applied=%s deleted=%s status=%s action=%s",
@@ -204,17 +217,22 @@ async def _reconcile(body: kopf.Body, **kwargs: Any) -> None:
         )
 
 
-def _newest(cached: dict[str, Any] | None, mine: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The cache's copy unless our own last write is newer (its watch event is not in yet).
+def _newest(cached: dict[str, Any] | None, uid: str, kind: str) -> dict[str, Any] | None:
+    """The cache's copy of a child, unless our own last write is newer (its event not in yet).
 
-    A child deleted by someone else is gone from the cache while ours still exists: trust the
-    cache then (the delete is newer than anything we wrote), except right after our own create.
+    Once the cache has shown our write, the cache is the truth again: a child missing from it
+    then was deleted by someone else and must be recreated.
     """
-    if mine is None:
+    entry = STATE.applied.get((uid, kind))
+    if entry is None:
+        return cached
+    mine, seen = entry
+    if cached is not None and _rv(cached) >= _rv(mine):
+        STATE.applied[(uid, kind)] = (mine, True)
         return cached
     if cached is None:
-        return None
-    return mine if _rv(mine) > _rv(cached) else cached
+        return None if seen else mine
+    return mine
 
 
 def _rv(obj: Mapping[str, Any]) -> int:
@@ -228,22 +246,40 @@ def _rv(obj: Mapping[str, Any]) -> int:
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-resume")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-create")
 @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-update")
-async def reconcile_handler(body: kopf.Body, **kwargs: Any) -> None:
+async def reconcile_handler(
+    body: kopf.Body, reason: str, name: str, namespace: str | None, **kwargs: Any
+) -> None:
     """Create, update and resume: the same idempotent reconcile."""
     await _reconcile(body, **kwargs)
+    if reason == "resume":
+        log.info("resumed %s/%s", namespace, name)
 
 
-@kopf.timer(
-    GROUP,
-    VERSION,
-    PLURAL,
-    id="refresh",
-    interval=SETTINGS.probe_interval,
-    initial_delay=random.uniform(0.5, 1.0) * SETTINGS.probe_interval,
-)
-async def refresh(body: kopf.Body, **kwargs: Any) -> None:
-    """Refresh observed state (pods, /health), repair drifted or deleted children."""
-    await _reconcile(body, **kwargs)
+@kopf.daemon(GROUP, VERSION, PLURAL, id="refresh", cancellation_timeout=5)
+async def refresh(stopped: kopf.DaemonStopped, body: kopf.Body, **kwargs: Any) -> None:
+    """Every probe interval (jittered, first run at a random point of the first interval): probe
+    the pods' /health, refresh observed state, repair drifted or deleted children."""
+    await observe.every(stopped, SETTINGS.probe_interval, lambda: _reconcile(body, **kwargs))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED, id="deployment-changed")
+@kopf.on.event("", "v1", "services", labels=MANAGED, id="service-changed")
+@kopf.on.event("policy", "poddisruptionbudgets", labels=MANAGED, id="pdb-changed")
+@kopf.on.event("", "v1", "pods", labels=MANAGED, id="pod-changed")
+async def child_changed(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
+    """A child or pod changed (or was deleted): reconcile its parent now, not at the next timer.
+
+    Status (readiness, scheduling) follows at once and a deleted or edited child is repaired at
+    once. Pods are not probed here; the last probe round is reused.
+    """
+    key = _child_key(namespace, labels)
+    parents = list(kwargs["omegavlms_idx"].get(key, [])) if key else []
+    indexes = {k: v for k, v in kwargs.items() if k.endswith("_idx")}
+    for parent in parents:
+        try:
+            await _reconcile(parent, probe=False, **indexes)
+        except kopf.TemporaryError as exc:  # the next event or the refresh loop retries
+            log.info("reconcile after a child event failed, will retry: %s", exc)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -254,5 +290,6 @@ def forget(type: str, namespace: str | None, name: str, body: kopf.Body, **_: An
         uid = str((body.get("metadata") or {}).get("uid"))
         STATE.written.pop(uid, None)
         STATE.locks.pop(uid, None)
+        STATE.probes.pop(uid, None)
         for k in [k for k in STATE.applied if k[0] == uid]:
             del STATE.applied[k]

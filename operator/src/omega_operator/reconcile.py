@@ -15,7 +15,7 @@ from typing import Any
 
 from omega_operator import builders as b
 from omega_operator import conditions as c
-from omega_operator import drift, fallback, metrics
+from omega_operator import drift, fallback, metrics, observe
 from omega_operator import status as st
 from omega_operator.api.validation import InvalidSpec, parse_spec
 from omega_operator.health import HealthProber, ProbeResult, pod_target
@@ -46,6 +46,7 @@ class Result:
     action: str | None = None
     written: dict[str, Any] | None = None  # the object as the status patch returned it
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> object as applied
+    probes: dict[str, ProbeResult] = field(default_factory=dict)  # pod -> /health result used
 
 
 def owner_of(body: dict[str, Any]) -> b.Owner:
@@ -72,12 +73,20 @@ async def _probe(prober: HealthProber | None, pods: list[dict[str, Any]]) -> dic
 
 
 async def reconcile(
-    kube: Kube, body: dict[str, Any], observed: Observed, prober: HealthProber | None = None
+    kube: Kube,
+    body: dict[str, Any],
+    observed: Observed,
+    prober: HealthProber | None = None,
+    probes: dict[str, ProbeResult] | None = None,
 ) -> Result:
-    """Converge one OmegaVLM. Raises ApiError on API failures (the caller maps them to retries)."""
+    """Converge one OmegaVLM. Raises ApiError on API failures (the caller maps them to retries).
+
+    Pods are probed with `prober` unless `probes` (earlier results) are given; `Result.probes`
+    returns what was used, so callers can reuse it for reconciles between probe rounds.
+    """
     started = time.monotonic()
     try:
-        res = await _reconcile(kube, body, observed, prober)
+        res = await _reconcile(kube, body, observed, prober, probes)
     except ApiError:
         metrics.RECONCILES.labels("error").inc()
         raise
@@ -88,7 +97,11 @@ async def reconcile(
 
 
 async def _reconcile(
-    kube: Kube, body: dict[str, Any], observed: Observed, prober: HealthProber | None
+    kube: Kube,
+    body: dict[str, Any],
+    observed: Observed,
+    prober: HealthProber | None,
+    probes: dict[str, ProbeResult] | None,
 ) -> Result:
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
@@ -108,22 +121,11 @@ async def _reconcile(
         return await _mark_invalid(kube, body, old, generation, str(exc), res, event)
 
     # 2. Decide the variant (the fallback decision, fed by the pods' /health).
-    flash_img = b.flash_image(spec) or ""
-    sdpa_img = b.sdpa_image(spec) or ""
-    fspec = fallback.FallbackSpec.from_spec(
-        {
-            "attention": b.attention(spec),
-            "fallback": {
-                "enabled": b.fallback_enabled(spec),
-                "crashLoopRestarts": b.crash_loop_restarts(spec),
-            },
-        },
-        flash_image=flash_img,
-        sdpa_image=sdpa_img,
-    )
-    probes = await _probe(prober, observed.pods)
+    if probes is None:
+        probes = await _probe(prober, observed.pods)
+    res.probes = probes
     decision = fallback.decide(
-        fspec,
+        observe.fallback_spec(spec),
         old.get("attention"),
         [fallback.PodView.from_pod(p, b.CONTAINER) for p in observed.pods],
         probes,
@@ -131,7 +133,12 @@ async def _reconcile(
         now=fallback.now_utc(),
     )
     res.action = decision.action.value
-    variant = "sdpa" if decision.attention == fallback.SDPA else "flash"
+    # A rollback is recorded in the status before the Deployment moves (exactly one rollback,
+    # even when the operator dies in between).
+    recorded = await observe.persist_fallback(kube, ns, name, decision)
+    if recorded:
+        old["attention"] = {**(old.get("attention") or {}), **recorded}
+    variant = observe.variant_of(decision)
     image = b.image_for(spec, variant)
 
     # 3. Converge the children (apply only what differs from the watch cache).
@@ -186,8 +193,8 @@ async def _reconcile(
         res.written = await kube.patch_status(ns, name, res.status_patch)
 
     # 5. Events on transitions, and metrics.
-    if decision.action is fallback.Action.ROLLBACK and decision.fallback is not None:
-        metrics.FALLBACKS.labels(str(decision.fallback.reason)).inc()
+    if observe.is_rollback_write(decision, observed.deployment, "Deployment" in res.applied):
+        metrics.FALLBACKS.labels(str(decision.reason)).inc()
         await event("Warning", fallback.EVENT_REASON, decision.message)
     elif decision.action is fallback.Action.RESET:
         await event("Normal", "FlashAttentionRetry", decision.message)
