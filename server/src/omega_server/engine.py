@@ -484,6 +484,8 @@ class Engine:
             raise ValueError("max_model_length must be >= 2")
         started = time.monotonic()
         path = models.resolve_model_path(config.model_path)
+        if models.pick_device(config.device).startswith("cuda"):
+            configure_sdpa_kernels()
         choice = attention.resolve(
             path,
             requested=config.attn_impl,
@@ -782,6 +784,19 @@ class Engine:
             return None
         seq.text = seq.text[: min(found)]
         return "stop"
+
+
+def configure_sdpa_kernels() -> None:
+    """Keep PyTorch's cuDNN SDPA kernel out of decoding (process-wide).
+
+    Measured on the H100 (torch 2.11, bench/gpu_profile.py): cuDNN SDPA builds an execution plan for
+    every new (batch, KV length) shape, and decoding makes a new shape at every step: 100 ms per
+    decode step of the Qwen2.5-VL-7B shape at batch 1 with it, 37 ms with PyTorch's flash /
+    memory-efficient SDPA kernels, which need no per-shape plan.
+    """
+    enable = getattr(torch.backends.cuda, "enable_cudnn_sdp", None)
+    if enable is not None:
+        enable(False)
 
 
 def _fatal(exc: BaseException) -> bool:
