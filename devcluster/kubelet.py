@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from devcluster import images, podenv
+from devcluster import images, pki, podenv
 from devcluster.apiclient import Api, ApiError
 from devcluster.nodes import now_iso
 from devcluster.podstatus import ContainerView, pod_status, tail_message
@@ -320,7 +320,52 @@ class PodWorker(threading.Thread):
         )
         # Every pod has its own address: a server that binds HOST binds the pod IP, like in a pod netns.
         env["HOST"] = self.pod_ip
+        # The mounted service-account token of a real pod, as a kubeconfig (no in-cluster files here).
+        kubeconfig = self._service_account_kubeconfig()
+        if kubeconfig is not None:
+            env.setdefault("KUBECONFIG", str(kubeconfig))
         return env
+
+    def _service_account_kubeconfig(self) -> Path | None:
+        """A kubeconfig with a pod-bound token of the pod's ServiceAccount (None when not automounted)."""
+        spec, meta = self.pod["spec"], self.pod["metadata"]
+        if spec.get("automountServiceAccountToken") is False:
+            return None
+        path = self.dir / "serviceaccount" / "kubeconfig"
+        if path.exists():
+            return path
+        sa = spec.get("serviceAccountName") or "default"
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": [],
+                "expirationSeconds": 7 * 86400,
+                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": meta["name"], "uid": self.uid},
+            },
+        }
+        try:
+            answer = self.kubelet.api.post(
+                f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", request
+            )
+        except ApiError as e:
+            if e.status == 404:
+                # Like a kubelet that cannot mount the token: wait (the ServiceAccount controller
+                # creates "default" a moment after its namespace).
+                raise podenv.ContainerConfigError(f'serviceaccount "{sa}" not found') from e
+            log.warning("token for %s/%s: %s", meta["namespace"], sa, e)
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.parent / "token").write_text(answer["status"]["token"])
+        (path.parent / "namespace").write_text(meta["namespace"])
+        pki.write_kubeconfig(
+            path,
+            self.kubelet.server,
+            answer["status"]["token"],
+            self.kubelet.ca_file,
+            namespace=meta["namespace"],
+        )
+        return path
 
     def _probe(self, c: ContainerRuntime, now: float) -> None:
         if c.startup is not None and not c.startup.result:
@@ -501,8 +546,12 @@ class Kubelet:
         ipam: Ipam,
         registry: PidRegistry,
         config: KubeletConfig,
+        server: str,
+        ca_file: Path,
     ) -> None:
         self.api = api
+        self.server = server
+        self.ca_file = ca_file
         self.node_ips = node_ips
         self.layout_pods = state_dir / "pods"
         self.images_file = images_file

@@ -64,7 +64,9 @@ def make_token_file(path: Path) -> str:
     return token
 
 
-def kubeconfig_dict(server: str, token: str, ca_pem: bytes, name: str = "devcluster") -> dict:
+def kubeconfig_dict(
+    server: str, token: str, ca_pem: bytes, name: str = "devcluster", namespace: str = "default"
+) -> dict:
     """A kubeconfig for ``server`` with a bearer token, verifying the cluster's CA."""
     return {
         "apiVersion": "v1",
@@ -79,13 +81,14 @@ def kubeconfig_dict(server: str, token: str, ca_pem: bytes, name: str = "devclus
             }
         ],
         "users": [{"name": "admin", "user": {"token": token}}],
-        "contexts": [{"name": name, "context": {"cluster": name, "user": "admin", "namespace": "default"}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": "admin", "namespace": namespace}}],
         "current-context": name,
         "preferences": {},
     }
 
 
-def write_kubeconfig(path: Path, server: str, token: str, ca_file: Path) -> None:
-    """Write the admin kubeconfig (mode 0600)."""
-    path.write_text(yaml.safe_dump(kubeconfig_dict(server, token, ca_file.read_bytes()), sort_keys=False))
+def write_kubeconfig(path: Path, server: str, token: str, ca_file: Path, namespace: str = "default") -> None:
+    """Write a token kubeconfig (mode 0600)."""
+    doc = kubeconfig_dict(server, token, ca_file.read_bytes(), namespace=namespace)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
     path.chmod(0o600)

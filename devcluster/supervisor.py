@@ -153,7 +153,17 @@ class Supervisor:
         agent = NodeAgent(api, nodes, node_ips)
         agent.register()
         kcfg = KubeletConfig(**self.config.get("kubelet", {}))
-        self.kubelet = Kubelet(api, node_ips, layout.state, layout.images, Ipam(prefix), self.registry, kcfg)
+        self.kubelet = Kubelet(
+            api,
+            node_ips,
+            layout.state,
+            layout.images,
+            Ipam(prefix),
+            self.registry,
+            kcfg,
+            server,
+            layout.pki / "ca.crt",
+        )
         for target in (agent.run, self.kubelet.run):
             t = threading.Thread(target=target, args=(self.stop,), daemon=True)
             t.start()

@@ -256,3 +256,43 @@ def test_deployment_pods_count_ready_and_roll(devcluster: Cluster, ns: str) -> N
     devcluster.kubectl("rollout", "status", "deployment/srv", "-n", ns, "--timeout=60s")
     devcluster.wait_for(lambda: not any(alive(p) for p in old_pids), timeout=20, what="old pods stopped")
     devcluster.kubectl("delete", "deployment", "srv", "-n", ns, "--wait=false")
+
+
+def test_pods_get_their_service_account_credentials(devcluster: Cluster, ns: str) -> None:
+    """KUBECONFIG in the container holds a token of the pod's ServiceAccount: RBAC applies to it."""
+    devcluster.add_image("devcluster-test/kubectl", ["kubectl"])
+    devcluster.kubectl("create", "serviceaccount", "reader", "-n", ns)
+    devcluster.kubectl("create", "role", "pod-reader", "--verb=list", "--resource=pods", "-n", ns)
+    devcluster.kubectl(
+        "create", "rolebinding", "reader", "--role=pod-reader", f"--serviceaccount={ns}:reader", "-n", ns
+    )
+    for name, sa in (("as-default", "default"), ("as-reader", "reader")):
+        devcluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {
+                    "serviceAccountName": sa,
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "devcluster-test/kubectl:1",
+                            "args": ["get", "pods", "-o", "name"],
+                        }
+                    ],
+                },
+            }
+        )
+
+    def finished(name: str) -> dict[str, Any] | None:
+        st = _status(devcluster, ns, name)
+        return st if st.get("phase") in ("Succeeded", "Failed") else None
+
+    denied = devcluster.wait_for(lambda: finished("as-default"), timeout=30, what="as-default done")
+    allowed = devcluster.wait_for(lambda: finished("as-reader"), timeout=30, what="as-reader done")
+    assert denied["phase"] == "Failed"
+    assert f"system:serviceaccount:{ns}:default" in devcluster.pod_log(ns, "as-default")
+    assert allowed["phase"] == "Succeeded", devcluster.pod_log(ns, "as-reader")
+    assert "pod/as-reader" in devcluster.pod_log(ns, "as-reader")
