@@ -1,0 +1,117 @@
+"""Issue 5 end to end: the rollback survives an operator crash between detection and the Deployment
+write: after the restart exactly one rollback happens (one record, one Deployment revision, one Event).
+
+The crash point is ``OMEGA_OPERATOR_FAILPOINT=after-fallback-recorded`` (omega_operator.observe): the
+first operator process exits right after writing the fallback record into the status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from omega_operator import observe
+
+from devcluster import Cluster
+from tests.e2e.fallback_support import (
+    FLASH_IMAGE,
+    PROBE_INTERVAL,
+    SDPA_IMAGE,
+    OperatorProcess,
+    all_ready_on,
+    deployment,
+    dump,
+    events,
+    install_crd,
+    make_namespace,
+    omegavlm,
+    ovlm,
+    replica_set_images,
+    server_container,
+    tiny_checkpoint,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.devcluster, pytest.mark.slow, pytest.mark.timeout(600)]
+
+FAILPOINT = {observe.FAILPOINT_ENV: observe.AFTER_FALLBACK_RECORDED}
+FAILPOINT_EXIT = observe.FAILPOINT_EXIT_CODE
+
+
+@pytest.fixture(scope="module")
+def cluster(devcluster: Cluster) -> Cluster:
+    install_crd(devcluster)
+    return devcluster
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "qwen2_5_vl")
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    ns = make_namespace(cluster, "fbc")
+    yield ns
+    cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def _image(cluster: Cluster, ns: str, name: str) -> str | None:
+    dep = deployment(cluster, ns, name)
+    return server_container(dep)["image"] if dep else None
+
+
+def test_operator_killed_between_detection_and_rollback_rolls_back_exactly_once(
+    cluster: Cluster, model_dir: Path, namespace: str, tmp_path: Path
+) -> None:
+    ns, name = namespace, "resilient"
+    first = OperatorProcess(cluster, ns, tmp_path / "operator-1.log", env=FAILPOINT).start()
+    second: OperatorProcess | None = None
+    try:
+        cluster.apply(omegavlm(name, ns, model_dir, attention="auto"))
+
+        # The first operator detects the failure, records it, and dies before the Deployment write.
+        def exited_or_rolled_back_without_the_failpoint() -> bool:
+            if first.proc is not None and first.proc.poll() is not None:
+                return True
+            # Rolled back while still running: the reconcile does not record the fallback in the
+            # status before the Deployment write (observe.persist_fallback is not wired in).
+            return _image(cluster, ns, name) == SDPA_IMAGE
+
+        wait_for(exited_or_rolled_back_without_the_failpoint, 300, "operator exit at the failpoint")
+        assert first.proc is not None and first.proc.poll() == FAILPOINT_EXIT, (
+            "the Deployment moved to sdpa before the fallback was recorded in the status "
+            "(reconcile must call observe.persist_fallback before applying the Deployment)\n"
+            + first.log()[-3000:]
+        )
+        obj = ovlm(cluster, ns, name)
+        recorded = obj["status"]["attention"]["fallback"]
+        assert recorded["reason"] == "FlashAttentionLoadFailed"
+        assert _image(cluster, ns, name) == FLASH_IMAGE  # the Deployment was not written yet
+
+        # A new operator process finishes the job from the status alone.
+        second = OperatorProcess(cluster, ns, tmp_path / "operator-2.log").start()
+        wait_for(lambda: _image(cluster, ns, name) == SDPA_IMAGE, 120, "Deployment on sdpa after restart")
+        wait_for(lambda: all_ready_on(cluster, ns, SDPA_IMAGE, 1), 240, "sdpa pod Ready")
+        wait_for(
+            lambda: ovlm(cluster, ns, name)["status"].get("attention", {}).get("active") == "sdpa",
+            60,
+            "attention.active sdpa",
+        )
+        # Exactly one rollback: one record (unchanged), one Deployment revision to sdpa, one Event.
+        time.sleep(3 * PROBE_INTERVAL)
+        assert ovlm(cluster, ns, name)["status"]["attention"]["fallback"] == recorded
+        assert replica_set_images(cluster, ns) == {FLASH_IMAGE, SDPA_IMAGE}
+        dep = deployment(cluster, ns, name)
+        assert dep is not None and dep["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
+        assert len(events(cluster, ns, "FlashAttentionFallback")) == 1
+    except BaseException:
+        print(dump(cluster, ns, second or first))
+        print("--- first operator\n" + first.log()[-4000:])
+        raise
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
