@@ -156,6 +156,8 @@ def run_demo(steps: list[Step] | None = None) -> int:
         )
         cluster = Cluster.start(state, pod_prefix=42)
         print(f"ready in {time.monotonic() - t0:.1f} s: {cluster.server}", flush=True)
+    if steps is None:
+        import devcluster.demo_omega  # noqa: F401  (registers the omega-vlm steps after these)
     for s in steps if steps is not None else STEPS:
         _banner(s.title)
         s.run(cluster)
