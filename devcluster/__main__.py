@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("args", nargs=argparse.REMAINDER)
     k.set_defaults(fn=cmd_kubectl)
     args = p.parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `devcluster status | head` ends quietly
     return int(args.fn(args))
 
 

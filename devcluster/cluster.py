@@ -104,6 +104,9 @@ class Cluster:
             raise ClusterError(
                 f"a cluster already runs in {layout.state} (run `python -m devcluster down` first)"
             )
+        layout.state.mkdir(parents=True, exist_ok=True)
+        # Whatever an earlier run left behind (its supervisor was killed) goes first.
+        PidRegistry(layout.pids).kill_all(2.0)
         # Fresh state each start: no etcd data, pods or pids from an earlier run.
         for stale in (layout.etcd_data, layout.pods, layout.logs):
             shutil.rmtree(stale, ignore_errors=True)

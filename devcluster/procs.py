@@ -116,8 +116,9 @@ class PidRegistry:
         for pid, ticks in left.values():
             if alive(pid, ticks or None):
                 signal_group(pid, signal.SIGKILL)
-        with self._lock:
-            self._write({})
+        if self.path.exists():
+            with self._lock:
+                self._write({})
         return list(left)
 
 
