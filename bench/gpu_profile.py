@@ -93,8 +93,12 @@ def main() -> int:
     prepared = E.prepare_inputs(processor, req, [image], max_model_length=1 << 20)
     print("prompt tokens", prepared.prompt_tokens, flush=True)
 
-    def runner_ms(batch: int, steps: int = 48) -> float:
-        runner = E._Runner(model, processor)
+    def runner_ms(batch: int, steps: int = 48, static: bool = False) -> float:
+        runner: Any = (
+            E._StaticRunner(model, processor, slots=16, width=1024, graphs=dev.type == "cuda")
+            if static
+            else E._Runner(model, processor)
+        )
         for _ in range(batch):
             runner.prefill(E._Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None))
         for _ in range(4):
@@ -151,7 +155,26 @@ def main() -> int:
             row = (label, runner_ms(1), runner_ms(4), generate_ms())
             rows.append(row)
             print(row, flush=True)
-            profile(label)
+            if impl == "sdpa" and not cudnn:
+                profile(label)
+            if impl != "flash_attention_2" and not cudnn:
+                row = (f"{label} static+graphs", runner_ms(1, static=True), runner_ms(4, static=True), 0.0)
+                rows.append(row)
+                print(row, flush=True)
+                # equality of the two decode paths on the real shape (bf16): greedy tokens of 32 steps
+                seqs = []
+                for cls in ("dynamic", "static"):
+                    r: Any = (
+                        E._StaticRunner(model, processor, slots=4, width=1024, graphs=dev.type == "cuda")
+                        if cls == "static"
+                        else E._Runner(model, processor)
+                    )
+                    seq = E._Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None)
+                    r.prefill(seq)
+                    toks = [seq.last_token] + [r.decode()[0] for _ in range(31)]
+                    seqs.append(toks)
+                    r.evict([])
+                print("static == dynamic greedy (32 tokens):", seqs[0] == seqs[1], flush=True)
     print("\n== ms per decode step (Qwen2.5-VL-7B shape, bf16, 512-token prompt with a 448x448 image)")
     print(f"{'backend':34} {'engine b1':>10} {'engine b4':>10} {'generate b1':>12}")
     for label, b1, b4, gen in rows:

@@ -267,6 +267,8 @@ def child_throughput(args: argparse.Namespace) -> dict[str, Any]:
         "requested": info.attn_requested,
         "flash_attn": info.flash_attn,
         "load_s": info.load_seconds,
+        "kv_cache": info.kv_cache,
+        "cuda_graphs": info.cuda_graphs,
         "env": _env_report(),
     }
     make, prompt = _fit_prompt(eng, PROMPT_TOKENS)
@@ -278,6 +280,9 @@ def child_throughput(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(row)
         print(json.dumps(row), flush=True)
     out["rows"] = rows
+    graphs = getattr(eng._runner, "graphs", None)
+    out["graph_error"] = getattr(graphs, "error", None)
+    out["graphs_captured"] = len(getattr(graphs, "graphs", {}))
     # correctness on the real shape: engine greedy == generate() greedy for the first tokens
     model = eng._loaded.model
     p = eng.prepare(make(32))
@@ -409,7 +414,7 @@ def _table(report: dict[str, Any]) -> None:
             continue
         for row in r["rows"]:
             print(
-                f"{r['backend']:18} {r['load_s']:>7} {row['concurrency']:>5} {row['output_tokens_per_s']:>8} "
+                f"{r['backend']:18} {r.get('kv_cache', '') + ('+graphs' if r.get('cuda_graphs') else ''):>12} {r['load_s']:>7} {row['concurrency']:>5} {row['output_tokens_per_s']:>8} "
                 f"{row['decode_tokens_per_s']!s:>13} {row['per_request_tokens_per_s']:>8} {row['ttft_p50_ms']:>12} "
                 f"{row['ttft_max_ms']:>9} {row['peak_gpu_mem_gb']:>8}"
             )

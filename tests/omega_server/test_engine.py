@@ -76,9 +76,18 @@ def engine(tiny_checkpoint: Callable[[str], Path]) -> Iterator[Engine]:
     eng.shutdown()
 
 
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
 @pytest.mark.parametrize("arch", ["qwen2_vl", "qwen3_vl_moe", "llava", "idefics3"])
-def test_batched_greedy_equals_generate(arch: str, tiny_checkpoint: Callable[[str], Path]) -> None:
-    eng = Engine.load(EngineConfig(model_path=str(tiny_checkpoint(arch)), attn_impl="sdpa", max_batch_size=3))
+def test_batched_greedy_equals_generate(
+    arch: str, kv_cache: str, tiny_checkpoint: Callable[[str], Path]
+) -> None:
+    eng = Engine.load(
+        EngineConfig(
+            model_path=str(tiny_checkpoint(arch)), attn_impl="sdpa", max_batch_size=3, kv_cache=kv_cache
+        )
+    )
+    assert eng.info.kv_cache == kv_cache
+    assert eng.info.cuda_graphs is False  # CPU
     try:
         # 5 requests, batch 3: requests join and leave the running batch between decode steps.
         reqs = [chat(i, max_tokens=6 + 2 * i, image=i != 2) for i in range(5)]
@@ -332,3 +341,57 @@ def test_generate_sync_for_plain_threads(engine: Engine) -> None:
     req = chat(1, max_tokens=5)
     outs = engine.generate_sync(engine.prepare(req), timeout=60)
     assert tokens(outs) == reference(engine, req)
+
+
+def test_static_slot_cache_with_eager_attention_and_cancellation(
+    tiny_checkpoint: Callable[[str], Path],
+) -> None:
+    """Slots are freed and compacted when a sequence in the middle of the batch leaves early."""
+    eng = Engine.load(
+        EngineConfig(
+            model_path=str(tiny_checkpoint("qwen2_5_vl")),
+            attn_impl="eager",
+            max_batch_size=4,
+            kv_cache="static",
+        )
+    )
+    try:
+        reqs = [chat(i, max_tokens=[3, 14, 6, 11, 9][i]) for i in range(5)]
+
+        async def main() -> list[list[StepOutput]]:
+            async def cancelled_early() -> None:
+                agen = eng.stream(eng.prepare(chat(4, max_tokens=50)))
+                async for _ in agen:
+                    break
+                await agen.aclose()
+
+            task = asyncio.ensure_future(cancelled_early())
+            results = await asyncio.gather(*(collect(eng, eng.prepare(r)) for r in reqs))
+            await task
+            return list(results)
+
+        for req, outs in zip(reqs, asyncio.run(main()), strict=True):
+            assert tokens(outs) == reference(eng, req)
+        assert eng.stats.max_batch_seen == 4
+    finally:
+        eng.shutdown()
+
+
+def test_flash_backend_keeps_dynamic_cache(engine: Engine) -> None:
+    from omega_server.engine import _make_runner, _Runner, _StaticRunner
+
+    static = EngineConfig(model_path="unused", kv_cache="static")
+    assert type(_make_runner(static, engine._loaded, "flash_attention_2")) is _Runner
+    assert isinstance(_make_runner(static, engine._loaded, "sdpa"), _StaticRunner)
+    assert (
+        type(_make_runner(EngineConfig(model_path="unused"), engine._loaded, "sdpa")) is _Runner
+    )  # auto on CPU
+    with pytest.raises(ValueError, match="kv_cache must be"):
+        _make_runner(EngineConfig(model_path="unused", kv_cache="paged"), engine._loaded, "sdpa")
+
+
+def test_bucket_sizes() -> None:
+    from omega_server.kvslots import bucket
+
+    assert [bucket(n, 16) for n in (1, 2, 3, 5, 16, 17)] == [1, 2, 4, 8, 16, 16]
+    assert bucket(300, 8192, floor=256) == 512 and bucket(10, 8192, floor=256) == 256

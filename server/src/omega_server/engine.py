@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from omega_server import attention, models
+from omega_server import attention, kvslots, models
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,10 @@ class EngineConfig:
     device: str = "auto"
     served_model_name: str | None = None
     max_images_per_request: int = 8
+    # "dynamic" (DynamicCache, any backend), "static" (slot cache; sdpa/eager only) or "auto"
+    # (static with CUDA graphs on a GPU with sdpa/eager, dynamic otherwise)
+    kv_cache: str = "auto"
+    cuda_graphs: bool = True  # replay static-cache decode steps as CUDA graphs (GPU only)
 
 
 @dataclass
@@ -161,6 +165,8 @@ class EngineInfo:
     model_path: str = ""
     load_seconds: float = 0.0
     flash_load_failures: int = 0
+    kv_cache: str = "dynamic"  # the decode path in use: dynamic | static
+    cuda_graphs: bool = False
 
 
 @dataclass
@@ -325,6 +331,25 @@ class _Runner:
                 self.observer(batch)
         return out
 
+    def _count_decode(self, n: int) -> None:
+        if self.stats is not None:
+            self.stats.decode_passes += 1
+            if n > 1:
+                for s in self.seqs:
+                    if not s.batched:
+                        s.batched = True
+                        self.stats.requests_batched_total += 1
+
+    def _count_pass(self, n: int) -> None:
+        """Count a decode pass that did not go through ``_forward`` (graph replay)."""
+        if self.stats is not None:
+            self.stats.forward_passes += 1
+            self.stats.max_batch_seen = max(self.stats.max_batch_seen, n)
+        if self.observer is not None:
+            with contextlib.suppress(Exception):
+                self.observer(n)
+        self._count_decode(n)
+
     def prefill(self, seq: _Seq) -> None:
         """Run the prompt (with its images) alone, sample the first token, and join the batch."""
         inputs = {
@@ -399,13 +424,7 @@ class _Runner:
             position_ids = pos
         kwargs = {self.cache_kw: self.cache}
         out = self._forward(n, input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs)
-        if self.stats is not None:
-            self.stats.decode_passes += 1
-            if n > 1:
-                for s in seqs:
-                    if not s.batched:
-                        s.batched = True
-                        self.stats.requests_batched_total += 1
+        self._count_decode(n)
         for s in seqs:
             s.cache_len += 1
             s.next_pos += 1
@@ -434,6 +453,97 @@ class _Runner:
                 probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
             out[i] = int(torch.multinomial(probs, 1, generator=s.generator).item())
         return out
+
+
+class _StaticRunner(_Runner):
+    """Decoding over a preallocated slot cache (``kvslots``), replayed as CUDA graphs on a GPU.
+
+    Prefill is the same as the dynamic runner's (one sequence, its images); the prefilled cache is
+    then copied into a free slot. Only for attention backends that take a 4D mask (sdpa, eager).
+    """
+
+    def __init__(self, model: Any, processor: Any, *, slots: int, width: int, graphs: bool) -> None:
+        super().__init__(model, processor)
+        self.width = width
+        self.slot_cache = kvslots.SlotCache(slots, width, self.device, self.mrope)
+        self.graphs = kvslots.GraphRunner(self._static_forward, graphs and self.device.type == "cuda")
+
+    def _static_forward(self, batch: int, width: int) -> torch.Tensor:
+        sc = self.slot_cache
+        assert sc.mask is not None
+        sc.view = (batch, width)
+        position_ids = sc.position_ids[:, :batch] if self.mrope else sc.position_ids[:batch]
+        kwargs: dict[str, Any] = {self.cache_kw: sc}
+        if self.logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(
+            input_ids=sc.input_ids[:batch],
+            attention_mask=sc.mask[:batch, :, :, :width],
+            position_ids=position_ids,
+            use_cache=True,
+            return_dict=True,
+            **kwargs,
+        )
+        return out.logits[:, -1, :]
+
+    def _merge(self, seq: _Seq, cache: Any) -> None:
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        sc = self.slot_cache
+        if not sc.allocated:
+            sc.allocate(layers, self.model.dtype)
+        sc.load(len(self.seqs), layers, seq.next_pos, seq.rope_delta)
+        self.seqs.append(seq)
+
+    def evict(self, keep: list[int]) -> None:
+        sc = self.slot_cache
+        if keep == list(range(len(self.seqs))):
+            return
+        if sc.allocated:
+            for new, old in enumerate(keep):
+                if new != old:
+                    sc.move(old, new, self.seqs[old].cache_len)
+            for slot in range(len(keep), len(self.seqs)):
+                sc.reset(slot)
+        self.seqs = [self.seqs[i] for i in keep]
+
+    def decode(self) -> list[int]:
+        seqs = self.seqs
+        n = len(seqs)
+        sc = self.slot_cache
+        need = max(s.cache_len for s in seqs) + 1
+        if self.graphs.use_graphs:
+            batch, width = kvslots.bucket(n, sc.slots), kvslots.bucket(need, self.width, floor=256)
+        else:
+            batch, width = n, need
+        sc.prepare_step(n, [s.last_token for s in seqs])
+        logits = self.graphs.run(batch, width)
+        self._count_pass(n)
+        sc.finish_step(n)
+        for s in seqs:
+            s.cache_len += 1
+            s.next_pos += 1
+        tokens = self._sample(seqs, logits[:n])
+        for s, t in zip(seqs, tokens, strict=True):
+            s.last_token = t
+        return tokens
+
+
+def _make_runner(config: EngineConfig, loaded: models.LoadedModel, backend: str) -> _Runner:
+    """The decode path for this config and backend (see ``EngineConfig.kv_cache``)."""
+    if config.kv_cache not in ("auto", "dynamic", "static"):
+        raise ValueError(f"kv_cache must be auto, dynamic or static, got {config.kv_cache!r}")
+    masks_4d = backend in ("sdpa", "eager")
+    on_gpu = loaded.model.device.type == "cuda"
+    static = masks_4d and (config.kv_cache == "static" or (config.kv_cache == "auto" and on_gpu))
+    if not static:
+        return _Runner(loaded.model, loaded.processor)
+    return _StaticRunner(
+        loaded.model,
+        loaded.processor,
+        slots=config.max_batch_size,
+        width=config.max_model_length,
+        graphs=config.cuda_graphs,
+    )
 
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -467,7 +577,9 @@ class Engine:
         self._waiting: collections.deque[_Seq] = collections.deque()
         self._stopping = False
         self._dead_reason = ""
-        self._runner = _Runner(loaded.model, loaded.processor)
+        self._runner = _make_runner(config, loaded, info.attn)
+        info.kv_cache = "static" if isinstance(self._runner, _StaticRunner) else "dynamic"
+        info.cuda_graphs = isinstance(self._runner, _StaticRunner) and self._runner.graphs.use_graphs
         self._runner.stats = self.stats
         self._runner.observer = self._observe
         self._thread = threading.Thread(target=self._work, name="omega-engine", daemon=True)
