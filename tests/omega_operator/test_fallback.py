@@ -430,7 +430,6 @@ CASES = [
         {"s1": SDPA_OK},
         spec=spec(attention="sdpa"),
         status=rolled_back(),
-        action=Action.RESET,
         attention="sdpa",
         reason=Reason.SDPA_REQUESTED,
     ),
@@ -466,8 +465,10 @@ def test_decision_table(case: Case) -> None:
     # A rollback always carries its record; only a rollback makes a new one.
     if d.action is Action.ROLLBACK:
         assert d.fallback is not None and d.fallback.at == "2026-11-24T21:00:00Z"
-    if d.action in (Action.RESET, Action.DEGRADED):
+    if d.action in (Action.RESET, Action.DEGRADED) or d.attention != "sdpa":
         assert d.fallback is None
+    if case.spec.attention == "sdpa":  # an old record is dropped, nothing is retried
+        assert d.fallback is None and d.status_attention()["fallback"] is None
 
 
 def test_rollback_record_names_pod_node_image_and_the_pods_own_error() -> None:

@@ -94,7 +94,7 @@ class Action(StrEnum):
     KEEP = "keep"  # nothing changes on the fallback front
     ROLLBACK = "rollback"  # record the fallback, move the Deployment to sdpa, Event + metric
     DEGRADED = "degraded"  # flash failed but fallback.enabled is false: report, do not roll back
-    RESET = "reset"  # an old fallback no longer applies (image/attention changed, retry): try flash
+    RESET = "reset"  # an old fallback no longer applies (flash image/attention changed, retry): try flash
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,9 +426,9 @@ def decide(
         )
 
     if not spec.wants_flash:
-        action = Action.RESET if record else Action.KEEP
+        # An old record is dropped (fallback None), but nothing is retried: KEEP, not RESET.
         msg = f"attention is {spec.attention}: the flash variant is not used"
-        return make(action, SDPA, None, False, Reason.SDPA_REQUESTED, msg)
+        return make(Action.KEEP, SDPA, None, False, Reason.SDPA_REQUESTED, msg)
 
     if record is not None:
         if record.applies_to(spec) and not retry:
