@@ -7,12 +7,14 @@ even when the supervisor died, and the start time guards against killing a reuse
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -72,7 +74,17 @@ class PidRegistry:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self._thread_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Threads of this process and other processes (supervisor, CLI, demo) write the same file."""
+        with self._thread_lock, self.path.with_suffix(".lock").open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def _read(self) -> dict[str, list[int]]:
         try:
@@ -86,13 +98,13 @@ class PidRegistry:
         tmp.replace(self.path)
 
     def add(self, name: str, pid: int) -> None:
-        with self._lock:
+        with self._lock():
             data = self._read()
             data[name] = [pid, proc_start_ticks(pid) or 0]
             self._write(data)
 
     def remove(self, name: str) -> None:
-        with self._lock:
+        with self._lock():
             data = self._read()
             data.pop(name, None)
             self._write(data)
@@ -117,7 +129,7 @@ class PidRegistry:
             if alive(pid, ticks or None):
                 signal_group(pid, signal.SIGKILL)
         if self.path.exists():
-            with self._lock:
+            with self._lock():
                 self._write({})
         return list(left)
 
