@@ -235,6 +235,22 @@ async def _stream_first_chunk(url: str, body: dict[str, Any]) -> tuple[int, dict
         return r.status_code, dict(r.headers)
 
 
+LONG_TOKENS = 900
+
+
+@pytest.fixture(scope="module")
+def long_body(client: httpx.Client) -> dict[str, Any]:
+    """A request whose greedy answer runs the full LONG_TOKENS (the tiny model's EOS never comes).
+
+    Sampling at temperature 1 would hit the tiny model's EOS after a few hundred tokens at random,
+    so the tests that need a long generation (queue, disconnects) use this greedy one.
+    """
+    body = {"messages": [image_message()], "max_tokens": LONG_TOKENS, "temperature": 0}
+    r = chat(client, **body)
+    assert r.json()["usage"]["completion_tokens"] == LONG_TOKENS, "tiny model's greedy answer ends early"
+    return body
+
+
 def _wait_idle(server: ThreadServer, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -261,14 +277,16 @@ def test_concurrent_requests_share_forward_passes(server: ThreadServer) -> None:
     assert after.requests_batched_total >= batched_before + 2
 
 
-def test_queue_full_gives_429_with_retry_after(server: ThreadServer, client: httpx.Client) -> None:
+def test_queue_full_gives_429_with_retry_after(
+    server: ThreadServer, client: httpx.Client, long_body: dict[str, Any]
+) -> None:
     _wait_idle(server)
-    body = {"messages": [image_message()], "max_tokens": 900, "temperature": 1.0, "stream": True}
-    # 2 running + 2 queued fit; the rest must be refused at once.
-    results = asyncio.run(_flood(server.url, body, 8))
+    body = {**long_body, "stream": True}
+    # At most MAX_BATCH_SIZE=2 run and MAX_QUEUE=2 wait; at least 4 of 8 must be refused at once
+    # (more when the worker has not yet moved a waiting request into the batch).
+    results = asyncio.run(_flood(server.url, body, 8, settle=6))
     statuses = [s for s, _ in results]
-    assert 429 in statuses, statuses
-    assert statuses.count(200) >= 2
+    assert set(statuses) == {200, 429} and statuses.count(429) >= 4, statuses
     for status, headers in results:
         if status == 429:
             assert int(headers["retry-after"]) >= 1
@@ -277,27 +295,49 @@ def test_queue_full_gives_429_with_retry_after(server: ThreadServer, client: htt
     assert chat(client, max_tokens=2).status_code == 200
 
 
-async def _flood(url: str, body: dict[str, Any], n: int) -> list[tuple[int, dict[str, str]]]:
-    return list(await asyncio.gather(*(_stream_first_chunk(url, body) for _ in range(n))))
+async def _flood(url: str, body: dict[str, Any], n: int, settle: int) -> list[tuple[int, dict[str, str]]]:
+    """n concurrent streams, held open until `settle` of them have a status; then everyone hangs up
+    (queued streams get no status before their first token, so they are among the ones left)."""
+    answered: list[tuple[int, dict[str, str]]] = []
+    enough = asyncio.Event()
+
+    async def one(c: httpx.AsyncClient) -> None:
+        async with c.stream("POST", "/v1/chat/completions", json=body) as r:
+            answered.append((r.status_code, dict(r.headers)))
+            if len(answered) >= settle:
+                enough.set()
+            await enough.wait()
+
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=60) as c:
+        tasks = [asyncio.create_task(one(c)) for _ in range(n)]
+        await asyncio.wait_for(enough.wait(), 60)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return answered
 
 
-def test_client_disconnect_cancels_streaming_generation(server: ThreadServer) -> None:
+def test_client_disconnect_cancels_streaming_generation(
+    server: ThreadServer, long_body: dict[str, Any]
+) -> None:
     _wait_idle(server)
     cancelled = _metric(server, "omega_server_requests_cancelled_total")
-    body = {"messages": [image_message()], "max_tokens": 900, "temperature": 1.0, "stream": True}
+    body = {**long_body, "stream": True}
     started = time.monotonic()
     status, _ = asyncio.run(_stream_first_chunk(server.url, body))  # reads one chunk, then hangs up
     assert status == 200
     _wait_idle(server, 10)
     assert _metric(server, "omega_server_requests_cancelled_total") == cancelled + 1
-    # 900 tokens take far longer than the hang-up took to be noticed.
+    # LONG_TOKENS tokens take far longer than the hang-up took to be noticed.
     assert server.engine.stats.running == 0 and time.monotonic() - started < 10
 
 
-def test_client_disconnect_cancels_non_streaming_generation(server: ThreadServer) -> None:
+def test_client_disconnect_cancels_non_streaming_generation(
+    server: ThreadServer, long_body: dict[str, Any]
+) -> None:
     _wait_idle(server)
     cancelled = _metric(server, "omega_server_requests_cancelled_total")
-    payload = json.dumps({"messages": [image_message()], "max_tokens": 900, "temperature": 1.0}).encode()
+    payload = json.dumps(long_body).encode()
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as s:
         s.sendall(
@@ -313,14 +353,14 @@ def test_client_disconnect_cancels_non_streaming_generation(server: ThreadServer
     assert _metric(server, "omega_server_requests_cancelled_total") == cancelled + 1
 
 
-def test_client_disconnect_while_queued_cancels(server: ThreadServer) -> None:
+def test_client_disconnect_while_queued_cancels(server: ThreadServer, long_body: dict[str, Any]) -> None:
     """A client that gives up while its request waits for a batch slot never gets generated for."""
     _wait_idle(server)
     cancelled = _metric(server, "omega_server_requests_cancelled_total")
     prefills_before = server.engine.stats.prefill_passes
 
     async def scenario() -> None:
-        long = {"messages": [image_message()], "max_tokens": 900, "temperature": 1.0, "stream": True}
+        long = {**long_body, "stream": True}
         # Two streams fill the batch (MAX_BATCH_SIZE=2) and keep it full.
         async with (
             httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=60) as c,
