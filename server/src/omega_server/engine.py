@@ -578,6 +578,14 @@ class Engine:
         self._stopping = False
         self._dead_reason = ""
         self._runner = _make_runner(config, loaded, info.attn)
+        if isinstance(self._runner, _StaticRunner):
+            try:  # allocate the slots and capture the first graph now, not at the first request
+                _warm_runner(self._runner, loaded)
+            except Exception as exc:
+                if _fatal(exc):
+                    raise
+                log.warning("static KV cache failed its warm-up (%s); using the dynamic cache", exc)
+                self._runner = _Runner(loaded.model, loaded.processor)
         info.kv_cache = "static" if isinstance(self._runner, _StaticRunner) else "dynamic"
         info.cuda_graphs = isinstance(self._runner, _StaticRunner) and self._runner.graphs.use_graphs
         self._runner.stats = self.stats
@@ -983,13 +991,20 @@ def warmup_request(max_tokens: int = 2) -> GenerationRequest:
 
 def warm_up(loaded: models.LoadedModel) -> None:
     """A prefill with an image plus one batched decode step, on the calling thread; raises on failure."""
+    _warm_runner(_Runner(loaded.model, loaded.processor), loaded)
+
+
+def _warm_runner(runner: _Runner, loaded: models.LoadedModel) -> None:
     req = warmup_request()
     prepared = prepare_inputs(loaded.processor, req, _validate(req, 8), max_model_length=1 << 30)
-    runner = _Runner(loaded.model, loaded.processor)
     seq = _Seq(prepared=prepared, loop=None, queue=None, emit=lambda item: None)
-    with torch.inference_mode():
-        runner.prefill(seq)
-        runner.decode()
-    runner.evict([])
-    if loaded.model.device.type == "cuda":
-        torch.cuda.synchronize()
+    stats, runner.stats = runner.stats, None  # warm-up passes are not served requests
+    try:
+        with torch.inference_mode():
+            runner.prefill(seq)
+            runner.decode()
+            runner.evict([])
+        if loaded.model.device.type == "cuda":
+            torch.cuda.synchronize()
+    finally:
+        runner.stats = stats
