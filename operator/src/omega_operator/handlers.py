@@ -1,7 +1,8 @@
 """The kopf layer: thin wiring from Kubernetes events to `reconcile.reconcile`.
 
-- One idempotent reconcile on create, update and resume, plus a timer (every probe interval,
-  jittered start) that refreshes observed state, probes pods and repairs drifted children.
+- One idempotent reconcile on create, update and resume, plus one refresh loop (every probe
+  interval per object, jittered) that probes pods, refreshes observed state and repairs drifted
+  children; child and pod events reconcile their parent at once.
 - Children and pods are read from kopf indexes (watch caches, filtered server-side by our
   managed-by label), so a reconcile that finds nothing to do makes no API request.
 - Transient API failures raise kopf.TemporaryError; bad specs become Ready=False InvalidSpec
@@ -14,15 +15,17 @@ import asyncio
 import copy
 import logging
 import os
+import random
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from omega_operator import builders as b
-from omega_operator import metrics, observe
+from omega_operator import metrics
 from omega_operator.api.models import GROUP, PLURAL, VERSION
-from omega_operator.health import HealthProber, ProxyConfig
+from omega_operator.health import HealthProber, ProxyConfig, jittered
 from omega_operator.kube import ApiError, Kube, load_credentials
 from omega_operator.reconcile import Observed, reconcile
 from omega_operator.settings import OperatorSettings
@@ -48,6 +51,8 @@ class _State:
     # uid -> the last round of pod /health results (probing happens on the timer and on spec
     # changes; reconciles triggered by child events reuse these).
     probes: dict[str, dict[str, Any]] = {}
+    indexes: dict[str, Any] | None = None
+    loop: asyncio.Task[None] | None = None
 
 
 STATE = _State()
@@ -101,11 +106,14 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         timeout_s=SETTINGS.probe_timeout, max_concurrency=SETTINGS.probe_concurrency, proxy=proxy
     )
     metrics.serve(SETTINGS.metrics_port)
+    STATE.loop = asyncio.create_task(refresh_loop(SETTINGS.probe_interval))
     log.info("omega-vlm-operator started: %s", SETTINGS.model_dump())
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    if STATE.loop is not None:
+        STATE.loop.cancel()
     if STATE.prober is not None:
         await STATE.prober.close()
     if STATE.kube is not None:
@@ -243,6 +251,14 @@ def _rv(obj: Mapping[str, Any]) -> int:
         return 0
 
 
+def _remember_indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """kopf hands its indexes (live caches) to resource handlers only; keep them for the loop."""
+    indexes = {k: v for k, v in kwargs.items() if k.endswith("_idx")}
+    if STATE.indexes is None and "omegavlms_idx" in indexes:
+        STATE.indexes = indexes
+    return indexes
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-resume")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-create")
 @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-update")
@@ -255,11 +271,43 @@ async def reconcile_handler(
         log.info("resumed %s/%s", namespace, name)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, id="refresh", cancellation_timeout=5)
-async def refresh(stopped: kopf.DaemonStopped, body: kopf.Body, **kwargs: Any) -> None:
-    """Every probe interval (jittered, first run at a random point of the first interval): probe
-    the pods' /health, refresh observed state, repair drifted or deleted children."""
-    await observe.every(stopped, SETTINGS.probe_interval, lambda: _reconcile(body, **kwargs))
+async def refresh_loop(interval: float, concurrency: int = 16) -> None:
+    """Every `interval` (jittered per object, the first run at a random point of the first
+    interval): probe each OmegaVLM's pods, refresh its status, repair drifted children.
+
+    One loop for the whole operator instead of a kopf timer or daemon per object: kopf's
+    timers and daemons put a finalizer on every object (an extra write each, and deletion
+    would hang while the operator is down); GC needs none.
+    """
+    due: dict[str, float] = {}
+    running: set[asyncio.Task[None]] = set()
+    gate = asyncio.Semaphore(concurrency)
+
+    async def tick(body: Mapping[str, Any], indexes: dict[str, Any]) -> None:
+        async with gate:
+            try:
+                await _reconcile(body, **indexes)
+            except Exception as exc:  # the next round retries; one bad object must not stop the loop
+                log.warning("refresh of %s failed: %s", (body.get("metadata") or {}).get("name"), exc)
+
+    while True:
+        indexes = STATE.indexes
+        now = time.monotonic()
+        seen = set()
+        if indexes is not None:
+            for bodies in list(indexes["omegavlms_idx"].values()):
+                for body in list(bodies):
+                    uid = str((body.get("metadata") or {}).get("uid"))
+                    seen.add(uid)
+                    when = due.setdefault(uid, now + random.uniform(0.0, interval))
+                    if now >= when:
+                        due[uid] = now + jittered(interval, 0.1)
+                        task = asyncio.create_task(tick(body, indexes))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+        for uid in set(due) - seen:
+            del due[uid]
+        await asyncio.sleep(min(0.5, interval / 4))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, id="deployment-changed")
@@ -274,7 +322,7 @@ async def child_changed(namespace: str | None, labels: kopf.Labels, **kwargs: An
     """
     key = _child_key(namespace, labels)
     parents = list(kwargs["omegavlms_idx"].get(key, [])) if key else []
-    indexes = {k: v for k, v in kwargs.items() if k.endswith("_idx")}
+    indexes = _remember_indexes(kwargs)
     for parent in parents:
         try:
             await _reconcile(parent, probe=False, **indexes)
