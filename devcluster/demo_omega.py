@@ -458,18 +458,28 @@ def chat(c: Cluster, namespace: str, name: str = NAME) -> dict[str, Any]:
 def next_steps(c: Cluster, namespace: str, name: str = NAME) -> str:
     """How to keep exploring and how to stop everything."""
     py = os.path.relpath(sys.executable) if sys.executable.startswith(str(repo_root())) else sys.executable
-    return (
-        "The cluster and the operator keep running.\n"
-        f"  export KUBECONFIG={c.kubeconfig}\n"
-        f"  kubectl get ovlm -n {namespace} -w                 # watch Ready / Attention / Variant / Reason\n"
-        f"  kubectl describe ovlm {name} -n {namespace}        # conditions and Events\n"
-        f'  kubectl annotate ovlm {name} -n {namespace} vlm.omega.io/retry-flash="$(date +%s)" --overwrite\n'
-        "                                                   # try flash again (it fails here and rolls back again)\n"
-        f"  kubectl apply -f examples/omegavlm-sdpa.yaml      # more examples in examples/\n"
-        f"  tail -f {operator_log(c)}\n"
-        f"  {py} -m devcluster logs {namespace}/<pod>        # a server pod's output\n"
-        f"  {py} -m devcluster down                     # stop everything, the operator included"
-    )
+    ns = f"-n {namespace}"
+    rows = [
+        (f"export KUBECONFIG={c.kubeconfig}", ""),
+        (f"kubectl get ovlm {ns} -w", "watch Ready / Attention / Replicas / Variant / Reason"),
+        (f"kubectl describe ovlm {name} {ns}", "conditions and Events"),
+        (f'kubectl annotate ovlm {name} {ns} vlm.omega.io/retry-flash="$(date +%s)" --overwrite', ""),
+        ("", "^ try flash again: it fails here too, and is rolled back once more"),
+        (
+            f'kubectl patch ovlm {name} {ns} --type=merge -p \'{{"spec": {{"replicas": 2}}}}\'',
+            "",
+        ),
+        ("", "^ scale out: the new pod starts on sdpa (the fallback is sticky)"),
+        (f"tail -f {operator_log(c)}", "the operator's log"),
+        (f"{py} -m devcluster logs {namespace}/<pod>", "a server pod's output"),
+        (f"{py} -m devcluster down", "stop everything, the operator included"),
+    ]
+    width = max(len(cmd) for cmd, note in rows if note and cmd)
+    lines = [
+        f"  {cmd:<{width}}  # {note}" if note and cmd else f"  {cmd}" if cmd else f"  {'':<{width}}  # {note}"
+        for cmd, note in rows
+    ]
+    return "The cluster and the operator keep running.\n" + "\n".join(lines)
 
 
 # ---------------------------------------------------------------- the demo steps
