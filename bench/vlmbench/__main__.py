@@ -25,6 +25,16 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _cells(text: str) -> list[tuple[str, int]]:
+    out = []
+    for item in _names(text):
+        driver, _, conc = item.partition(":")
+        if driver not in ("engine", "http", "generate") or not conc.isdigit():
+            raise argparse.ArgumentTypeError(f"cells are driver:concurrency, got {item!r}")
+        out.append((driver, int(conc)))
+    return out
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     ap = argparse.ArgumentParser(prog="python -m bench.vlmbench", description=__doc__.splitlines()[0])
@@ -52,6 +62,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=Path("bench/results"))
     r.add_argument("--results-file", type=Path, default=None)
     r.add_argument("--workdir", type=Path, default=Path("/tmp/vlmbench"))
+    r.add_argument(
+        "--cells",
+        type=_cells,
+        default=None,
+        help="explicit cells instead of the plan, e.g. http:1,http:4,engine:16 (generate:4 = baseline)",
+    )
+    r.add_argument("--profile", type=_ints, default=[], help="decode-step profiles at these batch sizes")
     r.add_argument(
         "--isolate",
         action="store_true",
@@ -111,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         command=os.environ.get("VLMBENCH_COMMAND", command),
         max_batch_size=args.max_batch_size,
         results_file=args.results_file,
+        cells=args.cells,
+        profile_batches=args.profile,
         log=log,
     )
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -141,6 +160,10 @@ def _child_argv(
     ]
     if args.no_baseline:
         out.append("--no-baseline")
+    if args.cells:
+        out.append("--cells=" + ",".join(f"{d}:{c}" for d, c in args.cells))
+    if args.profile:
+        out.append("--profile=" + ",".join(map(str, args.profile)))
     if args.baseline_tokens is not None:
         out.append(f"--baseline-tokens={args.baseline_tokens}")
     if args.max_batch_size is not None:

@@ -47,6 +47,8 @@ class RunConfig:
     command: str = ""
     max_batch_size: int | None = None  # default: the largest concurrency
     results_file: Path | None = None  # default: <out_dir>/<device>-<date>.json
+    cells: list[tuple[str, int]] | None = None  # explicit (driver, concurrency) list instead of the plan
+    profile_batches: list[int] = field(default_factory=list)  # decode-step profiles after the cells
     log: Callable[[str], None] = print
 
 
@@ -145,7 +147,7 @@ def _run_backend(
     from omega_server.engine import Engine, EngineConfig
 
     wl = cfg.workload
-    mbs = cfg.max_batch_size or max(cfg.concurrency)
+    mbs = cfg.max_batch_size or max(c for _, c in cfg.cells or [("", c) for c in cfg.concurrency])
     tag = f"[{shape.name}/{backend}]"
     _free()
     _reset_peak()
@@ -265,7 +267,8 @@ def _cells(
     server: InProcessServer | None = None
     warmed: set[str] = set()
     try:
-        for driver, conc in plan_cells(cfg.drivers, cfg.concurrency, cfg.baseline, cfg.baseline_batch):
+        cells = cfg.cells or plan_cells(cfg.drivers, cfg.concurrency, cfg.baseline, cfg.baseline_batch)
+        for driver, conc in cells:
             remaining = clock.remaining()
             if remaining < 20:
                 cfg.log(f"{tag} {driver} c={conc}: skipped, out of time")
@@ -356,6 +359,45 @@ def _cells(
     finally:
         if server is not None:
             server.stop()
+    for batch in cfg.profile_batches:
+        if clock.remaining() < 30:
+            cfg.log(f"{tag} profile b{batch}: skipped, out of time")
+            continue
+        _profile(cfg, shape, backend, engine, model, text, batch, path)
+
+
+def _profile(
+    cfg: RunConfig,
+    shape: shapes.ModelShape,
+    backend: str,
+    engine: Any,
+    model: Any,
+    text: str,
+    batch: int,
+    path: Path,
+) -> None:
+    import json
+
+    from bench.vlmbench.profile import profile_decode
+
+    wl = cfg.workload
+    req = drivers.generation_request(engine_messages(noise_image(wl.image_size, 0), text), 1)
+    try:
+        result = profile_decode(model, engine.prepare(req).inputs, batch=batch)
+    except Exception as exc:
+        cfg.log(f"[{shape.name}/{backend}] profile b{batch} failed: {type(exc).__name__}: {exc}")
+        return
+    result.update(model=shape.name, backend=backend)
+    target = path.with_name(f"profile-{shape.name}-{backend}-b{batch}.json")
+    target.write_text(json.dumps(result, indent=2) + "\n")
+    cfg.log(
+        f"[{shape.name}/{backend}] profile b{batch}: wall {result['wall_ms_per_step']} ms/step, "
+        f"gpu {result['gpu_ms_per_step']} ms/step, {result['kernels_per_step']} kernels/step"
+    )
+    for op in result["top_gpu_ops"][:8]:
+        cfg.log(f"    gpu {op['gpu_ms_per_step']:>8} ms {op['calls_per_step']:>7}x  {op['op'][:90]}")
+    for op in result["top_cpu_ops"][:6]:
+        cfg.log(f"    cpu {op['cpu_ms_per_step']:>8} ms {op['calls_per_step']:>7}x  {op['op'][:90]}")
 
 
 def _drive(

@@ -84,3 +84,17 @@ def test_real_shapes_sizes_and_roofline(name: str, params_b: float, roof_b1: flo
             top_k=8,
         )
         assert 2.8 < active / 2e9 < 3.3
+
+
+def test_profile_summary_per_step() -> None:
+    from bench.vlmbench.profile import summarize_events
+
+    events = [
+        ("aten::mm", 400.0, 0.0, 40),
+        ("gemm_kernel", 0.0, 6000.0, 40),
+        ("aten::index", 1000.0, 200.0, 8),
+    ]
+    s = summarize_events(events, steps=4, top=2)
+    assert s["gpu_ms_per_step"] == 1.55
+    assert s["top_gpu_ops"][0] == {"op": "gemm_kernel", "gpu_ms_per_step": 1.5, "calls_per_step": 10.0}
+    assert [op["op"] for op in s["top_cpu_ops"]] == ["aten::index", "aten::mm"]
