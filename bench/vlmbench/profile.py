@@ -59,7 +59,7 @@ def profile_decode(model: Any, inputs: dict[str, Any], *, batch: int, steps: int
 
     params = inspect.signature(model.forward).parameters
     cache_kw = "cache" if "cache" in params else "past_key_values"
-    inner = getattr(model, "model", None)
+    inner: Any = getattr(model, "model", None)
     mrope = hasattr(inner, "rope_deltas")
     with torch.inference_mode():
         if mrope:
