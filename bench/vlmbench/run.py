@@ -182,8 +182,13 @@ def _run_backend(
             "temperature": wl.temperature,
         },
         "max_batch_size": mbs,
+        "kv_cache": getattr(info, "kv_cache", None),
+        "cuda_graphs": getattr(info, "cuda_graphs", None),
     }
-    cfg.log(f"{tag} engine ready in {load_s:.1f} s: attn={info.attn} params={common['params_b']}B")
+    cfg.log(
+        f"{tag} engine ready in {load_s:.1f} s: attn={info.attn} params={common['params_b']}B "
+        f"kv_cache={common['kv_cache']} cuda_graphs={common['cuda_graphs']}"
+    )
     try:
         if backend != info.attn:
             rows.append(
@@ -321,9 +326,14 @@ def _cells(
                         dtype=cfg.dtype if cfg.dtype != "bf16" else "bfloat16",
                     ).start()
                     extra["health_attn"] = server.health().get("attn")
-                if driver not in warmed:  # first request through this path: warm-up, untimed
+                # untimed warm-ups: the first request through each path, and a short wave at each new
+                # concurrency (the engine captures CUDA graphs per batch size on first use)
+                if driver not in warmed:
                     _drive(driver, engine, server, shape, text, wl, 1, 4, 120.0)
                     warmed.add(driver)
+                if f"c{conc}" not in warmed:
+                    _drive("engine", engine, server, shape, text, wl, conc, 8, 120.0)
+                    warmed.add(f"c{conc}")
                 _reset_peak()
                 timings = _drive(driver, engine, server, shape, text, wl, conc, wl.output_tokens, limit)
                 metrics = summarize(timings, wl.output_tokens)
