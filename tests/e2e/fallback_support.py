@@ -66,8 +66,10 @@ def make_namespace(cluster: Cluster, prefix: str) -> str:
 
 
 def tiny_checkpoint(out: Path, arch: str = "qwen2_5_vl") -> Path:
-    """A tiny random checkpoint written by the server's own tool (``python -m omega_server.tiny``)."""
+    """A tiny random checkpoint written by the server's own tool (``python -m omega_server.tiny``);
+    built once per path (the test modules share one under the session's base temp folder)."""
     if not (out / "config.json").exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [PYTHON, "-m", "omega_server.tiny", "--arch", arch, "--out", str(out)],
             check=True,

@@ -50,7 +50,9 @@ def cluster(devcluster: Cluster) -> Cluster:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "qwen2_5_vl")
+    return tiny_checkpoint(
+        tmp_path_factory.getbasetemp() / "fallback-tiny" / "qwen2_5_vl"
+    )  # shared by the modules
 
 
 @pytest.fixture
