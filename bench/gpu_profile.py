@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "server" / "src"))
 
 
-def build() -> tuple[Any, Any]:
+def build(dtype: Any = None) -> tuple[Any, Any]:
     import torch
     from omega_server import tiny
     from omega_server.models import processor_class_without_video
