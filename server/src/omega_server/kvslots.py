@@ -173,7 +173,8 @@ class GraphRunner:
                 self.forward(batch, width)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: other threads (HTTP, metrics) may touch CUDA while this one captures
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             logits = self.forward(batch, width)
         log.info("captured a CUDA graph for decode batch %d width %d", batch, width)
         return graph, logits
