@@ -261,10 +261,7 @@ def test_rbac_all_namespaces() -> None:
     assert main[("", "pods")] == {"list", "watch"}
     assert ("", "pods/proxy") not in main  # direct probing by default
     assert main[("", "events")] == main[("events.k8s.io", "events")] == {"create", "patch"}
-    assert cluster == {
-        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-        ("", "namespaces"): {"list", "watch"},
-    }
+    assert cluster == {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
     sa = one(docs, "ServiceAccount")["metadata"]["name"]
     for binding in by_kind(docs, "ClusterRoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": "omega-system"}]
@@ -283,8 +280,11 @@ def test_rbac_namespace_list() -> None:
         rules = _rules(role)
         assert rules[("", "pods/proxy")] == {"get"}  # proxy-mode probes
         assert rules[("kopf.dev", "kopfpeerings")] >= {"list", "watch", "patch"}
-    (cluster,) = by_kind(docs, "ClusterRole")  # only the framework's read-only cluster rule
-    assert _rules(cluster) == {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+    (cluster,) = by_kind(docs, "ClusterRole")  # only the framework's read-only cluster rules
+    assert _rules(cluster) == {
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+        ("", "namespaces"): {"list", "watch"},
+    }
 
 
 def test_every_rbac_rule_is_commented() -> None:
