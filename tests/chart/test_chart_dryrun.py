@@ -21,15 +21,16 @@ NAMESPACE = "omega-dryrun"
 EXTRA_NAMESPACES = ["team-a", "team-b", "monitoring"]
 
 
-def _stub_crd(kind: str, plural: str) -> dict[str, object]:
-    """A schemaless stand-in for a prometheus-operator CRD, so its objects can be dry-run."""
+def _stub_crd(group: str, kind: str, plural: str, scope: str = "Namespaced") -> dict[str, object]:
+    """A schemaless stand-in for a third party's CRD (prometheus-operator's, kopf's peering), so
+    that the chart's objects of those kinds can be dry-run."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.monitoring.coreos.com", "labels": {"omega-vlm/chart-test": "stub"}},
+        "metadata": {"name": f"{plural}.{group}", "labels": {"omega-vlm/chart-test": "stub"}},
         "spec": {
-            "group": "monitoring.coreos.com",
-            "scope": "Namespaced",
+            "group": group,
+            "scope": scope,
             "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
             "versions": [
                 {
@@ -47,13 +48,20 @@ def _stub_crd(kind: str, plural: str) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def prepared(devcluster: Cluster) -> Iterator[Cluster]:
-    """The chart's CRD (as `helm install` would put it), stub monitoring CRDs, the namespaces."""
+    """The chart's CRD (as `helm install` would put it), stub third-party CRDs, the namespaces."""
     # The documented CRD upgrade command (NOTES.txt, the hook Job); --validate=false because a
     # 1.20 API server's schema has no x-kubernetes-validations (it drops the CEL rules).
     devcluster.kubectl(
         "apply", "--validate=false", "--field-manager=omega-vlm-chart", "-f", str(CHART / "crds")
     )
-    devcluster.apply([_stub_crd("ServiceMonitor", "servicemonitors"), _stub_crd("PodMonitor", "podmonitors")])
+    devcluster.apply(
+        [
+            _stub_crd("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
+            _stub_crd("monitoring.coreos.com", "PodMonitor", "podmonitors"),
+            _stub_crd("kopf.dev", "KopfPeering", "kopfpeerings"),
+            _stub_crd("kopf.dev", "ClusterKopfPeering", "clusterkopfpeerings", scope="Cluster"),
+        ]
+    )
     devcluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", "crd", "-l", "omega-vlm/chart-test"
     )

@@ -18,9 +18,10 @@ from tests.chart.helm import CHART, CI_VALUES, REPO, by_kind, crd_documents, one
 VALUE_SETS = [None, *CI_VALUES]
 VALUE_IDS = ["defaults", *[p.name for p in CI_VALUES]]
 K8S_VERSIONS = ["1.25.0", kubernetes_validate.latest_version()]
-# Kinds that Kubernetes' own schemas do not cover: prometheus-operator's, and ours (checked
-# against the CRD's openAPIV3Schema instead).
+# Kinds that Kubernetes' own schemas do not cover: prometheus-operator's and kopf's (checked for
+# shape only), and ours (checked against the CRD's openAPIV3Schema instead).
 MONITORING = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
+KOPF = {("kopf.dev/v1", "KopfPeering"), ("kopf.dev/v1", "ClusterKopfPeering")}
 
 
 def test_ci_values_exist() -> None:
@@ -123,6 +124,10 @@ def _validate_k8s(doc: dict[str, Any], crds: dict[tuple[str, str], dict[str, Any
     key = (doc["apiVersion"], doc["kind"])
     if key in MONITORING:
         assert doc["spec"], doc
+        return
+    if key in KOPF:
+        assert set(doc) == {"apiVersion", "kind", "metadata"}, doc
+        assert ("namespace" in doc["metadata"]) == (doc["kind"] == "KopfPeering"), doc
         return
     if key in crds:
         group_version = crds[key]
@@ -400,3 +405,20 @@ def test_example_matches_examples_folder() -> None:
     docs = render("--set", "example.enabled=true")
     example = one(docs, "OmegaVLM")
     jsonschema.validate(example, _crd_schemas()[("vlm.omega.io/v1alpha1", "OmegaVLM")])
+
+
+def test_peering_objects() -> None:
+    """Peering on: the peering object(s) kopf announces itself on, named as the operator's setting."""
+    assert not [d for d in render() if d["apiVersion"].startswith("kopf.dev/")]
+    docs = render("--set", "operator.peering.enabled=true", "--set", "operator.peering.name=ring")
+    (peering,) = [d for d in docs if d["apiVersion"] == "kopf.dev/v1"]
+    assert peering["kind"] == "ClusterKopfPeering" and peering["metadata"]["name"] == "ring"
+    assert _operator_env(docs)["OMEGA_OPERATOR_PEERING"] == "ring"
+    cluster = _rules(one(docs, "ClusterRole", "omega-omega-vlm-operator-cluster"))
+    assert cluster[("kopf.dev", "clusterkopfpeerings")] >= {"list", "watch", "patch"}
+    docs = render(values=CHART / "ci" / "namespaced-values.yaml")
+    peerings = [d for d in docs if d["apiVersion"] == "kopf.dev/v1"]
+    assert sorted((d["kind"], d["metadata"]["namespace"]) for d in peerings) == [
+        ("KopfPeering", "team-a"),
+        ("KopfPeering", "team-b"),
+    ]
