@@ -27,7 +27,9 @@ PYTHON = (
     str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 )
 REPOSITORY = "registry.example.com/omega-vlm-server"
-TAG = "v0.1.0"
+# A tag of our own: other test modules map full images such as `<repo>:v0.1.0-flash` to
+# stand-in commands in the shared devcluster; ours must reach the real server (repository suffix).
+TAG = "fallback-e2e"
 FLASH_IMAGE = f"{REPOSITORY}:{TAG}-flash"
 SDPA_IMAGE = f"{REPOSITORY}:{TAG}-sdpa"
 PROBE_INTERVAL = 2.0  # seconds, for the tests (the default is 10)
