@@ -48,6 +48,12 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -135,6 +141,7 @@ def main() -> int:
             time.sleep(1)
 
             writes0 = api_writes(cluster)
+            cpu0 = cpu_s(op.pid)
             created: dict[str, float] = {}
 
             def create(i: int) -> None:
@@ -166,10 +173,12 @@ def main() -> int:
             t_settled = last_change - t0
             writes_burst = api_writes(cluster) - writes0
             rss_settled, _ = rss_kib(op.pid)
+            cpu_burst = cpu_s(op.pid) - cpu0
 
             w1 = api_writes(cluster)
             time.sleep(args.idle)
             w2 = api_writes(cluster)
+            cpu_idle = cpu_s(op.pid) - cpu0 - cpu_burst
             rss_idle, peak = rss_kib(op.pid)
             stop.set()
 
@@ -187,6 +196,9 @@ def main() -> int:
                 "api_writes_per_object": round(writes_burst / args.count, 2),
                 "idle_window_s": args.idle,
                 "api_writes_per_idle_minute": round((w2 - w1) * 60.0 / args.idle, 2),
+                "operator_cpu_s_until_settled": round(cpu_burst, 1),
+                "operator_cpu_s_per_idle_minute": round(cpu_idle * 60.0 / args.idle, 1),
+                "load_average_1m_at_end": round(os.getloadavg()[0], 2),
                 "operator_rss_mib_settled": round(rss_settled / 1024, 1),
                 "operator_rss_mib_after_idle": round(rss_idle / 1024, 1),
                 "operator_rss_mib_peak": round(peak / 1024, 1),

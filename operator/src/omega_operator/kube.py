@@ -6,6 +6,7 @@ Credentials come from KUBECONFIG (or ~/.kube/config) or, inside a pod, the servi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
@@ -99,6 +100,7 @@ class Kube:
         self._session: aiohttp.ClientSession | None = None
         self._pdb_version: str | None = None
         self.writes = 0  # API writes issued by this process (for tests and the benchmark)
+        self._background: set[asyncio.Task[None]] = set()
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -114,6 +116,8 @@ class Kube:
         return self._session
 
     async def close(self) -> None:
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
         if self._session is not None:
             await self._session.close()
 
@@ -203,6 +207,12 @@ class Kube:
         """Merge-patch the OmegaVLM's status subresource."""
         path = object_path(f"{GROUP}/{VERSION}", "OmegaVLM", namespace, name) + "/status"
         return await self.request("PATCH", path, body={"status": patch}, content_type=MERGE)
+
+    def event_soon(self, owner: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post an Event in the background: the reconcile does not wait for it."""
+        task = asyncio.get_running_loop().create_task(self.event(owner, type_, reason, message))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def event(
         self, owner: dict[str, Any], type_: str, reason: str, message: str, component: str = FIELD_MANAGER

@@ -7,6 +7,7 @@ that finds everything in place makes no API request at all, reads included, unle
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import time
@@ -112,7 +113,7 @@ async def _reconcile(
 
     async def event(type_: str, reason: str, message: str) -> None:
         res.events.append((type_, reason, message))
-        await kube.event(body, type_, reason, message)
+        kube.event_soon(body, type_, reason, message)
 
     # 1. Validate: a bad spec touches no child.
     try:
@@ -144,21 +145,25 @@ async def _reconcile(
     # 3. Converge the children (apply only what differs from the watch cache).
     owner = owner_of(body)
     deployment, service, pdb = b.children(spec, owner, variant, await kube.pdb_api_version())
-    live_deployment = observed.deployment
-    try:
-        if drift.needs_apply(deployment, observed.deployment):
-            live_deployment = res.objects["Deployment"] = await kube.apply(deployment)
-            res.applied.append("Deployment")
-        if drift.needs_apply(service, observed.service):
-            res.objects["Service"] = await kube.apply(service)
-            res.applied.append("Service")
-        if pdb is not None and drift.needs_apply(pdb, observed.pdb):
-            res.objects["PodDisruptionBudget"] = await kube.apply(pdb)
-            res.applied.append("PodDisruptionBudget")
-        elif pdb is None and observed.pdb is not None:
+
+    async def converge(kind: str, desired: dict[str, Any], actual: dict[str, Any] | None) -> None:
+        if drift.needs_apply(desired, actual):
+            res.objects[kind] = await kube.apply(desired)
+            res.applied.append(kind)
+
+    async def drop_pdb() -> None:
+        if pdb is None and observed.pdb is not None:
             version = observed.pdb.get("apiVersion") or await kube.pdb_api_version()
             if await kube.delete(version, "PodDisruptionBudget", ns, name):
                 res.deleted.append("PodDisruptionBudget")
+
+    try:
+        # Independent objects: write them concurrently.
+        await asyncio.gather(
+            converge("Deployment", deployment, observed.deployment),
+            converge("Service", service, observed.service),
+            converge("PodDisruptionBudget", pdb, observed.pdb) if pdb is not None else drop_pdb(),
+        )
     except ApiError as exc:
         if exc.status == 422:  # the API server refused what the spec asks for (e.g. a bad affinity)
             return await _mark_invalid(kube, body, old, generation, f"spec: {exc.message}", res, event)
@@ -184,7 +189,7 @@ async def _reconcile(
         attention=attention,
         variant=variant,
         image=image,
-        deployment=live_deployment if observed.deployment is None or res.applied else observed.deployment,
+        deployment=res.objects.get("Deployment", observed.deployment),
         problems=problems,
         flash=flash,
     )
