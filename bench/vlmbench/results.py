@@ -176,6 +176,7 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("model", "model"),
     ("backend", "backend"),
     ("driver", "driver"),
+    ("decode_path", "decode path"),
     ("concurrency", "conc"),
     ("output_tokens_per_s", "out tok/s"),
     ("per_request_output_tokens_per_s", "per-req tok/s"),
@@ -191,6 +192,14 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("completed", "done"),
     ("note", "note"),
 )
+
+
+def decode_path(row: dict[str, Any]) -> str:
+    """How tokens were decoded: ``generate()``, or the engine's KV cache (``+graphs`` with CUDA graphs)."""
+    if row.get("driver") == "generate":
+        return "generate()"
+    cache = row.get("kv_cache") or "dynamic"  # rows from before the engine reported it: dynamic only
+    return f"{cache}+graphs" if row.get("cuda_graphs") else str(cache)
 
 
 def row_note(row: dict[str, Any]) -> str | None:
@@ -215,6 +224,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             value = row.get(key)
             if key == "note":
                 value = row_note(row)
+            if key == "decode_path":
+                value = decode_path(row)
             if key == "completed" and value is not None:
                 value = f"{value}/{row.get('requests', '?')}"
             if key == "roofline_fraction" and isinstance(value, float):

@@ -398,7 +398,7 @@ def _profile(
         cfg.log(f"[{shape.name}/{backend}] profile b{batch} failed: {type(exc).__name__}: {exc}")
         return
     result.update(model=shape.name, backend=backend)
-    target = path.with_name(f"profile-{shape.name}-{backend}-b{batch}.json")
+    target = cfg.out_dir / f"profile-{shape.name}-{backend}-b{batch}.json"
     target.write_text(json.dumps(result, indent=2) + "\n")
     cfg.log(
         f"[{shape.name}/{backend}] profile b{batch}: wall {result['wall_ms_per_step']} ms/step, "

@@ -84,7 +84,7 @@ def test_write_read_and_table(tmp_path: Path) -> None:
     assert read_rows([path, path]) == rows + rows
     table = markdown_table(rows).splitlines()
     assert len(table) == 2 + 3
-    assert table[0].startswith("| model | backend | driver | conc | out tok/s")
+    assert table[0].startswith("| model | backend | driver | decode path | conc | out tok/s")
     assert all(line.count("|") == table[0].count("|") for line in table)  # pipes in errors are escaped
     assert "| 4/4 |" in table[2] and "HTTP 503" in table[3]
     assert "time limit" in table[4]
@@ -112,3 +112,11 @@ def test_cli_merge_and_table_update_the_readme(tmp_path: Path, capsys: pytest.Ca
     text = readme.read_text()
     assert "old" not in text and text.count("| omega17_vl_exp |") == 2
     assert "| omega17_vl_exp |" in capsys.readouterr().out
+
+
+def test_decode_path_column() -> None:
+    from bench.vlmbench.results import decode_path
+
+    assert decode_path({"driver": "generate"}) == "generate()"
+    assert decode_path({"driver": "engine"}) == "dynamic"
+    assert decode_path({"driver": "http", "kv_cache": "static", "cuda_graphs": True}) == "static+graphs"
