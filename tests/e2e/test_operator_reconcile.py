@@ -432,7 +432,9 @@ def test_ready_on_a_real_server_and_restart_writes_nothing(
     assert row[1:6] == ["True", "sdpa", "1/1", "sdpa", "AllReplicasReady"], row
     assert ovlm_events(cluster, ns, "Ready")
 
-    # Settled: no writes for a while. Restart the operator: still no writes.
+    # Settled: no writes for a while. Restart the operator: still no writes. (The API server's
+    # counters are cluster-wide: first let namespaces of earlier tests finish terminating.)
+    wait_for(lambda: "Terminating" not in cluster.kubectl("get", "ns").stdout, 180, "namespaces deleted")
     before = wait_settled(cluster, quiet_s=4 * PROBE_INTERVAL, timeout=settle_timeout())
     resumed = operator.log().count(" resumed ")
     operator.stop()
