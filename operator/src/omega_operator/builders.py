@@ -80,6 +80,11 @@ def crash_loop_restarts(spec: OmegaVLMSpec) -> int:
     return spec.fallback.crash_loop_restarts
 
 
+def startup_timeout(spec: OmegaVLMSpec) -> int:
+    """Seconds a pod may take to load the model (startup probe budget)."""
+    return (spec.runtime.startup_timeout_seconds if spec.runtime else None) or DEFAULT_STARTUP_TIMEOUT
+
+
 def service_port(spec: OmegaVLMSpec) -> int:
     return (spec.service.port if spec.service else None) or DEFAULT_SERVICE_PORT
 
@@ -99,16 +104,6 @@ def sdpa_image(spec: OmegaVLMSpec) -> str | None:
     if spec.image.sdpa_image:
         return spec.image.sdpa_image
     return f"{spec.image.repository}:{spec.image.tag}-sdpa" if spec.image.tag else None
-
-
-def requested_variant(spec: OmegaVLMSpec) -> str:
-    """The variant the spec asks for before any fallback: sdpa for `sdpa`, else flash."""
-    return "sdpa" if attention(spec) == "sdpa" else "flash"
-
-
-def variant(spec: OmegaVLMSpec, fallback_in_force: bool) -> str:
-    """The variant to run: the requested one, or sdpa while a recorded fallback is in force."""
-    return "sdpa" if fallback_in_force else requested_variant(spec)
 
 
 def image_for(spec: OmegaVLMSpec, variant_: str) -> str:
@@ -247,7 +242,7 @@ def container_resources(spec: OmegaVLMSpec) -> dict[str, Any]:
 
 def probes(spec: OmegaVLMSpec) -> dict[str, dict[str, Any]]:
     """Startup on /health sized for big model loads, readiness on /health, liveness on /live."""
-    timeout = (spec.runtime.startup_timeout_seconds if spec.runtime else None) or DEFAULT_STARTUP_TIMEOUT
+    timeout = startup_timeout(spec)
     return {
         "startupProbe": {
             "httpGet": {"path": "/health", "port": PORT_NAME},
@@ -341,9 +336,8 @@ def deployment(spec: OmegaVLMSpec, owner: Owner, variant_: str) -> dict[str, Any
             # GPUs are scarce: take a pod down before starting its replacement, never surge.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
             "revisionHistoryLimit": 3,
-            "progressDeadlineSeconds": DEFAULT_STARTUP_TIMEOUT
-            if not (spec.runtime and spec.runtime.startup_timeout_seconds)
-            else spec.runtime.startup_timeout_seconds + 300,
+            # A rollout may take one full model load plus slack before it counts as stalled.
+            "progressDeadlineSeconds": startup_timeout(spec) + 300,
             "template": pod_template(spec, owner.name, variant_),
         },
     }

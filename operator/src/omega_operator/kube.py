@@ -99,7 +99,6 @@ class Kube:
         self.instance = instance or os.environ.get("HOSTNAME") or f"omega-vlm-operator-{uuid.uuid4().hex[:6]}"
         self._session: aiohttp.ClientSession | None = None
         self._pdb_version: str | None = None
-        self.writes = 0  # API writes issued by this process (for tests and the benchmark)
         self._background: set[asyncio.Task[None]] = set()
 
     async def session(self) -> aiohttp.ClientSession:
@@ -131,8 +130,6 @@ class Kube:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         session = await self.session()
-        if method != "GET":
-            self.writes += 1
         try:
             async with session.request(
                 method, path, json=body, params=params, headers={"Content-Type": content_type}
@@ -146,21 +143,6 @@ class Kube:
             raise ApiError(0, f"{type(exc).__name__}: {exc}") from exc
 
     # ------------------------------------------------------------ reads
-
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await self.request("GET", object_path(api_version, kind, namespace, name))
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    async def list(
-        self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
-    ) -> list[dict[str, Any]]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        data = await self.request("GET", object_path(api_version, kind, namespace), params=params)
-        return list(data.get("items") or [])
 
     async def pdb_api_version(self) -> str:
         """policy/v1 when the cluster serves it (1.21+), else policy/v1beta1 (discovery, cached)."""

@@ -15,7 +15,10 @@ class OperatorSettings(BaseSettings):
 
     namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Namespaces to watch, comma-separated; empty = all namespaces (cluster-wide).",
+        description=(
+            "Namespaces to watch, comma-separated names or kopf globs (e.g. ml-*); "
+            "empty = all namespaces (cluster-wide)."
+        ),
     )
     probe_interval: float = Field(
         default=10.0, gt=0, description="Seconds between refreshes of observed state and pod /health probes."
