@@ -23,6 +23,6 @@ if [ -n "$FLASH_TAR" ]; then
   $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$FLASH_TAR" "$FLASH" || exit 1
 fi
 export PYTHONPATH="$FLASH:$SITE:$PWD/server/src:$PWD"
-nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm --format=csv | tee -a "$OUT/gpu.txt"
 $PY -c "import torch, transformers, flash_attn; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, 'flash_attn', flash_attn.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"
-$PY -m bench.vlmbench run --isolate --out "$OUT" --workdir /tmp/vlmbench "$@" 2>&1 | tee "$OUT/log.txt"
+$PY -m bench.vlmbench run --isolate --out "$OUT" --workdir /tmp/vlmbench "$@" 2>&1 | tee -a "$OUT/log.txt"

@@ -160,7 +160,7 @@ def _child_argv(
     ]
     if args.no_baseline:
         out.append("--no-baseline")
-    if args.cells:
+    if args.cells is not None:
         out.append("--cells=" + ",".join(f"{d}:{c}" for d, c in args.cells))
     if args.profile:
         out.append("--profile=" + ",".join(map(str, args.profile)))

@@ -14,23 +14,35 @@ from typing import Any
 
 
 def summarize_events(
-    events: list[tuple[str, float, float, int]], steps: int, top: int = 12
+    events: list[tuple[str, float, float, int, bool]], steps: int, top: int = 12
 ) -> dict[str, Any]:
-    """``(name, self_cpu_us, self_device_us, calls)`` rows of a profile over ``steps`` steps -> per-step summary."""
+    """Profile rows ``(name, self_cpu_us, device_us, calls, is_kernel)`` over ``steps`` steps -> per step.
+
+    GPU busy time is the sum over kernels only (operator rows carry their kernels' time as well).
+    ``top_kernels``: kernels by GPU time; ``top_gpu_ops``: operators by the GPU time of their kernels;
+    ``top_cpu_ops``: operators by their own host time.
+    """
     steps = max(steps, 1)
-    gpu = sum(e[2] for e in events)
-    by_gpu = sorted(events, key=lambda e: e[2], reverse=True)[:top]
-    by_cpu = sorted(events, key=lambda e: e[1], reverse=True)[:top]
+    kernels = [e for e in events if e[4]]
+    ops = [e for e in events if not e[4]]
+
+    def rows(items: list[tuple[str, float, float, int, bool]], index: int, unit: str) -> list[dict[str, Any]]:
+        ordered = sorted(items, key=lambda e: float(e[index]), reverse=True)[:top]
+        return [
+            {
+                "op": e[0],
+                unit: round(float(e[index]) / 1000 / steps, 3),
+                "calls_per_step": round(e[3] / steps, 1),
+            }
+            for e in ordered
+        ]
+
     return {
-        "gpu_ms_per_step": round(gpu / 1000 / steps, 3),
-        "top_gpu_ops": [
-            {"op": n, "gpu_ms_per_step": round(d / 1000 / steps, 3), "calls_per_step": round(c / steps, 1)}
-            for n, _, d, c in by_gpu
-        ],
-        "top_cpu_ops": [
-            {"op": n, "cpu_ms_per_step": round(u / 1000 / steps, 3), "calls_per_step": round(c / steps, 1)}
-            for n, u, _, c in by_cpu
-        ],
+        "gpu_ms_per_step": round(sum(e[2] for e in kernels) / 1000 / steps, 3),
+        "kernels_per_step": round(sum(e[3] for e in kernels) / steps, 1),
+        "top_kernels": rows(kernels, 2, "gpu_ms_per_step"),
+        "top_gpu_ops": rows(ops, 2, "gpu_ms_per_step"),
+        "top_cpu_ops": rows(ops, 1, "cpu_ms_per_step"),
     }
 
 
@@ -108,22 +120,16 @@ def profile_decode(model: Any, inputs: dict[str, Any], *, batch: int, steps: int
         (
             e.key,
             float(e.self_cpu_time_total),
-            float(getattr(e, "self_device_time_total", 0.0) or getattr(e, "self_cuda_time_total", 0.0)),
+            float(getattr(e, "self_device_time_total", 0.0) or 0.0),
             int(e.count),
+            getattr(getattr(e, "device_type", None), "name", "") == "CUDA",
         )
         for e in prof.key_averages()
     ]
-    kernels = sum(
-        1
-        for e in prof.events()
-        if getattr(getattr(e, "device_type", None), "name", "") == "CUDA"
-        and not str(e.name).startswith(("Memcpy", "Memset"))
-    )
     summary = summarize_events(events, steps)
     summary.update(
         batch=batch,
         wall_ms_per_step=round(wall * 1000, 3),
-        kernels_per_step=round(kernels / steps, 1),
         tokens_per_s=round(batch / wall, 1),
     )
     if cuda:

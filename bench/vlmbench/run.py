@@ -147,7 +147,7 @@ def _run_backend(
     from omega_server.engine import Engine, EngineConfig
 
     wl = cfg.workload
-    mbs = cfg.max_batch_size or max(c for _, c in cfg.cells or [("", c) for c in cfg.concurrency])
+    mbs = cfg.max_batch_size or max(c for _, c in (cfg.cells or []) + [("", c) for c in cfg.concurrency])
     tag = f"[{shape.name}/{backend}]"
     _free()
     _reset_peak()
@@ -272,7 +272,11 @@ def _cells(
     server: InProcessServer | None = None
     warmed: set[str] = set()
     try:
-        cells = cfg.cells or plan_cells(cfg.drivers, cfg.concurrency, cfg.baseline, cfg.baseline_batch)
+        cells = (
+            cfg.cells
+            if cfg.cells is not None
+            else plan_cells(cfg.drivers, cfg.concurrency, cfg.baseline, cfg.baseline_batch)
+        )
         for driver, conc in cells:
             remaining = clock.remaining()
             if remaining < 20:
@@ -398,12 +402,16 @@ def _profile(
         cfg.log(f"[{shape.name}/{backend}] profile b{batch} failed: {type(exc).__name__}: {exc}")
         return
     result.update(model=shape.name, backend=backend)
-    target = cfg.out_dir / f"profile-{shape.name}-{backend}-b{batch}.json"
-    target.write_text(json.dumps(result, indent=2) + "\n")
+    target = cfg.out_dir / "profiles.jsonl"  # one line per profile (few files come back from the GPU box)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("a") as f:
+        f.write(json.dumps(result) + "\n")
     cfg.log(
         f"[{shape.name}/{backend}] profile b{batch}: wall {result['wall_ms_per_step']} ms/step, "
         f"gpu {result['gpu_ms_per_step']} ms/step, {result['kernels_per_step']} kernels/step"
     )
+    for op in result["top_kernels"][:5]:
+        cfg.log(f"    kernel {op['gpu_ms_per_step']:>8} ms {op['calls_per_step']:>7}x  {op['op'][:90]}")
     for op in result["top_gpu_ops"][:8]:
         cfg.log(f"    gpu {op['gpu_ms_per_step']:>8} ms {op['calls_per_step']:>7}x  {op['op'][:90]}")
     for op in result["top_cpu_ops"][:6]:

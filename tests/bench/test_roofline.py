@@ -90,11 +90,13 @@ def test_profile_summary_per_step() -> None:
     from bench.vlmbench.profile import summarize_events
 
     events = [
-        ("aten::mm", 400.0, 0.0, 40),
-        ("gemm_kernel", 0.0, 6000.0, 40),
-        ("aten::index", 1000.0, 200.0, 8),
+        ("aten::mm", 400.0, 6000.0, 40, False),  # an operator row also carries its kernels' time
+        ("gemm_kernel", 0.0, 6000.0, 40, True),
+        ("aten::index", 1000.0, 200.0, 8, False),
+        ("index_kernel", 0.0, 200.0, 8, True),
     ]
     s = summarize_events(events, steps=4, top=2)
-    assert s["gpu_ms_per_step"] == 1.55
-    assert s["top_gpu_ops"][0] == {"op": "gemm_kernel", "gpu_ms_per_step": 1.5, "calls_per_step": 10.0}
+    assert s["gpu_ms_per_step"] == 1.55 and s["kernels_per_step"] == 12.0
+    assert s["top_kernels"][0] == {"op": "gemm_kernel", "gpu_ms_per_step": 1.5, "calls_per_step": 10.0}
+    assert [op["op"] for op in s["top_gpu_ops"]] == ["aten::mm", "aten::index"]
     assert [op["op"] for op in s["top_cpu_ops"]] == ["aten::index", "aten::mm"]
