@@ -144,7 +144,7 @@ def main() -> int:
         try:
             res = compare(eng, requests(4, 32))
             print(
-                f"Qwen2.5-VL-7B {dtype!s:15} kv={eng.info.kv_cache} graphs={eng.info.cuda_graphs} "
+                f"Qwen2.5-VL-7B {tdtype!s:15} kv={eng.info.kv_cache} graphs={eng.info.cuda_graphs} "
                 f"equal={[r[0] for r in res]} first_diff={[r[1] for r in res]} top2_gap={[r[2] for r in res]} "
                 f"({time.perf_counter() - started:.0f} s)",
                 flush=True,
@@ -156,5 +156,60 @@ def main() -> int:
     return 0
 
 
+def probe_7b() -> int:
+    """float32, one request at a time: each decode path vs generate(), and how far their logits differ."""
+    import torch
+    from gpu_profile import build  # type: ignore[import-not-found]
+    from omega_server import engine as E
+
+    E.configure_sdpa_kernels()
+    model, processor = build(torch.float32)
+    req = requests(1, 32)[0]
+    prepared = E.prepare_inputs(
+        processor, req, [req.messages[0]["content"][0]["image"]], max_model_length=4096
+    )
+    inputs = {k: v.to("cuda") for k, v in prepared.inputs.items()}
+    with torch.inference_mode():
+        out = model.generate(
+            **inputs, max_new_tokens=32, do_sample=False, output_scores=True, return_dict_in_generate=True
+        )
+        ref = out.sequences[0, prepared.prompt_tokens :].tolist()
+        gaps = [float(s[0].float().topk(2).values.diff().abs()) for s in out.scores]
+        scale = float(out.scores[0][0].float().std())
+        print(
+            f"7B fp32: logit std {scale:.4f}; top-2 gap per step: median {sorted(gaps)[16]:.4f} min {min(gaps):.5f}"
+        )
+        runners = {
+            "dynamic": E._Runner(model, processor),
+            "static": E._StaticRunner(model, processor, slots=4, width=2048, graphs=False),
+            "static+graphs": E._StaticRunner(model, processor, slots=4, width=2048, graphs=True),
+        }
+        first_logits = {}
+        for name, runner in runners.items():
+            seq = E._Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None)
+            runner.prefill(seq)
+            toks = [seq.last_token]
+            orig = runner._sample
+            captured: list[torch.Tensor] = []
+
+            def spy(
+                seqs: Any, logits: torch.Tensor, orig: Any = orig, captured: list[torch.Tensor] = captured
+            ) -> Any:
+                captured.append(logits.float().clone())
+                return orig(seqs, logits)
+
+            runner._sample = spy  # type: ignore[method-assign]
+            for _ in range(31):
+                toks.append(runner.decode()[0])
+            runner.evict([])
+            first_logits[name] = captured[0][0]
+            diff = next((i for i, (a, b) in enumerate(zip(toks, ref, strict=False)) if a != b), None)
+            print(f"7B fp32 {name:14} equal={toks == ref} first_diff={diff}", flush=True)
+        for name in ("static", "static+graphs"):
+            d = (first_logits[name] - first_logits["dynamic"]).abs().max()
+            print(f"max |logits({name}) - logits(dynamic)| at the first decode step: {float(d):.2e}")
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(probe_7b() if "--probe-7b" in sys.argv else main())
