@@ -57,7 +57,7 @@ def build(dtype: Any = None) -> tuple[Any, Any]:
     cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tiny._qwen_ids(tok))
     with torch.device("cuda"):
         model = Qwen2_5_VLForConditionalGeneration._from_config(
-            cfg, dtype=torch.bfloat16, attn_implementation="sdpa"
+            cfg, dtype=dtype or torch.bfloat16, attn_implementation="sdpa"
         )
     model.eval()
     processor = processor_class_without_video(Qwen2_5_VLProcessor)(
