@@ -200,9 +200,11 @@ class ServiceSpec(_Model):
 class ResourceRequirements(_Model):
     """Compute resources of the server container (nvidia.com/gpu comes from spec.gpu.count)."""
 
-    limits: dict[str, Quantity] | None = Field(default=None, description="Resource limits, e.g. cpu, memory.")
+    limits: dict[str, Quantity] | None = Field(
+        default=None, max_length=32, description="Resource limits, e.g. cpu, memory."
+    )
     requests: dict[str, Quantity] | None = Field(
-        default=None, description="Resource requests, e.g. cpu, memory."
+        default=None, max_length=32, description="Resource requests, e.g. cpu, memory."
     )
 
 
@@ -261,26 +263,30 @@ class OmegaVLMSpec(_Model):
         default=None, description="Extra compute resources (cpu, memory) of the server container."
     )
     node_selector: dict[str, str] | None = Field(
-        default=None, description="Extra node selector, ANDed with the GPU product affinity."
+        default=None, max_length=64, description="Extra node selector, ANDed with the GPU product affinity."
     )
     tolerations: list[Toleration] | None = Field(
-        default=None, description="Extra tolerations (the nvidia.com/gpu toleration is always added)."
+        default=None,
+        max_length=64,
+        description="Extra tolerations (the nvidia.com/gpu toleration is always added).",
     )
     affinity: Annotated[
         dict[str, Any] | None,
         _open_object("Extra affinity (Kubernetes Affinity), merged with the GPU product node affinity."),
     ] = None
+    # Bounded lists and maps keep the CEL rules' estimated cost within the API server's budget.
     env: list[EnvVar] | None = Field(
         default=None,
+        max_length=256,
         description="Extra environment variables. Variables the operator sets (ATTN_IMPL, ...) are refused.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     env_from: (
         list[Annotated[dict[str, Any], _open_object("A Kubernetes EnvFromSource (configMapRef/secretRef).")]]
         | None
-    ) = Field(default=None, description="Extra environment from ConfigMaps or Secrets.")
+    ) = Field(default=None, max_length=64, description="Extra environment from ConfigMaps or Secrets.")
     image_pull_secrets: list[LocalObjectReference] | None = Field(
-        default=None, description="Secrets for pulling the server image."
+        default=None, max_length=16, description="Secrets for pulling the server image."
     )
     service_account_name: str | None = Field(
         default=None, max_length=253, description="Service account of the server pods."
