@@ -177,7 +177,7 @@ def probe_7b() -> int:
         gaps = [float(s[0].float().topk(2).values.diff().abs()) for s in out.scores]
         scale = float(out.scores[0][0].float().std())
         print(
-            f"7B fp32: logit std {scale:.4f}; top-2 gap per step: median {sorted(gaps)[16]:.4f} min {min(gaps):.5f}"
+            f"7B {next(model.parameters()).dtype}: logit std {scale:.4f}; top-2 gap per step: median {sorted(gaps)[16]:.4f} min {min(gaps):.5f}"
         )
         runners = {
             "dynamic": E._Runner(model, processor),
@@ -204,7 +204,10 @@ def probe_7b() -> int:
             runner.evict([])
             first_logits[name] = captured[0][0]
             diff = next((i for i, (a, b) in enumerate(zip(toks, ref, strict=False)) if a != b), None)
-            print(f"7B fp32 {name:14} equal={toks == ref} first_diff={diff}", flush=True)
+            print(
+                f"7B {next(model.parameters()).dtype} {name:14} equal={toks == ref} first_diff={diff}",
+                flush=True,
+            )
         for name in ("static", "static+graphs"):
             d = (first_logits[name] - first_logits["dynamic"]).abs().max()
             print(f"max |logits({name}) - logits(dynamic)| at the first decode step: {float(d):.2e}")
