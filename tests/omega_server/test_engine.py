@@ -395,3 +395,26 @@ def test_bucket_sizes() -> None:
 
     assert [bucket(n, 16) for n in (1, 2, 3, 5, 16, 17)] == [1, 2, 4, 8, 16, 16]
     assert bucket(300, 8192, floor=256) == 512 and bucket(10, 8192, floor=256) == 256
+
+
+def test_static_cache_failing_its_warm_up_falls_back_to_dynamic(
+    tiny_checkpoint: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import omega_server.engine as engine_module
+
+    real = engine_module._warm_runner
+
+    def warm(runner: Any, loaded: Any) -> None:
+        if isinstance(runner, engine_module._StaticRunner):
+            raise RuntimeError("out of memory while allocating the slot cache")
+        real(runner, loaded)
+
+    monkeypatch.setattr(engine_module, "_warm_runner", warm)
+    eng = Engine.load(
+        EngineConfig(model_path=str(tiny_checkpoint("llava")), attn_impl="sdpa", kv_cache="static")
+    )
+    try:
+        assert eng.info.kv_cache == "dynamic" and eng.info.cuda_graphs is False
+        assert len(run_concurrently(eng, [chat(0, max_tokens=3)])[0]) == 3
+    finally:
+        eng.shutdown()
