@@ -534,7 +534,10 @@ def _make_runner(config: EngineConfig, loaded: models.LoadedModel, backend: str)
         raise ValueError(f"kv_cache must be auto, dynamic or static, got {config.kv_cache!r}")
     masks_4d = backend in ("sdpa", "eager")
     on_gpu = loaded.model.device.type == "cuda"
-    static = masks_4d and (config.kv_cache == "static" or (config.kv_cache == "auto" and on_gpu))
+    one_device = len(loaded.devices) == 1  # the slot buffers and graphs live on one device
+    static = (
+        masks_4d and one_device and (config.kv_cache == "static" or (config.kv_cache == "auto" and on_gpu))
+    )
     if not static:
         return _Runner(loaded.model, loaded.processor)
     return _StaticRunner(

@@ -342,7 +342,8 @@ def load_model(
 ) -> Any:
     """Load the model through ``AutoModelForImageTextToText`` with the given attention backend.
 
-    On CUDA with more than one visible GPU the model is spread over them (``device_map="auto"``).
+    On CUDA with more than one visible GPU, GPU 0 is filled first and the next GPUs take only what does
+    not fit (``device_map="sequential"``), so a model that fits one GPU stays on one.
     Raises what transformers raises (ImportError/ValueError for an unavailable backend).
     """
     from transformers import AutoModelForImageTextToText
@@ -351,7 +352,7 @@ def load_model(
         config, _, _ = load_config(path)
     kwargs: dict[str, Any] = {"config": config, "dtype": dtype, "attn_implementation": attn_implementation}
     if device == "cuda" and torch.cuda.device_count() > 1:
-        kwargs["device_map"] = "auto"
+        kwargs["device_map"] = "sequential"
     elif device != "cpu":
         kwargs["device_map"] = device if device != "cuda" else "cuda:0"
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
