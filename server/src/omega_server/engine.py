@@ -11,6 +11,10 @@ cache rows are left-padded to the batch's length and an attention mask hides the
 step is one forward pass for all running sequences (up to ``max_batch_size``), each with its own
 sampling parameters, seed, stop strings and token budget. Finished or cancelled sequences leave between
 steps and their cache rows are dropped. Greedy outputs equal ``model.generate()``'s.
+
+Two KV caches (``EngineConfig.kv_cache``): "dynamic" (transformers' DynamicCache, left-padded rows; any
+backend) and "static" (``kvslots``: preallocated slots and a 4D mask, decode steps replayed as CUDA
+graphs on a GPU; sdpa/eager on one device). "auto" takes static on a GPU where it can, else dynamic.
 """
 
 from __future__ import annotations
