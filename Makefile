@@ -39,6 +39,9 @@ fmt: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+crds: setup
+	$(BIN)/python -m omega_operator.crdgen
+
 cluster-up: build-cluster
 	$(BIN)/python -m devcluster up
 
