@@ -176,6 +176,19 @@ def test_seeded_sampling_is_reproducible(engine: Engine) -> None:
     assert a != c
 
 
+def test_out_of_range_seed_is_refused_and_the_engine_keeps_serving(engine: Engine) -> None:
+    with pytest.raises(InvalidRequestError) as err:
+        engine.prepare(chat(1, max_tokens=3, temperature=1.0, seed=10**30))
+    assert err.value.param == "seed"
+    # A request that got past validation anyway (the worker seeds inside its error handling).
+    prepared = engine.prepare(chat(1, max_tokens=3, temperature=1.0, seed=1))
+    object.__setattr__(prepared.params, "seed", 10**30)
+    with pytest.raises(Exception, match="generation failed"):
+        asyncio.run(collect(engine, prepared))
+    assert engine.alive
+    assert len(tokens(run_concurrently(engine, [chat(1, max_tokens=3)])[0])) == 3
+
+
 def test_prompt_too_long_names_both_numbers(tiny_checkpoint: Callable[[str], Path], engine: Engine) -> None:
     prompt = engine.prepare(chat(0, max_tokens=1)).prompt_tokens
     engine.config.max_model_length, saved = prompt + 5, engine.config.max_model_length

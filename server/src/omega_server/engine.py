@@ -217,6 +217,9 @@ def _validate(req: GenerationRequest, max_images: int) -> list[Any]:
         raise InvalidRequestError(f"top_p must be in (0, 1], got {p.top_p!r}", param="top_p")
     if any(not isinstance(s, str) or not s for s in p.stop):
         raise InvalidRequestError("stop strings must be non-empty strings", param="stop")
+    # torch.Generator.manual_seed takes [-2**63, 2**64); outside it would raise on the worker thread.
+    if p.seed is not None and not (isinstance(p.seed, int) and -(2**63) <= p.seed < 2**64):
+        raise InvalidRequestError(f"seed must be a 64-bit integer, got {p.seed!r}", param="seed")
     if not isinstance(req.messages, list) or not req.messages:
         raise InvalidRequestError("messages must be a non-empty list", param="messages")
     images: list[Any] = []
@@ -788,11 +791,11 @@ class Engine:
         params = seq.prepared.params
         gen_device = self._runner.device if self._runner.device.type == "cuda" else torch.device("cpu")
         seq.generator = torch.Generator(device=gen_device)
-        if params.seed is not None:
-            seq.generator.manual_seed(params.seed)
-        else:
-            seq.generator.seed()
         try:
+            if params.seed is not None:
+                seq.generator.manual_seed(params.seed)
+            else:
+                seq.generator.seed()
             self._runner.prefill(seq)
         except Exception as exc:
             self.stats.errors_total += 1
