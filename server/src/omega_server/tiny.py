@@ -20,21 +20,11 @@ from typing import Any
 
 import torch
 
-from omega_server.models import processor_class_without_video
+from omega_server.models import MODEL_TYPE_ALIASES, SUPPORTED_MODEL_TYPES, processor_class_without_video
 
 #: Families ``--arch`` accepts. ``omega17_vl``/``omega17_vl_exp`` are Qwen3-VL(-MoE) checkpoints saved
 #: under the original server's model_type and class name (loaded through the alias in ``models``).
-ARCHES: tuple[str, ...] = (
-    "qwen2_vl",
-    "qwen2_5_vl",
-    "qwen3_vl",
-    "qwen3_vl_moe",
-    "llava",
-    "idefics3",
-    "smolvlm",
-    "omega17_vl",
-    "omega17_vl_exp",
-)
+ARCHES: tuple[str, ...] = SUPPORTED_MODEL_TYPES + tuple(MODEL_TYPE_ALIASES)
 
 # Qwen chat template (ChatML with vision markers), simplified: text and image parts, generation prompt.
 QWEN_CHAT_TEMPLATE = (
