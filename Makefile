@@ -1,6 +1,6 @@
 # omega-vlm: one virtual environment (.venv), two packages (operator/, server/) and devcluster.
 #   make demo   install everything, start the local control plane, show the system at work
-#   make test   install everything (venv, packages, control-plane binaries) and run every test
+#   make test   install everything (venv, packages, control-plane binaries), lint, run every test
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -27,7 +27,7 @@ build-cluster: setup
 demo: setup build-cluster
 	$(BIN)/python -m devcluster demo
 
-test: setup build-cluster
+test: setup build-cluster lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
 lint: setup
