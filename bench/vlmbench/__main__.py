@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from bench.vlmbench.results import markdown_table, read_rows, replace_between_markers, write_rows
+from bench.vlmbench.results import markdown_table, read_rows, replace_between_markers, select_rows, write_rows
 
 
 def _ints(text: str) -> list[int]:
@@ -80,6 +80,14 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("table", help="print the markdown table of result files")
     t.add_argument("files", nargs="+", type=Path)
     t.add_argument("--readme", type=Path, default=None, help="also write it between the README's markers")
+    t.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        help="KEY=VALUE filter on rows (repeatable; versions.git works)",
+    )
+    t.add_argument("--complete-only", action="store_true", help="leave out cells cut by their time limit")
+    t.add_argument("--sorted", action="store_true", help="order by model, backend, concurrency, driver")
     return ap
 
 
@@ -92,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(rows)} rows -> {args.out}")
         return 0
     if args.cmd == "table":
-        table = markdown_table(read_rows(args.files))
+        rows = select_rows(read_rows(args.files), args.where, args.complete_only)
+        if args.sorted:
+            order = {"generate": 0, "engine": 1, "http": 2}
+            rows.sort(key=lambda r: (r["model"], r["backend"], r["concurrency"], order.get(r["driver"], 9)))
+        table = markdown_table(rows)
         print(table)
         if args.readme is not None:
             args.readme.write_text(replace_between_markers(args.readme.read_text(), table))

@@ -131,6 +131,28 @@ def read_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def select_rows(
+    rows: Sequence[dict[str, Any]], where: Sequence[str] = (), complete_only: bool = False
+) -> list[dict[str, Any]]:
+    """Rows matching every ``KEY=VALUE`` (``a.b`` looks into nested dicts; ``VALUE`` may be ``x|y``)."""
+    out = []
+    for row in rows:
+        if complete_only and row.get("complete") is False:
+            continue
+        ok = True
+        for cond in where:
+            key, _, value = cond.partition("=")
+            current: Any = row
+            for part in key.split("."):
+                current = current.get(part) if isinstance(current, dict) else None
+            if str(current) not in value.split("|"):
+                ok = False
+                break
+        if ok:
+            out.append(row)
+    return out
+
+
 def versions() -> dict[str, Any]:
     """Python, torch (+CUDA), transformers, tokenizers, flash-attn, GPU and driver, git revision."""
     out: dict[str, Any] = {"python": platform.python_version()}

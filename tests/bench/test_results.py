@@ -120,3 +120,16 @@ def test_decode_path_column() -> None:
     assert decode_path({"driver": "generate"}) == "generate()"
     assert decode_path({"driver": "engine"}) == "dynamic"
     assert decode_path({"driver": "http", "kv_cache": "static", "cuda_graphs": True}) == "static+graphs"
+
+
+def test_select_rows() -> None:
+    from bench.vlmbench.results import select_rows
+
+    rows: list[dict[str, object]] = [
+        {"model": "a", "complete": True, "versions": {"git": "x1"}},
+        {"model": "b", "complete": False, "versions": {"git": "x2"}},
+        {"model": "c", "versions": {"git": "x2"}},
+    ]
+    assert [r["model"] for r in select_rows(rows, ["versions.git=x2"])] == ["b", "c"]
+    assert [r["model"] for r in select_rows(rows, ["model=a|c"])] == ["a", "c"]
+    assert [r["model"] for r in select_rows(rows, [], complete_only=True)] == ["a", "c"]
