@@ -92,3 +92,36 @@ def test_full_matrix_on_tiny_models(tmp_path: Path) -> None:
     assert len(flash) == 2 and all(r["attn"] == "sdpa" and r["output_tokens_per_s"] is None for r in flash)
     assert all("FlashAttention2" in r["error"] or "flash" in r["error"].lower() for r in flash)
     assert any("fell back to sdpa" in line for line in lines)
+
+
+def test_isolated_children_get_the_same_options(tmp_path: Path) -> None:
+    """--isolate runs one child per (model, backend); each child must parse to the parent's options."""
+    from bench.vlmbench.__main__ import _child_argv, parser
+
+    argv = [
+        "run",
+        "--models=omega17_vl_exp,qwen2_5_vl_7b",
+        "--backends=sdpa,flash_attention_2",
+        "--cells=generate:4,engine:1,http:64",
+        "--profile=1,4",
+        "--baseline-tokens=256",
+        "--cell-time-limit=40",
+        "--no-baseline",
+        "--max-batch-size=32",
+        f"--out={tmp_path}",
+        "--isolate",
+    ]
+    parent = parser().parse_args(argv)
+    child = parser().parse_args(_child_argv(parent, "qwen2_5_vl_7b", "sdpa", tmp_path / "part.json", 99.4))
+    assert (child.models, child.backends, child.isolate) == (["qwen2_5_vl_7b"], ["sdpa"], False)
+    assert child.results_file == tmp_path / "part.json" and child.deadline == 99.0
+    for key in (
+        "cells",
+        "profile",
+        "baseline_tokens",
+        "cell_time_limit",
+        "no_baseline",
+        "max_batch_size",
+        "out",
+    ):
+        assert getattr(child, key) == getattr(parent, key), key
