@@ -19,52 +19,32 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "server" / "src"))
+sys.path.insert(0, str(ROOT))  # bench.vlmbench: the model shapes
+
+
+def config_and_processor() -> tuple[Any, Any]:
+    """Qwen2.5-VL-7B's transformers config (``bench/vlmbench/shapes.py``) and its processor, with the
+    small Qwen tokenizer of ``omega_server.tiny`` (the model's vocabulary stays 152064)."""
+    from omega_server import tiny
+
+    from bench.vlmbench import shapes
+
+    shape = shapes.QWEN2_5_VL_7B
+    tok = tiny.build_tokenizer(tiny.QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
+    return shapes.build_config(shape, tok), shapes.build_processor(shape, tok)
 
 
 def build(dtype: Any = None) -> tuple[Any, Any]:
+    """A random Qwen2.5-VL-7B-shaped model on the GPU (bf16 unless ``dtype``) and its processor."""
     import torch
-    from omega_server import tiny
-    from omega_server.models import processor_class_without_video
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    tok = tiny.build_tokenizer(tiny.QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
-    eos, pad = tiny._ids(tok, "<|im_end|>", "<|endoftext|>")
-    text = {
-        "vocab_size": 152064,
-        "hidden_size": 3584,
-        "intermediate_size": 18944,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 28,
-        "num_key_value_heads": 4,
-        "rms_norm_eps": 1e-6,
-        "bos_token_id": pad,
-        "eos_token_id": eos,
-        "pad_token_id": pad,
-        "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0},
-    }
-    vision = {
-        "depth": 32,
-        "hidden_size": 1280,
-        "intermediate_size": 3420,
-        "num_heads": 16,
-        "out_hidden_size": 3584,
-        "patch_size": 14,
-        "window_size": 112,
-        "fullatt_block_indexes": [7, 15, 23, 31],
-        "tokens_per_second": 2,
-    }
-    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tiny._qwen_ids(tok))
+    cfg, processor = config_and_processor()
     with torch.device("cuda"):
         model = Qwen2_5_VLForConditionalGeneration._from_config(
             cfg, dtype=dtype or torch.bfloat16, attn_implementation="sdpa"
         )
     model.eval()
-    processor = processor_class_without_video(Qwen2_5_VLProcessor)(
-        image_processor=Qwen2VLImageProcessorPil(patch_size=14, temporal_patch_size=2, merge_size=2),
-        tokenizer=tok,
-        chat_template=tiny.QWEN_CHAT_TEMPLATE,
-    )
     return model, processor
 
 

@@ -192,53 +192,16 @@ def _server_health(path: Path) -> Any:
 def child_build_7b(args: argparse.Namespace) -> dict[str, Any]:
     """Random Qwen2.5-VL-7B-shaped checkpoint, weights created on the GPU in bf16, saved to args.model."""
     import torch
-    from omega_server import tiny
-    from omega_server.models import processor_class_without_video
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from gpu_profile import config_and_processor  # type: ignore[import-not-found]
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    tok = tiny.build_tokenizer(tiny.QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
-    ids = tiny._qwen_ids(tok)
-    eos, pad = tiny._ids(tok, "<|im_end|>", "<|endoftext|>")
-    text = {
-        "vocab_size": 152064,
-        "hidden_size": 3584,
-        "intermediate_size": 18944,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 28,
-        "num_key_value_heads": 4,
-        "max_position_embeddings": 128000,
-        "rms_norm_eps": 1e-6,
-        "bos_token_id": pad,
-        "eos_token_id": eos,
-        "pad_token_id": pad,
-        "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0},
-    }
-    vision = {
-        "depth": 32,
-        "hidden_size": 1280,
-        "intermediate_size": 3420,
-        "num_heads": 16,
-        "out_hidden_size": 3584,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "window_size": 112,
-        "fullatt_block_indexes": [7, 15, 23, 31],
-        "tokens_per_second": 2,
-    }
-    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+    cfg, processor = config_and_processor()
     started = time.perf_counter()
     with torch.device("cuda"):
         model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, dtype=torch.bfloat16)
     torch.cuda.synchronize()
     built = time.perf_counter() - started
     params = sum(p.numel() for p in model.parameters())
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    processor = processor_class_without_video(Qwen2_5_VLProcessor)(
-        image_processor=Qwen2VLImageProcessorPil(patch_size=14, temporal_patch_size=2, merge_size=2),
-        tokenizer=tok,
-        chat_template=tiny.QWEN_CHAT_TEMPLATE,
-    )
     started = time.perf_counter()
     model.save_pretrained(args.model)
     processor.save_pretrained(args.model)
