@@ -6,12 +6,15 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from omega_server import tiny
+
+from tests.omega_server.live import AUTH, ThreadServer, shared_server
 
 # Tiny models run fastest single-threaded, and the CI machine has 2 shared cores.
 torch.set_num_threads(1)
@@ -32,3 +35,16 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str],
         return cache[arch]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def server(request: pytest.FixtureRequest) -> ThreadServer:
+    """The session's one shared tiny server (``live.shared_server``), started on first use."""
+    return shared_server(request)
+
+
+@pytest.fixture(scope="module")
+def client(server: ThreadServer) -> Iterator[httpx.Client]:
+    """An httpx client of the shared server with the API key (test_openai_client has its own)."""
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as c:
+        yield c

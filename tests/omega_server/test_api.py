@@ -7,26 +7,14 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.omega_server.live import AUTH, SHARED_ENV, ThreadServer, image_message, shared_server, sse_events
+from tests.omega_server.live import AUTH, SHARED_ENV, ThreadServer, image_message, sse_events
 
 MAX_MODEL_LENGTH = int(SHARED_ENV["MAX_MODEL_LENGTH"])
-
-
-@pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest) -> ThreadServer:
-    return shared_server(request)
-
-
-@pytest.fixture(scope="module")
-def client(server: ThreadServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as c:
-        yield c
 
 
 def chat(client: httpx.Client, **body: Any) -> httpx.Response:

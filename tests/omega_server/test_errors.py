@@ -23,22 +23,10 @@ from tests.omega_server.live import (
     image_message,
     noise_png,
     png_bytes,
-    shared_server,
 )
 
 MAX_IMAGE_BYTES = int(SHARED_ENV["MAX_IMAGE_BYTES"])
 MAX_MODEL_LENGTH = int(SHARED_ENV["MAX_MODEL_LENGTH"])
-
-
-@pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest) -> ThreadServer:
-    return shared_server(request)
-
-
-@pytest.fixture(scope="module")
-def client(server: ThreadServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as c:
-        yield c
 
 
 def user(*parts: dict[str, Any]) -> list[dict[str, Any]]:

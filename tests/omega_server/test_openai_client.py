@@ -8,12 +8,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.omega_server.live import API_KEY, ThreadServer, data_url, png_bytes, shared_server
-
-
-@pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest) -> ThreadServer:
-    return shared_server(request)
+from tests.omega_server.live import API_KEY, ThreadServer, data_url, png_bytes
 
 
 @pytest.fixture(scope="module")
