@@ -17,6 +17,7 @@ from kubernetes import client
 from omega_operator.health import HealthProber, ProbeOutcome, ProbeTarget, ProxyConfig, pod_target
 
 from devcluster import Cluster
+from tests.omega_operator.health_bodies import LOADING_BODY, READY_BODY
 
 pytestmark = pytest.mark.devcluster
 
@@ -31,19 +32,9 @@ STUB = Path(__file__).with_name("health_stub.py")
 IMAGE = "example.com/omega-test/health-stub:v1"
 NS = "health-proxy"
 PROXY_NS = "health-proxy-host"
-READY = {
-    "status": "ready",
-    "ready": True,
-    "attn": "sdpa",
-    "attn_requested": "flash_attention_2",
-    "flash_attn": {
-        "available": False,
-        "loaded": False,
-        "version": None,
-        "error": "ImportError: no flash_attn",
-    },
-}
-LOADING = {"status": "loading", "ready": False, "attn": None, "attn_requested": "sdpa", "flash_attn": None}
+# The contract's bodies; the ready one with an error text of its own (asserted below).
+READY = {**READY_BODY, "flash_attn": {**READY_BODY["flash_attn"], "error": "ImportError: no flash_attn"}}
+LOADING = LOADING_BODY
 
 
 def stub_pod(name: str, status: int, body: dict[str, Any]) -> dict[str, Any]:
