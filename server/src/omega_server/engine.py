@@ -148,6 +148,9 @@ class EngineConfig:
     # (static with CUDA graphs on a GPU with sdpa/eager, dynamic otherwise)
     kv_cache: str = "auto"
     cuda_graphs: bool = True  # replay static-cache decode steps as CUDA graphs (GPU only)
+    # static cache: waiting requests are prefilled together, up to this many (padded) prompt tokens
+    # per forward pass; 0 prefills one request at a time
+    max_prefill_tokens: int = 8192
 
 
 @dataclass
@@ -326,9 +329,9 @@ class _Runner:
 
     # -- forward passes
 
-    def _forward(self, batch: int, **kwargs: Any) -> Any:
+    def _forward(self, batch: int, keep: int | torch.Tensor = 1, **kwargs: Any) -> Any:
         if self.logits_to_keep:
-            kwargs["logits_to_keep"] = 1
+            kwargs["logits_to_keep"] = keep
         out = self.model(**kwargs, use_cache=True, return_dict=True)
         if self.stats is not None:
             self.stats.forward_passes += 1
@@ -359,12 +362,7 @@ class _Runner:
 
     def prefill(self, seq: _Seq) -> None:
         """Run the prompt (with its images) alone, sample the first token, and join the batch."""
-        inputs = {
-            k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in seq.prepared.inputs.items()
-        }
-        for key, value in inputs.items():
-            if isinstance(value, torch.Tensor) and value.is_floating_point():
-                inputs[key] = value.to(self.model.dtype)
+        inputs = self._to_device(seq.prepared.inputs)
         if self.mrope:
             self.model.model.rope_deltas = None  # computed afresh from this prompt's images
         out = self._forward(1, **inputs)
@@ -381,6 +379,19 @@ class _Runner:
         token = self._sample([seq], out.logits[:, -1, :])[0]
         seq.last_token = token
         self._merge(seq, cache)
+
+    def _to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        for key, value in out.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                out[key] = value.to(self.model.dtype)
+        return out
+
+    batch_prefill = False  # prefill_batch() exists (the static slot cache)
+
+    def prefill_batch(self, seqs: list[_Seq]) -> None:
+        """Prefill several sequences in one forward pass (see ``_StaticRunner``)."""
+        raise NotImplementedError
 
     def _merge(self, seq: _Seq, cache: Any) -> None:
         """Append a prefilled sequence's cache rows to the batch cache, left-padding the shorter side."""
@@ -443,23 +454,77 @@ class _Runner:
     # -- sampling
 
     def _sample(self, seqs: list[_Seq], logits: torch.Tensor) -> list[int]:
-        logits = logits.float()
-        greedy = logits.argmax(dim=-1)
-        out: list[int] = greedy.tolist()
-        for i, s in enumerate(seqs):
-            temp = s.prepared.params.temperature
-            if temp <= 1e-5:
-                continue
-            probs = torch.softmax(logits[i] / temp, dim=-1)
-            top_p = s.prepared.params.top_p
-            if top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                cumulative = sorted_probs.cumsum(-1)
-                drop = cumulative - sorted_probs > top_p  # keep the smallest prefix reaching top_p
-                sorted_probs[drop] = 0.0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-            out[i] = int(torch.multinomial(probs, 1, generator=s.generator).item())
+        """Sample one token per row and read them back (one device->host copy)."""
+        out: list[int] = self._sample_device(seqs, logits).tolist()
         return out
+
+    def _sample_device(self, seqs: list[_Seq], logits: torch.Tensor) -> torch.Tensor:
+        """Sample one token per row on the logits' device, for the whole batch at once; no host sync.
+
+        Greedy rows (temperature 0) take the argmax. The other rows are scaled by their temperature and
+        cut to their top-p nucleus in batched tensor ops; a row with a seed draws from its own
+        generator (reproducible), the unseeded ones draw together from the default generator.
+        """
+        greedy = logits.float().argmax(dim=-1)
+        rows = [i for i, s in enumerate(seqs) if s.prepared.params.temperature > 1e-5]
+        if not rows:
+            return greedy
+        dev = logits.device
+        params = [seqs[i].prepared.params for i in rows]
+        index = torch.tensor(rows, device=dev)
+        temps = torch.tensor([p.temperature for p in params], device=dev, dtype=torch.float32)
+        probs = torch.softmax(logits.float().index_select(0, index) / temps[:, None], dim=-1)
+        if any(p.top_p < 1.0 for p in params):
+            top_p = torch.tensor([p.top_p for p in params], device=dev, dtype=torch.float32)
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            cumulative = sorted_probs.cumsum(-1)
+            drop = cumulative - sorted_probs > top_p[:, None]  # keep the smallest prefix reaching top_p
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter_(1, order, sorted_probs)
+        picked = torch.empty(len(rows), dtype=torch.long, device=dev)
+        seeded = [j for j, p in enumerate(params) if p.seed is not None]
+        free = [j for j, p in enumerate(params) if p.seed is None]
+        for j in seeded:
+            picked[j : j + 1] = torch.multinomial(probs[j], 1, generator=seqs[rows[j]].generator)
+        if free:
+            at = torch.tensor(free, device=dev)
+            picked[at] = torch.multinomial(probs.index_select(0, at), 1).squeeze(1)
+        return greedy.index_put((index,), picked)
+
+    # -- pipelined decoding (see Engine._step)
+
+    pipelined = False  # launch() returns a step already read back
+
+    def launch(self) -> _Pending:
+        """Queue one decode step for every running sequence; ``wait()`` on the result gives its tokens."""
+        seqs = list(self.seqs)
+        return _Pending(seqs, tokens=self.decode())
+
+
+class _Pending:
+    """A decode step in flight: its sequences (in row order) and where its tokens will land on the host."""
+
+    def __init__(
+        self,
+        seqs: list[_Seq],
+        *,
+        tokens: list[int] | None = None,
+        host: torch.Tensor | None = None,
+        event: Any = None,
+    ) -> None:
+        self.seqs = seqs
+        self._tokens = tokens
+        self._host = host
+        self._event = event
+
+    def wait(self) -> list[int]:
+        """The step's tokens, in row order (waits only for this step, not for later queued ones)."""
+        if self._tokens is None:
+            assert self._host is not None
+            if self._event is not None:
+                self._event.synchronize()
+            self._tokens = self._host[: len(self.seqs)].tolist()
+        return self._tokens
 
 
 class _StaticRunner(_Runner):
@@ -474,6 +539,12 @@ class _StaticRunner(_Runner):
         self.width = width
         self.slot_cache = kvslots.SlotCache(slots, width, self.device, self.mrope)
         self.graphs = kvslots.GraphRunner(self._static_forward, graphs and self.device.type == "cuda")
+        cuda = self.device.type == "cuda"
+        # two host buffers: step k+1's tokens are copied while the host still reads step k's
+        self._host = [torch.zeros(slots, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+        self._flip = 0
+
+    pipelined = True
 
     def _static_forward(self, batch: int, width: int) -> torch.Tensor:
         sc = self.slot_cache
@@ -493,13 +564,51 @@ class _StaticRunner(_Runner):
         )
         return out.logits[:, -1, :]
 
-    def _merge(self, seq: _Seq, cache: Any) -> None:
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
+    def _merge(self, seq: _Seq, cache: Any, row: int = 0) -> None:
+        layers = [(layer.keys[row : row + 1], layer.values[row : row + 1]) for layer in cache.layers]
         sc = self.slot_cache
         if not sc.allocated:
             sc.allocate(layers, self.model.dtype)
-        sc.load(len(self.seqs), layers, seq.next_pos, seq.rope_delta)
+        sc.load(len(self.seqs), layers, seq.next_pos, seq.rope_delta, seq.last_token, seq.cache_len)
         self.seqs.append(seq)
+
+    batch_prefill = True
+
+    def prefill_batch(self, seqs: list[_Seq]) -> None:
+        """Prefill several sequences (their images too) in one forward pass, then load each into a slot.
+
+        The prompts are right-padded to the longest: under the causal mask a real token never sees
+        the padding after it, so each row computes what it would alone. Only the real columns of
+        each row's cache are copied into its slot; the logits are taken at each row's last token.
+        """
+        lengths = [int(s.prepared.inputs["input_ids"].shape[1]) for s in seqs]
+        pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
+        inputs = self._to_device(collate([s.prepared.inputs for s in seqs], pad_id))
+        if self.mrope:
+            self.model.model.rope_deltas = None
+        last = sorted({n - 1 for n in lengths})
+        keep = torch.tensor(last, device=self.device)
+        out = self._forward(len(seqs), keep=keep, **inputs)
+        if self.stats is not None:
+            self.stats.prefill_passes += 1
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        if self.logits_to_keep:  # (batch, len(last), vocab)
+            cols = torch.tensor([last.index(n - 1) for n in lengths], device=self.device)
+        else:  # (batch, longest, vocab)
+            cols = torch.tensor([n - 1 for n in lengths], device=self.device)
+        logits = out.logits[torch.arange(len(seqs), device=self.device), cols]
+        deltas = [0] * len(seqs)
+        if self.mrope:
+            rope = self.model.model.rope_deltas
+            if rope is not None:
+                deltas = [int(d) for d in rope.reshape(len(seqs), -1)[:, 0].tolist()]
+            self.model.model.rope_deltas = None
+        tokens = self._sample(seqs, logits)
+        for row, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
+            seq.cache_len = seq.next_pos = n
+            seq.rope_delta = deltas[row]
+            seq.last_token = tokens[row]
+            self._merge(seq, cache, row)
 
     def evict(self, keep: list[int]) -> None:
         sc = self.slot_cache
@@ -514,7 +623,13 @@ class _StaticRunner(_Runner):
         self.seqs = [self.seqs[i] for i in keep]
 
     def decode(self) -> list[int]:
-        seqs = self.seqs
+        return self.launch().wait()
+
+    def launch(self) -> _Pending:
+        """Queue a decode step without waiting for it: inputs, graph replay, sampling and the feedback
+        of the sampled tokens into the next step's inputs all stay on the device; the tokens are then
+        copied (non-blocking) into a pinned host buffer, with an event to wait on."""
+        seqs = list(self.seqs)
         n = len(seqs)
         sc = self.slot_cache
         need = max(s.cache_len for s in seqs) + 1
@@ -522,17 +637,23 @@ class _StaticRunner(_Runner):
             batch, width = kvslots.bucket(n, sc.slots), kvslots.bucket(need, self.width, floor=256)
         else:
             batch, width = n, need
-        sc.prepare_step(n, [s.last_token for s in seqs])
+        sc.prepare_step(n)
         logits = self.graphs.run(batch, width)
         self._count_pass(n)
         sc.finish_step(n)
         for s in seqs:
             s.cache_len += 1
             s.next_pos += 1
-        tokens = self._sample(seqs, logits[:n])
-        for s, t in zip(seqs, tokens, strict=True):
-            s.last_token = t
-        return tokens
+        sampled = self._sample_device(seqs, logits[:n])
+        sc.set_tokens(n, sampled)
+        host = self._host[self._flip]
+        self._flip ^= 1
+        host[:n].copy_(sampled, non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        return _Pending(seqs, host=host, event=event)
 
 
 def _make_runner(config: EngineConfig, loaded: models.LoadedModel, backend: str) -> _Runner:
@@ -554,6 +675,56 @@ def _make_runner(config: EngineConfig, loaded: models.LoadedModel, backend: str)
         width=config.max_model_length,
         graphs=config.cuda_graphs,
     )
+
+
+# per-token inputs (batch, length): right-padded when prompts are batched; every other tensor is
+# concatenated along dim 0 (image patches, grids, pixel batches), in request order
+TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+
+
+def collate_key(inputs: dict[str, torch.Tensor]) -> tuple[Any, ...]:
+    """Requests with equal keys can share a prefill: same input names and same trailing shapes."""
+    return tuple(
+        sorted((k, () if k in TOKEN_KEYS else tuple(v.shape[1:]), str(v.dtype)) for k, v in inputs.items())
+    )
+
+
+def collate(items: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """One batch of model inputs from several requests' inputs (each of batch 1), right-padded."""
+    longest = max(int(x["input_ids"].shape[1]) for x in items)
+    out: dict[str, torch.Tensor] = {}
+    for key in items[0]:
+        parts = [x[key] for x in items]
+        if key in TOKEN_KEYS:
+            fill = pad_id if key == "input_ids" else 0
+            parts = [
+                torch.cat([p, p.new_full((p.shape[0], longest - p.shape[1]), fill)], dim=1) for p in parts
+            ]
+        out[key] = torch.cat(parts, dim=0)
+    mask = torch.cat(
+        [torch.arange(longest)[None] < int(x["input_ids"].shape[1]) for x in items], dim=0
+    ).long()
+    out["attention_mask"] = mask
+    return out
+
+
+def prefill_groups(seqs: list[_Seq], max_tokens: int) -> list[list[_Seq]]:
+    """Split admitted sequences into prefill batches: equal ``collate_key``, padded size <= max_tokens."""
+    groups: list[list[_Seq]] = []
+    open_groups: dict[tuple[Any, ...], list[_Seq]] = {}
+    for seq in seqs:
+        key = collate_key(seq.prepared.inputs)
+        group = open_groups.get(key)
+        n = int(seq.prepared.inputs["input_ids"].shape[1])
+        if group is not None:
+            longest = max(n, *(int(s.prepared.inputs["input_ids"].shape[1]) for s in group))
+            if longest * (len(group) + 1) <= max_tokens:
+                group.append(seq)
+                continue
+        group = [seq]
+        open_groups[key] = group
+        groups.append(group)
+    return groups
 
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -588,6 +759,7 @@ class Engine:
         self._stopping = False
         self._dead_reason = ""
         self._runner = _make_runner(config, loaded, info.attn)
+        self._pending: _Pending | None = None  # the decode step queued on the device, not yet read
         if isinstance(self._runner, _StaticRunner):
             try:  # allocate the slots and capture the first graph now, not at the first request
                 _warm_runner(self._runner, loaded)
@@ -764,7 +936,12 @@ class Engine:
                 while True:
                     admitted: list[_Seq] = []
                     with self._cond:
-                        while not self._stopping and not self._waiting and not runner.seqs:
+                        while (
+                            not self._stopping
+                            and not self._waiting
+                            and not runner.seqs
+                            and self._pending is None
+                        ):
                             self._cond.wait()
                         if self._stopping:
                             return
@@ -777,25 +954,62 @@ class Engine:
                             admitted.append(seq)
                             free -= 1
                         self.stats.queue_depth = len(self._waiting)
-                    for seq in admitted:
-                        self._admit(seq)
+                    self._admit_all(admitted)
                     self._drop_finished()
-                    if runner.seqs:
+                    if runner.seqs or self._pending is not None:
                         self._step()
                     self.stats.running = len(runner.seqs)
         except Exception as exc:  # a bug or an unrecoverable device error: fail everything, loudly
             log.exception("engine worker crashed")
             self._die(f"worker crashed: {attention.describe_error(exc)}")
 
-    def _admit(self, seq: _Seq) -> None:
+    def _admit_all(self, seqs: list[_Seq]) -> None:
+        """Prefill newly admitted sequences, in batches where the runner can, and join them."""
+        runner = self._runner
+        limit = self.config.max_prefill_tokens
+        if not runner.batch_prefill or limit <= 0 or len(seqs) < 2:
+            for seq in seqs:
+                self._admit(seq)
+            return
+        for group in prefill_groups(seqs, limit):
+            if len(group) == 1:
+                self._admit(group[0])
+                continue
+            try:
+                for seq in group:
+                    self._seed(seq)
+                runner.prefill_batch(group)
+            except Exception as exc:
+                ids = {id(s) for s in group}
+                runner.evict([i for i, s in enumerate(runner.seqs) if id(s) not in ids])
+                if _fatal(exc):
+                    self.stats.errors_total += 1
+                    for seq in group:
+                        seq.done = True
+                        seq.send(EngineDeadError(f"device error: {attention.describe_error(exc)}"))
+                    raise
+                # one bad request must not fail the others: prefill them one by one
+                log.warning(
+                    "batched prefill failed (%s); prefilling one by one", attention.describe_error(exc)
+                )
+                for seq in group:
+                    self._admit(seq)
+                continue
+            for seq in group:
+                self._after_token(seq, seq.last_token)
+
+    def _seed(self, seq: _Seq) -> None:
         params = seq.prepared.params
         gen_device = self._runner.device if self._runner.device.type == "cuda" else torch.device("cpu")
         seq.generator = torch.Generator(device=gen_device)
+        if params.seed is not None:
+            seq.generator.manual_seed(params.seed)
+        else:
+            seq.generator.seed()
+
+    def _admit(self, seq: _Seq) -> None:
         try:
-            if params.seed is not None:
-                seq.generator.manual_seed(params.seed)
-            else:
-                seq.generator.seed()
+            self._seed(seq)
             self._runner.prefill(seq)
         except Exception as exc:
             self.stats.errors_total += 1
@@ -812,9 +1026,20 @@ class Engine:
         self._after_token(seq, seq.last_token)
 
     def _step(self) -> None:
+        """One decode step, pipelined one deep on runners that can (the static slot cache).
+
+        The next step is queued on the device first; then the host reads the previous step's tokens
+        (one device->host copy) and does its bookkeeping (detokenization, stop checks, streaming)
+        while the device runs the queued step. A sequence that finished at step k still has a row in
+        step k+1: that token is dropped, and the row is freed before step k+2.
+        """
         runner = self._runner
+        pending, self._pending = self._pending, None
         try:
-            tokens = runner.decode()
+            launched = runner.launch() if runner.seqs else None
+            if not runner.pipelined:
+                pending, launched = launched, None
+            tokens = pending.wait() if pending is not None else []
         except Exception as exc:
             self.stats.errors_total += 1
             seqs = list(runner.seqs)
@@ -830,8 +1055,11 @@ class Engine:
                     )
                 )
             return
-        for s, t in zip(list(runner.seqs), tokens, strict=True):
-            self._after_token(s, t)
+        self._pending = launched
+        if pending is not None:
+            for s, t in zip(pending.seqs, tokens, strict=True):
+                if not (s.done or s.cancelled):
+                    self._after_token(s, t)
         self._drop_finished()
 
     def _drop_finished(self) -> None:

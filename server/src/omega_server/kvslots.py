@@ -70,14 +70,24 @@ class SlotCache:
         self.mask[:, :, :, 0] = 0  # idle rows attend to column 0: finite garbage, never NaN
 
     def load(
-        self, slot: int, layers: list[tuple[torch.Tensor, torch.Tensor]], text_pos: int, delta: int
+        self,
+        slot: int,
+        layers: list[tuple[torch.Tensor, torch.Tensor]],
+        text_pos: int,
+        delta: int,
+        token: int = 0,
+        length: int | None = None,
     ) -> None:
-        """Put a prefilled sequence (its cache layers) into ``slot``."""
+        """Put a prefilled sequence into ``slot``: row 0 of its cache layers, columns ``[0, length)``.
+
+        ``token`` is the sequence's next input (the token its prefill sampled).
+        """
         assert self.mask is not None
-        length = layers[0][0].shape[2]
+        length = layers[0][0].shape[2] if length is None else length
         for i, (k, v) in enumerate(layers):
-            self.keys[i][slot, :, :length] = k[0]
-            self.values[i][slot, :, :length] = v[0]
+            self.keys[i][slot, :, :length] = k[0, :, :length]
+            self.values[i][slot, :, :length] = v[0, :, :length]
+        self.input_ids[slot, 0] = token
         self.mask[slot] = torch.finfo(self.mask.dtype).min
         self.mask[slot, :, :, :length] = 0
         self.write_pos[slot] = length
@@ -90,7 +100,7 @@ class SlotCache:
         for buf in (*self.keys, *self.values):
             buf[dst, :, :length] = buf[src, :, :length]
         self.mask[dst] = self.mask[src]
-        for t in (self.write_pos, self.text_pos, self.delta):
+        for t in (self.write_pos, self.text_pos, self.delta, self.input_ids):
             t[dst] = t[src]
 
     def reset(self, slot: int) -> None:
@@ -101,11 +111,15 @@ class SlotCache:
         self.write_pos[slot] = 0
         self.text_pos[slot] = 0
         self.delta[slot] = 0
+        self.input_ids[slot] = 0
 
-    def prepare_step(self, n: int, tokens: list[int]) -> None:
-        """Inputs of one decode step for the first ``n`` slots (outside any graph)."""
+    def prepare_step(self, n: int) -> None:
+        """Inputs of one decode step for the first ``n`` slots (outside any graph), all on the device.
+
+        The input tokens are already in ``input_ids`` (``set_tokens`` / ``load``), so a step can be
+        queued before the host has seen the previous step's tokens.
+        """
         assert self.mask is not None
-        self.input_ids[:n, 0] = torch.tensor(tokens, dtype=torch.long).to(self.device, non_blocking=True)
         rows = self.rows[:n]
         self.mask[rows, 0, 0, self.write_pos[:n]] = 0  # the new token attends to itself
         pos = self.text_pos + self.delta
@@ -113,6 +127,10 @@ class SlotCache:
             self.position_ids[:, :, 0] = pos
         else:
             self.position_ids[:, 0] = pos
+
+    def set_tokens(self, n: int, tokens: torch.Tensor) -> None:
+        """Feed a step's sampled tokens (on the device) to the next step of the first ``n`` slots."""
+        self.input_ids[:n, 0] = tokens
 
     def finish_step(self, n: int) -> None:
         self.write_pos[:n] += 1
