@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from devcluster import Cluster
+from tests import polling
 from tests.chart.helm import CHART, run_helm
 
 OPERATOR_REPOSITORY = "omega-vlm/omega-vlm-operator"  # the chart's default
@@ -31,18 +31,9 @@ T = TypeVar("T")
 
 
 def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
-    """Poll until ``predicate()`` is truthy and return it; TimeoutError naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (subprocess.CalledProcessError, KeyError, ValueError, OSError, ApiException) as exc:
-            last = exc
-        time.sleep(interval)
-    raise TimeoutError(f"{what}: not after {timeout:.0f}s" + (f" (last: {last})" if last else ""))
+    """``tests.polling.wait_for``, also waiting through socket errors and API errors of the
+    kubernetes client (the operator pod's endpoints and the ServiceAccount's calls)."""
+    return polling.wait_for(predicate, timeout, what, interval, (*polling.TRANSIENT, OSError, ApiException))
 
 
 def free_port() -> int:

@@ -7,20 +7,21 @@ the inference-server processes the process kubelet starts for the pods.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
 from devcluster import Cluster
+from tests.polling import wait_for as wait_for  # re-exported for the e2e tests
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = (
@@ -33,23 +34,6 @@ TAG = "fallback-e2e"
 FLASH_IMAGE = f"{REPOSITORY}:{TAG}-flash"
 SDPA_IMAGE = f"{REPOSITORY}:{TAG}-sdpa"
 PROBE_INTERVAL = 2.0  # seconds, for the tests (the default is 10)
-
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
-    """Poll until ``predicate()`` is truthy and return it (TimeoutError naming ``what`` otherwise)."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (subprocess.CalledProcessError, KeyError, ValueError) as exc:
-            last = exc
-        time.sleep(interval)
-    raise TimeoutError(f"{what}: not after {timeout:.0f}s" + (f" (last error: {last})" if last else ""))
 
 
 def install_crd(cluster: Cluster) -> None:
@@ -171,6 +155,22 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+@contextlib.contextmanager
+def running_operator(
+    cluster: Cluster, namespace: str, log_path: Path, env: dict[str, str] | None = None
+) -> Iterator[OperatorProcess]:
+    """An operator process for the ``with`` block: on a failure inside it, ``dump`` is printed
+    (pytest shows it); the process is stopped either way."""
+    op = OperatorProcess(cluster, namespace, log_path, env=env).start()
+    try:
+        yield op
+    except BaseException:
+        print(dump(cluster, namespace, op))
+        raise
+    finally:
+        op.stop()
+
+
 def get_json(cluster: Cluster, *args: str) -> dict[str, Any]:
     return dict(json.loads(cluster.kubectl("get", *args, "-o", "json").stdout))
 
@@ -187,6 +187,12 @@ def deployment(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | 
 def server_container(dep: dict[str, Any]) -> dict[str, Any]:
     containers = dep["spec"]["template"]["spec"]["containers"]
     return next((c for c in containers if c.get("name") == "server"), containers[0])
+
+
+def deployed_image(cluster: Cluster, namespace: str, name: str) -> str | None:
+    """The server image of the Deployment ``name`` (None while there is none)."""
+    dep = deployment(cluster, namespace, name)
+    return server_container(dep)["image"] if dep else None
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:

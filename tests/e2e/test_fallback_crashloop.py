@@ -4,7 +4,6 @@ termination message, is rolled back to sdpa with reason FlashVariantCrashLoop.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,13 @@ from tests.e2e.fallback_support import (
     PYTHON,
     REPOSITORY,
     SDPA_IMAGE,
-    OperatorProcess,
     all_ready_on,
     condition,
-    deployment,
-    dump,
+    deployed_image,
     events,
-    install_crd,
-    make_namespace,
     omegavlm,
     ovlm,
-    server_container,
-    tiny_checkpoint,
+    running_operator,
     wait_for,
 )
 
@@ -37,31 +31,6 @@ CRASH_LINE = (
 )
 
 
-@pytest.fixture(scope="module")
-def cluster(devcluster: Cluster) -> Cluster:
-    install_crd(devcluster)
-    return devcluster
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(
-        tmp_path_factory.getbasetemp() / "fallback-tiny" / "qwen2_5_vl"
-    )  # shared by the modules
-
-
-@pytest.fixture
-def namespace(cluster: Cluster) -> Iterator[str]:
-    ns = make_namespace(cluster, "fbc")
-    yield ns
-    cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-
-
-def _image(cluster: Cluster, ns: str, name: str) -> str | None:
-    dep = deployment(cluster, ns, name)
-    return server_container(dep)["image"] if dep else None
-
-
 def test_crash_looping_flash_variant_rolls_back_with_reason_crash_loop(
     cluster: Cluster, model_dir: Path, namespace: str, tmp_path: Path
 ) -> None:
@@ -70,8 +39,7 @@ def test_crash_looping_flash_variant_rolls_back_with_reason_crash_loop(
     cluster.add_image(CRASH_IMAGE, [PYTHON, "-c", script])
     ns, name = namespace, "crashy"
     image = {"repository": REPOSITORY, "flashImage": CRASH_IMAGE, "sdpaImage": SDPA_IMAGE}
-    op = OperatorProcess(cluster, ns, tmp_path / "operator.log").start()
-    try:
+    with running_operator(cluster, ns, tmp_path / "operator.log"):
         cluster.apply(omegavlm(name, ns, model_dir, attention="auto", image=image))
         obj = wait_for(
             lambda: (
@@ -84,7 +52,7 @@ def test_crash_looping_flash_variant_rolls_back_with_reason_crash_loop(
         assert fb["reason"] == "FlashVariantCrashLoop"
         assert fb["fromImage"] == CRASH_IMAGE
         assert "flash-attn" in fb["message"], fb["message"]
-        wait_for(lambda: _image(cluster, ns, name) == SDPA_IMAGE, 30, "Deployment on sdpa")
+        wait_for(lambda: deployed_image(cluster, ns, name) == SDPA_IMAGE, 30, "Deployment on sdpa")
         wait_for(lambda: all_ready_on(cluster, ns, SDPA_IMAGE, 1), 240, "sdpa pod Ready")
         obj = wait_for(
             lambda: (o := ovlm(cluster, ns, name))["status"].get("phase") == "Ready" and o, 60, "Ready"
@@ -93,8 +61,3 @@ def test_crash_looping_flash_variant_rolls_back_with_reason_crash_loop(
         assert degraded is not None and degraded["status"] == "True"
         assert degraded["reason"] == "FlashVariantCrashLoop"
         assert len(events(cluster, ns, "FlashAttentionFallback")) == 1
-    except BaseException:
-        print(dump(cluster, ns, op))
-        raise
-    finally:
-        op.stop()

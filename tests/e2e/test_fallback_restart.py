@@ -8,7 +8,6 @@ first operator process exits right after writing the fallback record into the st
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,13 @@ from tests.e2e.fallback_support import (
     SDPA_IMAGE,
     OperatorProcess,
     all_ready_on,
+    deployed_image,
     deployment,
     dump,
     events,
-    install_crd,
-    make_namespace,
     omegavlm,
     ovlm,
     replica_set_images,
-    server_container,
-    tiny_checkpoint,
     wait_for,
 )
 
@@ -38,31 +34,6 @@ pytestmark = [pytest.mark.devcluster, pytest.mark.slow, pytest.mark.timeout(600)
 
 FAILPOINT = {observe.FAILPOINT_ENV: observe.AFTER_FALLBACK_RECORDED}
 FAILPOINT_EXIT = observe.FAILPOINT_EXIT_CODE
-
-
-@pytest.fixture(scope="module")
-def cluster(devcluster: Cluster) -> Cluster:
-    install_crd(devcluster)
-    return devcluster
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(
-        tmp_path_factory.getbasetemp() / "fallback-tiny" / "qwen2_5_vl"
-    )  # shared by the modules
-
-
-@pytest.fixture
-def namespace(cluster: Cluster) -> Iterator[str]:
-    ns = make_namespace(cluster, "fbc")
-    yield ns
-    cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-
-
-def _image(cluster: Cluster, ns: str, name: str) -> str | None:
-    dep = deployment(cluster, ns, name)
-    return server_container(dep)["image"] if dep else None
 
 
 def test_operator_killed_between_detection_and_rollback_rolls_back_exactly_once(
@@ -80,7 +51,7 @@ def test_operator_killed_between_detection_and_rollback_rolls_back_exactly_once(
                 return True
             # Rolled back while still running: the reconcile does not record the fallback in the
             # status before the Deployment write (observe.persist_fallback is not wired in).
-            return _image(cluster, ns, name) == SDPA_IMAGE
+            return deployed_image(cluster, ns, name) == SDPA_IMAGE
 
         wait_for(exited_or_rolled_back_without_the_failpoint, 300, "operator exit at the failpoint")
         assert first.proc is not None and first.proc.poll() == FAILPOINT_EXIT, (
@@ -91,11 +62,13 @@ def test_operator_killed_between_detection_and_rollback_rolls_back_exactly_once(
         obj = ovlm(cluster, ns, name)
         recorded = obj["status"]["attention"]["fallback"]
         assert recorded["reason"] == "FlashAttentionLoadFailed"
-        assert _image(cluster, ns, name) == FLASH_IMAGE  # the Deployment was not written yet
+        assert deployed_image(cluster, ns, name) == FLASH_IMAGE  # the Deployment was not written yet
 
         # A new operator process finishes the job from the status alone.
         second = OperatorProcess(cluster, ns, tmp_path / "operator-2.log").start()
-        wait_for(lambda: _image(cluster, ns, name) == SDPA_IMAGE, 120, "Deployment on sdpa after restart")
+        wait_for(
+            lambda: deployed_image(cluster, ns, name) == SDPA_IMAGE, 120, "Deployment on sdpa after restart"
+        )
         wait_for(lambda: all_ready_on(cluster, ns, SDPA_IMAGE, 1), 240, "sdpa pod Ready")
         wait_for(
             lambda: ovlm(cluster, ns, name)["status"].get("attention", {}).get("active") == "sdpa",

@@ -9,7 +9,6 @@ reports it on /health — exactly the signal the operator acts on).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,21 +18,18 @@ from tests.e2e.fallback_support import (
     FLASH_IMAGE,
     PROBE_INTERVAL,
     SDPA_IMAGE,
-    OperatorProcess,
     all_ready_on,
     condition,
+    deployed_image,
     deployment,
-    dump,
     env_of,
     events,
-    install_crd,
-    make_namespace,
     omegavlm,
     ovlm,
     pods,
     replica_set_images,
+    running_operator,
     server_container,
-    tiny_checkpoint,
     wait_for,
 )
 
@@ -42,37 +38,11 @@ pytestmark = [pytest.mark.devcluster, pytest.mark.slow, pytest.mark.timeout(600)
 H100_NODES = {"h100-sxm-0", "h100-pcie-0"}
 
 
-@pytest.fixture(scope="module")
-def cluster(devcluster: Cluster) -> Cluster:
-    install_crd(devcluster)
-    return devcluster
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(
-        tmp_path_factory.getbasetemp() / "fallback-tiny" / "qwen2_5_vl"
-    )  # shared by the modules
-
-
-@pytest.fixture
-def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    ns = make_namespace(cluster, "fb")
-    yield ns
-    cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-
-
-def _image(cluster: Cluster, ns: str, name: str) -> str | None:
-    dep = deployment(cluster, ns, name)
-    return server_container(dep)["image"] if dep else None
-
-
 def test_flash_load_failure_rolls_back_to_sdpa_once_and_retries_on_request(
     cluster: Cluster, model_dir: Path, namespace: str, tmp_path: Path
 ) -> None:
     ns, name = namespace, "captioner"
-    op = OperatorProcess(cluster, ns, tmp_path / "operator.log").start()
-    try:
+    with running_operator(cluster, ns, tmp_path / "operator.log"):
         cluster.apply(omegavlm(name, ns, model_dir, attention="auto"))
 
         # 1. attention auto starts the flash variant.
@@ -97,7 +67,7 @@ def test_flash_load_failure_rolls_back_to_sdpa_once_and_retries_on_request(
         assert fb["attention"] == "auto" and fb["at"].endswith("Z")
 
         # 3. One write moved the Deployment to the sdpa image with ATTN_IMPL=sdpa.
-        wait_for(lambda: _image(cluster, ns, name) == SDPA_IMAGE, 30, "Deployment on the sdpa image")
+        wait_for(lambda: deployed_image(cluster, ns, name) == SDPA_IMAGE, 30, "Deployment on the sdpa image")
         dep = deployment(cluster, ns, name)
         assert dep is not None and env_of(server_container(dep))["ATTN_IMPL"] == "sdpa"
 
@@ -127,7 +97,7 @@ def test_flash_load_failure_rolls_back_to_sdpa_once_and_retries_on_request(
 
         # 5. Sticky: several probe intervals later, still sdpa, still exactly one rollback.
         time.sleep(4 * PROBE_INTERVAL + 1)
-        assert _image(cluster, ns, name) == SDPA_IMAGE
+        assert deployed_image(cluster, ns, name) == SDPA_IMAGE
         assert len(events(cluster, ns, "FlashAttentionFallback")) == 1
         assert replica_set_images(cluster, ns) == {FLASH_IMAGE, SDPA_IMAGE}
         dep = deployment(cluster, ns, name)
@@ -154,20 +124,14 @@ def test_flash_load_failure_rolls_back_to_sdpa_once_and_retries_on_request(
         wait_for(lambda: all_ready_on(cluster, ns, SDPA_IMAGE, 1), 240, "sdpa pod Ready after the retry")
         # The same annotation value does not retry again.
         time.sleep(3 * PROBE_INTERVAL)
-        assert _image(cluster, ns, name) == SDPA_IMAGE
+        assert deployed_image(cluster, ns, name) == SDPA_IMAGE
         assert len(events(cluster, ns, "FlashAttentionFallback")) == 2
-    except BaseException:
-        print(dump(cluster, ns, op))
-        raise
-    finally:
-        op.stop()
 
 
 def test_attention_sdpa_from_the_start_never_starts_a_flash_pod(
     cluster: Cluster, model_dir: Path, namespace: str, tmp_path: Path
 ) -> None:
     ns, name = namespace, "plain"
-    op = OperatorProcess(cluster, ns, tmp_path / "operator.log").start()
     seen: set[str] = set()
 
     def ready() -> bool:
@@ -175,7 +139,7 @@ def test_attention_sdpa_from_the_start_never_starts_a_flash_pod(
             seen.add(p["spec"]["containers"][0]["image"])
         return all_ready_on(cluster, ns, SDPA_IMAGE, 1)
 
-    try:
+    with running_operator(cluster, ns, tmp_path / "operator.log"):
         cluster.apply(omegavlm(name, ns, model_dir, attention="sdpa"))
         wait_for(ready, 240, "sdpa pod Ready", interval=0.2)
         obj = wait_for(
@@ -193,19 +157,13 @@ def test_attention_sdpa_from_the_start_never_starts_a_flash_pod(
         degraded = condition(obj, "FlashAttentionDegraded")
         assert degraded is None or degraded["status"] == "False"
         assert events(cluster, ns, "FlashAttentionFallback") == []
-    except BaseException:
-        print(dump(cluster, ns, op))
-        raise
-    finally:
-        op.stop()
 
 
 def test_fallback_disabled_turns_degraded_without_rollback(
     cluster: Cluster, model_dir: Path, namespace: str, tmp_path: Path
 ) -> None:
     ns, name = namespace, "strict"
-    op = OperatorProcess(cluster, ns, tmp_path / "operator.log").start()
-    try:
+    with running_operator(cluster, ns, tmp_path / "operator.log"):
         cluster.apply(omegavlm(name, ns, model_dir, attention="auto", fallback={"enabled": False}))
         obj = wait_for(
             lambda: (o := ovlm(cluster, ns, name))["status"].get("phase") == "Degraded" and o,
@@ -217,11 +175,6 @@ def test_fallback_disabled_turns_degraded_without_rollback(
         assert degraded["reason"] == "FlashAttentionLoadFailed"
         assert "fallback" not in obj["status"]["attention"]
         time.sleep(2 * PROBE_INTERVAL)
-        assert _image(cluster, ns, name) == FLASH_IMAGE
+        assert deployed_image(cluster, ns, name) == FLASH_IMAGE
         assert replica_set_images(cluster, ns) == {FLASH_IMAGE}
         assert events(cluster, ns, "FlashAttentionFallback") == []
-    except BaseException:
-        print(dump(cluster, ns, op))
-        raise
-    finally:
-        op.stop()
