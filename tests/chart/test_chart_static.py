@@ -265,7 +265,8 @@ def test_rbac_all_namespaces() -> None:
     assert main[("policy", "poddisruptionbudgets")] >= {"create", "patch", "delete", "list", "watch"}
     assert main[("", "pods")] == {"list", "watch"}
     assert ("", "pods/proxy") not in main  # direct probing by default
-    assert main[("", "events")] == main[("events.k8s.io", "events")] == {"create", "patch"}
+    assert main[("", "events")] == {"create"}  # Events are only ever posted (kube.py, kopf)
+    assert ("events.k8s.io", "events") not in main
     assert cluster == {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
     sa = one(docs, "ServiceAccount")["metadata"]["name"]
     for binding in by_kind(docs, "ClusterRoleBinding"):
@@ -303,7 +304,7 @@ def test_every_rbac_rule_is_commented() -> None:
     for i in rule_lines:
         prev = next(lines[j].strip() for j in range(i - 1, -1, -1) if not lines[j].strip().startswith("{{"))
         assert prev.startswith("#"), f"rule at line {i + 1} has no comment: {lines[i]}"
-    assert "events.k8s.io" in text and "customresourcedefinitions" in text
+    assert 'resources: ["events"]' in text and "customresourcedefinitions" in text
 
 
 def test_external_rbac_renders_no_rbac_and_uses_given_sa() -> None:

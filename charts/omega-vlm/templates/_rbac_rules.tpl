@@ -4,8 +4,9 @@ watches all namespaces, or into a Role in each watched namespace otherwise. The 
 rule names the code path (operator/src/omega_operator/...) that needs it.
 */}}
 {{- define "omega-vlm.operatorRules" -}}
-# handlers.py: kopf watches OmegaVLMs (on.create/update/resume, the refresh timer: list+watch) and
-# patches them to keep its progress and last-handled-configuration annotations (patch).
+# handlers.py: kopf watches OmegaVLMs (on.create/update/resume and the omegavlms_idx index that
+# handlers.py refresh_loop walks: list+watch) and patches them to keep its progress and
+# last-handled-configuration annotations (patch).
 - apiGroups: ["vlm.omega.io"]
   resources: ["omegavlms"]
   verbs: ["list", "watch", "patch"]
@@ -15,7 +16,8 @@ rule names the code path (operator/src/omega_operator/...) that needs it.
   resources: ["omegavlms/status"]
   verbs: ["patch"]
 # builders.py sets ownerReferences with blockOwnerDeletion on every child; clusters that run the
-# OwnerReferencesPermissionEnforcement admission plugin require update on the owner's finalizers.
+# OwnerReferencesPermissionEnforcement admission plugin require update on the owner's finalizers
+# (this is the only reason: the operator itself adds no finalizer).
 - apiGroups: ["vlm.omega.io"]
   resources: ["omegavlms/finalizers"]
   verbs: ["update"]
@@ -48,14 +50,11 @@ rule names the code path (operator/src/omega_operator/...) that needs it.
   verbs: ["get"]
 {{- end }}
 # kube.py Kube.event (FlashAttentionFallback, InvalidSpec, Ready transitions) and kopf's own
-# warnings post core/v1 Events (create); patch lets a recorder bump the count of a repeated Event.
+# warnings (kopf posting.py -> clients/events.py) POST new core/v1 Events; neither patches an
+# Event nor uses the events.k8s.io API.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-# The same Event objects under events.k8s.io/v1, the API newer recorders (kopf, client-go) post to.
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- if and .Values.operator.peering.enabled (not (include "omega-vlm.clusterWide" .)) }}
 # __main__.py kopf.run(peering_name=...) with a namespace list: kopf's KopfPeering objects
 # (kopf.dev; zalando.org in older kopf) in each watched namespace.
