@@ -149,3 +149,32 @@ def test_batched_sampling_rows_are_independent(tiny_checkpoint: Callable[[str], 
         assert len({tuple(runner._sample(seqs(s), logits))[2] for s in range(20)}) > 1
     finally:
         eng.shutdown()
+
+
+def test_a_decode_step_reads_the_device_once(
+    tiny_checkpoint: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queuing a step reads nothing back to the host (eager MoE forward included); waiting reads once."""
+    eng = static_engine(tiny_checkpoint("qwen3_vl_moe"), max_batch_size=4)
+    try:
+        runner = _StaticRunner(eng._loaded.model, eng._loaded.processor, slots=4, width=512, graphs=False)
+        seqs = [seq_of(eng, chat(i, temperature=0.8 * i, seed=i)) for i in (0, 1)]
+        reads: list[str] = []
+        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy"):
+            real = getattr(torch.Tensor, name)
+
+            def spy(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+                reads.append(_name)
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, spy)
+        with torch.inference_mode():
+            runner.prefill_batch(seqs)
+            for _ in range(3):
+                reads.clear()
+                pending = runner.launch()  # greedy row + sampled row with its own seed
+                assert reads == []
+                assert len(pending.wait()) == 2
+                assert reads == ["tolist"]
+    finally:
+        eng.shutdown()
