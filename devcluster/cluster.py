@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from devcluster import build, images
-from devcluster.controlplane import Layout
+from devcluster.controlplane import PROCESSES, Layout
 from devcluster.kubelet import KubeletConfig
 from devcluster.nodes import DEFAULT_NODES, NodeSpec
 from devcluster.procs import PidRegistry, alive, signal_group
@@ -181,6 +181,9 @@ class Cluster:
     def _stop_dir(layout: Layout, timeout: float = 30.0) -> list[str]:
         """Stop the supervisor (it stops pods and control plane), then kill whatever is left."""
         registry = PidRegistry(layout.pids)
+        # Processes registered on top of the cluster (the demo's operator) first, while the API
+        # server they talk to still answers: their logs end with their own shutdown, not retries.
+        registry.kill_all(10.0, only=_is_extra)
         entries = registry.items()
         sup = entries.get("supervisor")
         if sup and alive(sup[0], sup[1] or None):
@@ -309,6 +312,11 @@ class Cluster:
                 name = f"pod {ns}/{pod} [{container}]"
             lines.append(f"  {name:<40} pid {pid}")
         return "\n".join(lines)
+
+
+def _is_extra(name: str) -> bool:
+    """A registered process that is not the cluster's own (supervisor, control plane, pod containers)."""
+    return name != "supervisor" and name not in PROCESSES and not name.startswith("pod:")
 
 
 def running_pids(state_dir: Path) -> dict[str, int]:

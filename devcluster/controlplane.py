@@ -8,6 +8,9 @@ from pathlib import Path
 
 SERVICE_CIDR = "10.96.0.0/16"
 
+#: The control-plane processes (their names in the pid registry), in the order they are stopped.
+PROCESSES = ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+
 # Controllers off: the ones that need a cloud, a real network, or real volumes (DESIGN.md section 5).
 # The node-lifecycle controller stays on, as in a real cluster: the node agent's Lease heartbeats
 # keep the nodes Ready, and a node whose agent died turns NotReady and is tainted.

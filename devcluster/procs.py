@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -116,10 +116,11 @@ class PidRegistry:
         """Registered processes that still run."""
         return {k: v for k, v in self._read().items() if alive(v[0], v[1] or None)}
 
-    def kill_all(self, grace_s: float) -> list[str]:
-        """Stop every registered process still alive (SIGTERM, then SIGKILL); return their names."""
+    def kill_all(self, grace_s: float, only: Callable[[str], bool] | None = None) -> list[str]:
+        """Stop every registered process still alive (SIGTERM, then SIGKILL), or only those whose
+        name ``only`` accepts; unregister them and return their names."""
         me = os.getpid()
-        left = {k: v for k, v in self.alive_items().items() if v[0] != me}
+        left = {k: v for k, v in self.alive_items().items() if v[0] != me and (only is None or only(k))}
         for pid, _ticks in left.values():
             signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
@@ -130,7 +131,8 @@ class PidRegistry:
                 signal_group(pid, signal.SIGKILL)
         if self.path.exists():
             with self._lock():
-                self._write({})
+                data = self._read()
+                self._write({k: v for k, v in data.items() if only is not None and not only(k)})
         return list(left)
 
 

@@ -215,7 +215,7 @@ class Supervisor:
             self.kubelet.shutdown()
         if self.kubelet_api is not None:
             self.kubelet_api.stop()
-        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+        for name in cp.PROCESSES:
             proc = self.procs.get(name)
             if proc is not None:
                 stop_pid(proc.pid, 5.0, None, proc)
