@@ -184,6 +184,7 @@ def _run_backend(
         "max_batch_size": mbs,
         "kv_cache": getattr(info, "kv_cache", None),
         "cuda_graphs": getattr(info, "cuda_graphs", None),
+        "max_prefill_tokens": getattr(engine.config, "max_prefill_tokens", None),
     }
     cfg.log(
         f"{tag} engine ready in {load_s:.1f} s: attn={info.attn} params={common['params_b']}B "
