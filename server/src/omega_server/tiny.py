@@ -146,8 +146,8 @@ def _ids(tokenizer: Any, *tokens: str) -> list[int]:
     return [int(tokenizer.convert_tokens_to_ids(t)) for t in tokens]
 
 
-def _qwen_text(tokenizer: Any, **extra: Any) -> dict[str, Any]:
-    eos, pad = _ids(tokenizer, "<|im_end|>", "<|endoftext|>")
+def _text(tokenizer: Any, bos: int, eos: int, pad: int, **extra: Any) -> dict[str, Any]:
+    """The tiny text decoder every family shares (sizes and token ids), plus ``extra``."""
     return {
         "vocab_size": _vocab_size(tokenizer),
         "hidden_size": HIDDEN,
@@ -156,9 +156,27 @@ def _qwen_text(tokenizer: Any, **extra: Any) -> dict[str, Any]:
         "num_attention_heads": HEADS,
         "num_key_value_heads": KV_HEADS,
         "max_position_embeddings": 4096,
-        "bos_token_id": pad,
+        "bos_token_id": bos,
         "eos_token_id": eos,
         "pad_token_id": pad,
+        **extra,
+    }
+
+
+def _qwen_text(tokenizer: Any, **extra: Any) -> dict[str, Any]:
+    eos, pad = _ids(tokenizer, "<|im_end|>", "<|endoftext|>")
+    return _text(tokenizer, pad, eos, pad, **extra)
+
+
+def _qwen_vision(patch_size: int, **extra: Any) -> dict[str, Any]:
+    """The tiny vision tower of Qwen2.5-VL and Qwen3-VL(-MoE), plus the family's own keys."""
+    return {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": HIDDEN,
+        "patch_size": patch_size,
         **extra,
     }
 
@@ -210,66 +228,41 @@ def _build_qwen(arch: str, out: Path) -> None:
 
         patch = 14
         text = _qwen_text(tokenizer, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3]})
-        vision = {
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": HIDDEN,
-            "patch_size": patch,
-            "window_size": 56,
-            "fullatt_block_indexes": [1],
-        }
+        vision = _qwen_vision(patch, window_size=56, fullatt_block_indexes=[1])
         cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
         model_cls = Qwen2_5_VLForConditionalGeneration
         proc_cls = Qwen2_5_VLProcessor
-    elif arch in ("qwen3_vl", "omega17_vl"):
-        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    elif arch in ("qwen3_vl", "omega17_vl", "qwen3_vl_moe", "omega17_vl_exp"):
+        from transformers import (
+            Qwen3VLConfig,
+            Qwen3VLForConditionalGeneration,
+            Qwen3VLMoeConfig,
+            Qwen3VLMoeForConditionalGeneration,
+            Qwen3VLProcessor,
+        )
 
+        moe = arch in ("qwen3_vl_moe", "omega17_vl_exp")
+        experts: dict[str, Any] = (
+            {
+                "moe_intermediate_size": 32,
+                "num_experts": 4,
+                "num_experts_per_tok": 2,
+                "decoder_sparse_step": 1,
+            }
+            if moe
+            else {}
+        )
         patch = 16
         text = _qwen_text(
             tokenizer,
             head_dim=16,
+            **experts,
             rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
         )
-        vision = {
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": HIDDEN,
-            "patch_size": patch,
-            "num_position_embeddings": 64,
-            "deepstack_visual_indexes": [1],
-        }
-        cfg = Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
-        model_cls = Qwen3VLForConditionalGeneration
-        proc_cls = Qwen3VLProcessor
-    elif arch in ("qwen3_vl_moe", "omega17_vl_exp"):
-        from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration, Qwen3VLProcessor
-
-        patch = 16
-        text = _qwen_text(
-            tokenizer,
-            head_dim=16,
-            moe_intermediate_size=32,
-            num_experts=4,
-            num_experts_per_tok=2,
-            decoder_sparse_step=1,
-            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
-        )
-        vision = {
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": HIDDEN,
-            "patch_size": patch,
-            "num_position_embeddings": 64,
-            "deepstack_visual_indexes": [1],
-        }
-        cfg = Qwen3VLMoeConfig(text_config=text, vision_config=vision, **ids)
-        model_cls = Qwen3VLMoeForConditionalGeneration
+        vision = _qwen_vision(patch, num_position_embeddings=64, deepstack_visual_indexes=[1])
+        config_cls = Qwen3VLMoeConfig if moe else Qwen3VLConfig
+        cfg = config_cls(text_config=text, vision_config=vision, **ids)
+        model_cls = Qwen3VLMoeForConditionalGeneration if moe else Qwen3VLForConditionalGeneration
         proc_cls = Qwen3VLProcessor
     else:  # pragma: no cover - guarded by the caller
         raise ValueError(arch)
@@ -286,19 +279,7 @@ def _build_llava(out: Path) -> None:
     tokenizer = build_tokenizer(LLAVA_SPECIALS, bos="<s>", eos="</s>", pad="<pad>", unk="<unk>")
     bos, eos, pad, image = _ids(tokenizer, "<s>", "</s>", "<pad>", "<image>")
     image_size, patch = 32, 8
-    text = {
-        "model_type": "llama",
-        "vocab_size": _vocab_size(tokenizer),
-        "hidden_size": HIDDEN,
-        "intermediate_size": 128,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
-        "max_position_embeddings": 4096,
-        "bos_token_id": bos,
-        "eos_token_id": eos,
-        "pad_token_id": pad,
-    }
+    text = _text(tokenizer, bos, eos, pad, model_type="llama")
     vision: dict[str, Any] = {
         "model_type": "clip_vision_model",
         "hidden_size": 32,
@@ -338,19 +319,7 @@ def _build_idefics3(arch: str, out: Path) -> None:
     bos, eos, pad, image = _ids(tokenizer, "<|im_start|>", "<end_of_utterance>", "<|endoftext|>", "<image>")
     image_size, patch, scale = 32, 8, 2
     seq = (image_size // patch) ** 2 // (scale * scale)
-    text = {
-        "model_type": "llama",
-        "vocab_size": _vocab_size(tokenizer),
-        "hidden_size": HIDDEN,
-        "intermediate_size": 128,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
-        "max_position_embeddings": 4096,
-        "bos_token_id": bos,
-        "eos_token_id": eos,
-        "pad_token_id": pad,
-    }
+    text = _text(tokenizer, bos, eos, pad, model_type="llama")
     vision: dict[str, Any] = {
         "hidden_size": 32,
         "intermediate_size": 64,
