@@ -89,6 +89,17 @@ def pod(
     }
 
 
+def crash_looping(name: str, restarts: int, last_terminated: dict[str, Any]) -> dict[str, Any]:
+    """A flash pod in CrashLoopBackOff after ``restarts`` restarts; ``last_terminated`` its last exit."""
+    return pod(
+        name,
+        restarts=restarts,
+        ready=False,
+        waiting=("CrashLoopBackOff", "back-off"),
+        last_terminated=last_terminated,
+    )
+
+
 def health(
     *,
     attn: str = "flash_attention_2",
@@ -216,29 +227,13 @@ CASES = [
     ),
     Case(
         "restarts-below-threshold",
-        [
-            pod(
-                "a",
-                restarts=2,
-                ready=False,
-                waiting=("CrashLoopBackOff", "back-off"),
-                last_terminated=CRASH_PLAIN,
-            )
-        ],
+        [crash_looping("a", 2, CRASH_PLAIN)],
         {"a": UNREACHABLE},
         headline=Reason.CRASH_LOOP,
     ),
     Case(
         "restarts-at-threshold",
-        [
-            pod(
-                "a",
-                restarts=3,
-                ready=False,
-                waiting=("CrashLoopBackOff", "back-off"),
-                last_terminated=CRASH_PLAIN,
-            )
-        ],
+        [crash_looping("a", 3, CRASH_PLAIN)],
         {"a": UNREACHABLE},
         action=Action.ROLLBACK,
         attention="sdpa",
@@ -254,15 +249,7 @@ CASES = [
     ),
     Case(
         "termination-names-flash-attn",
-        [
-            pod(
-                "a",
-                restarts=1,
-                ready=False,
-                waiting=("CrashLoopBackOff", "back-off"),
-                last_terminated=CRASH_FA,
-            )
-        ],
+        [crash_looping("a", 1, CRASH_FA)],
         {"a": UNREACHABLE},
         action=Action.ROLLBACK,
         attention="sdpa",
@@ -280,21 +267,13 @@ CASES = [
     ),
     Case(
         "oom-killed-is-not-flash",
-        [pod("a", restarts=4, ready=False, waiting=("CrashLoopBackOff", "back-off"), last_terminated=OOM)],
+        [crash_looping("a", 4, OOM)],
         {"a": UNREACHABLE},
         headline=Reason.OOM_KILLED,
     ),
     Case(
         "model-load-failure-is-not-flash",
-        [
-            pod(
-                "a",
-                restarts=5,
-                ready=False,
-                waiting=("CrashLoopBackOff", "back-off"),
-                last_terminated=MODEL_FAIL,
-            )
-        ],
+        [crash_looping("a", 5, MODEL_FAIL)],
         headline=Reason.MODEL_LOAD_FAILED,
     ),
     Case(
