@@ -25,7 +25,7 @@ import kopf
 from omega_operator import builders as b
 from omega_operator import metrics
 from omega_operator.api.models import GROUP, PLURAL, VERSION
-from omega_operator.health import HealthProber, ProxyConfig, jittered
+from omega_operator.health import HealthProber, ProbeResult, ProxyConfig, jittered
 from omega_operator.kube import ApiError, Kube, load_credentials
 from omega_operator.reconcile import Observed, reconcile
 from omega_operator.settings import OperatorSettings
@@ -49,8 +49,8 @@ class _State:
     # (uid, kind) -> a child as our last apply returned it (newer than the cache until its event).
     applied: dict[tuple[str, str], tuple[dict[str, Any], bool]] = {}  # (object, seen in the cache)
     # uid -> the last round of pod /health results (probing happens on the timer and on spec
-    # changes; reconciles triggered by child events reuse these).
-    probes: dict[str, dict[str, Any]] = {}
+    # changes; reconciles triggered by child events reuse these unless a pod is news to them).
+    probes: dict[str, dict[str, ProbeResult]] = {}
     indexes: dict[str, Any] | None = None
     loop: asyncio.Task[None] | None = None
 
@@ -196,8 +196,9 @@ async def _reconcile(body: Mapping[str, Any], probe: bool = True, **kwargs: Any)
         if mine is not None and _rv(mine) > _rv(raw):
             raw["status"] = copy.deepcopy(mine.get("status") or {})
         try:
-            # Reuse the last probe round between rounds; a new process has none yet: probe.
-            earlier = None if probe else STATE.probes.get(uid)
+            # Reuse the last probe round between rounds, unless a pod is news to it (a new process
+            # has none yet; a pod that turned Ready was last seen loading): then probe now.
+            earlier = None if probe else _reusable_probes(STATE.probes.get(uid), pods)
             res = await reconcile(STATE.kube, raw, observed, STATE.prober, earlier)
         except ApiError as exc:
             if exc.status == 403 and "being terminated" in exc.message:
@@ -223,6 +224,33 @@ async def _reconcile(body: Mapping[str, Any], probe: bool = True, **kwargs: Any)
             sorted(res.status_patch),
             res.action,
         )
+
+
+def _reusable_probes(
+    earlier: dict[str, ProbeResult] | None, pods: list[dict[str, Any]]
+) -> dict[str, ProbeResult] | None:
+    """The last probe round, or None when it is stale for these pods.
+
+    Stale: a live pod with an IP that the round did not probe, or a pod the kubelet now reports
+    Ready whose last /health was not ready (so `status.attention.active` follows readiness at
+    once instead of one probe interval later).
+    """
+    if earlier is None:
+        return None
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        if meta.get("deletionTimestamp") or not status.get("podIP"):
+            continue
+        result = earlier.get(str(meta.get("name")))
+        if result is None:
+            return None
+        ready = any(
+            cond.get("type") == "Ready" and cond.get("status") == "True"
+            for cond in status.get("conditions") or []
+        )
+        if ready and not result.ready:
+            return None
+    return earlier
 
 
 def _newest(cached: dict[str, Any] | None, uid: str, kind: str) -> dict[str, Any] | None:
