@@ -5,12 +5,17 @@ in-process flash -> sdpa fallback (``attention``) and runs a warm-up forward wit
 ``prepare()`` turns a chat into model inputs (validation errors are typed), ``stream()`` queues it and
 yields ``StepOutput`` deltas.
 
-How generation runs: one worker thread owns the model. Each new request is prefilled on its own
-(batch 1, its images, its exact prompt) and then joins the running batch between decode steps; its KV
-cache rows are left-padded to the batch's length and an attention mask hides the padding. Every decode
-step is one forward pass for all running sequences (up to ``max_batch_size``), each with its own
-sampling parameters, seed, stop strings and token budget. Finished or cancelled sequences leave between
-steps and their cache rows are dropped. Greedy outputs equal ``model.generate()``'s.
+How generation runs: one worker thread owns the model. Waiting requests are prefilled (their images
+and exact prompts) and then join the running batch between decode steps. Every decode step is one
+forward pass for all running sequences (up to ``max_batch_size``), each with its own sampling
+parameters, seed, stop strings and token budget; sampling runs on the device for the whole batch.
+Finished or cancelled sequences leave between steps. Greedy outputs equal ``model.generate()``'s.
+
+On the static cache (below) several waiting requests are prefilled in one forward pass (right-padded,
+up to ``max_prefill_tokens``), and decode steps are pipelined one deep: step k+1 is queued on the
+device, its input tokens fed from step k's sampling there, before the host reads step k's tokens
+(one non-blocking copy into pinned memory) and streams them. On the dynamic cache each request is
+prefilled alone and its cache rows are left-padded to the batch's length.
 
 Two KV caches (``EngineConfig.kv_cache``): "dynamic" (transformers' DynamicCache, left-padded rows; any
 backend) and "static" (``kvslots``: preallocated slots and a 4D mask, decode steps replayed as CUDA
