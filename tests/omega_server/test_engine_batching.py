@@ -178,3 +178,39 @@ def test_a_decode_step_reads_the_device_once(
                 assert reads == ["tolist"]
     finally:
         eng.shutdown()
+
+
+def test_a_failed_batched_prefill_falls_back_to_one_by_one(
+    tiny_checkpoint: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng = static_engine(tiny_checkpoint("qwen2_5_vl"), max_batch_size=4)
+    try:
+        calls: list[int] = []
+
+        def broken(seqs: list[_Seq]) -> None:
+            calls.append(len(seqs))
+            raise RuntimeError("no memory for this batch")
+
+        monkeypatch.setattr(eng._runner, "prefill_batch", broken)
+        reqs = [chat(i, max_tokens=4) for i in (0, 1)]
+        results: list[list[Any]] = [[], []]
+        done = threading.Semaphore(0)
+        seqs = []
+        for i, r in enumerate(reqs):
+
+            def emit(item: Any, i: int = i) -> None:
+                results[i].append(item)
+                if isinstance(item, BaseException) or item.finished:
+                    done.release()
+
+            seqs.append(_Seq(prepared=eng.prepare(r), loop=None, queue=None, emit=emit))
+        with eng._cond:
+            for s in seqs:
+                eng._submit(s)
+        for _ in reqs:
+            assert done.acquire(timeout=120)
+        for req, outs in zip(reqs, results, strict=True):
+            assert [t for o in outs for t in o.token_ids] == reference(eng, req)
+        assert calls == [2] and eng.alive
+    finally:
+        eng.shutdown()
