@@ -189,7 +189,8 @@ def probe_7b() -> int:
             seq = E._Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None)
             runner.prefill(seq)
             toks = [seq.last_token]
-            orig = runner._sample
+            # Every runner samples through _sample_device (the static one without _sample).
+            orig = runner._sample_device
             captured: list[torch.Tensor] = []
 
             def spy(
@@ -198,7 +199,7 @@ def probe_7b() -> int:
                 captured.append(logits.float().clone())
                 return orig(seqs, logits)
 
-            runner._sample = spy  # type: ignore[method-assign]
+            runner._sample_device = spy  # type: ignore[method-assign]
             for _ in range(31):
                 toks.append(runner.decode()[0])
             runner.evict([])
