@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -34,6 +35,12 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, inter
     """``tests.polling.wait_for``, also waiting through socket errors and API errors of the
     kubernetes client (the operator pod's endpoints and the ServiceAccount's calls)."""
     return polling.wait_for(predicate, timeout, what, interval, (*polling.TRANSIENT, OSError, ApiException))
+
+
+def refusals(log: str) -> list[str]:
+    """Log lines that show an RBAC refusal: the API server's "... is forbidden: User ..." (in our
+    ApiError) or kopf's APIForbiddenError. (A bare "403" would also match ports and timestamps.)"""
+    return [line for line in log.splitlines() if re.search("forbidden", line, re.IGNORECASE)]
 
 
 def free_port() -> int:

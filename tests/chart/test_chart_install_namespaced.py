@@ -14,7 +14,16 @@ from kubernetes.client.rest import ApiException
 
 from devcluster import Cluster
 from tests.chart.helm import CHART
-from tests.chart.release import Release, answers, install, leftovers, omegavlm, wait_fallback, wait_for
+from tests.chart.release import (
+    Release,
+    answers,
+    install,
+    leftovers,
+    omegavlm,
+    refusals,
+    wait_fallback,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.devcluster, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -88,7 +97,7 @@ def test_reconciles_and_falls_back_in_the_watched_namespace(release: Release, ti
     assert "status" not in cluster.get("omegavlm", "ignored", "-n", OTHER)
     assert cluster.get("deployments", "-n", OTHER)["items"] == []
     log = release.operator_log()
-    assert "Forbidden" not in log and "403" not in log, log[-3000:]
+    assert not refusals(log), log[-3000:]
 
 
 def test_upgrade_to_proxy_probes(release: Release) -> None:
@@ -130,7 +139,7 @@ def test_upgrade_to_proxy_probes(release: Release) -> None:
     ]
     assert image.endswith("-sdpa")
     log = release.operator_log()
-    assert "Forbidden" not in log and "403" not in log, log[-3000:]
+    assert not refusals(log), log[-3000:]
 
 
 def test_uninstall_removes_the_roles(release: Release) -> None:
