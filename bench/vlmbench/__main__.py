@@ -69,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
         help="explicit cells instead of the plan, e.g. http:1,http:4,engine:16 (generate:4 = baseline)",
     )
     r.add_argument("--profile", type=_ints, default=[], help="decode-step profiles at these batch sizes")
+    r.add_argument("--compile", action="store_true", help="torch.compile the engine's decode step")
     r.add_argument(
         "--isolate",
         action="store_true",
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         results_file=args.results_file,
         cells=args.cells,
         profile_batches=args.profile,
+        compile=args.compile,
         log=log,
     )
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -172,6 +174,8 @@ def _child_argv(
     ]
     if args.no_baseline:
         out.append("--no-baseline")
+    if args.compile:
+        out.append("--compile")
     if args.cells is not None:
         out.append("--cells=" + ",".join(f"{d}:{c}" for d, c in args.cells))
     if args.profile:

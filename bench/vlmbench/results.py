@@ -217,11 +217,13 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def decode_path(row: dict[str, Any]) -> str:
-    """How tokens were decoded: ``generate()``, or the engine's KV cache (``+graphs`` with CUDA graphs)."""
+    """How tokens were decoded: ``generate()``, or the engine's KV cache (``+graphs`` with CUDA graphs,
+    ``+compile`` with the torch.compile'd decode step)."""
     if row.get("driver") == "generate":
         return "generate()"
     cache = row.get("kv_cache") or "dynamic"  # rows from before the engine reported it: dynamic only
-    return f"{cache}+graphs" if row.get("cuda_graphs") else str(cache)
+    path = f"{cache}+graphs" if row.get("cuda_graphs") else str(cache)
+    return f"{path}+compile" if row.get("compiled") else path
 
 
 def row_note(row: dict[str, Any]) -> str | None:

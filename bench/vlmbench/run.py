@@ -49,6 +49,7 @@ class RunConfig:
     results_file: Path | None = None  # default: <out_dir>/<device>-<date>.json
     cells: list[tuple[str, int]] | None = None  # explicit (driver, concurrency) list instead of the plan
     profile_batches: list[int] = field(default_factory=list)  # decode-step profiles after the cells
+    compile: bool = False  # EngineConfig.compile: torch.compile the static decode step
     log: Callable[[str], None] = print
 
 
@@ -163,6 +164,7 @@ def _run_backend(
                 max_queue=max(256, 2 * mbs),
                 device=cfg.device,
                 served_model_name=shape.name,
+                **({"compile": True} if cfg.compile else {}),
             )
         )
     load_s = time.perf_counter() - started
@@ -184,11 +186,14 @@ def _run_backend(
         "max_batch_size": mbs,
         "kv_cache": getattr(info, "kv_cache", None),
         "cuda_graphs": getattr(info, "cuda_graphs", None),
+        "compiled": getattr(info, "compiled", None),
+        "compile_seconds": getattr(info, "compile_seconds", None),
         "max_prefill_tokens": getattr(engine.config, "max_prefill_tokens", None),
     }
     cfg.log(
         f"{tag} engine ready in {load_s:.1f} s: attn={info.attn} params={common['params_b']}B "
-        f"kv_cache={common['kv_cache']} cuda_graphs={common['cuda_graphs']}"
+        f"kv_cache={common['kv_cache']} cuda_graphs={common['cuda_graphs']} "
+        f"compiled={common['compiled']} compile_seconds={common['compile_seconds']}"
     )
     try:
         if backend != info.attn:
@@ -211,6 +216,9 @@ def _run_backend(
             )
             write_rows(path, rows)
             cfg.log(f"{tag} fell back to {info.attn}; cells skipped")
+            return
+        if cfg.compile and not common["compiled"]:  # the compile failed and the engine fell back
+            cfg.log(f"{tag} --compile asked for but the decode step is not compiled; cells skipped")
             return
         _cells(cfg, shape, ckpt, backend, engine, model, vers, clock, rows, path, common, models)
     finally:

@@ -156,6 +156,15 @@ class EngineConfig:
     # static cache: waiting requests are prefilled together, up to this many (padded) prompt tokens
     # per forward pass; 0 prefills one request at a time
     max_prefill_tokens: int = 8192
+    # static cache: torch.compile the decode step (opt-in). The compiled step is warmed up (compiled)
+    # and, on a GPU, captured in the engine's own CUDA graphs for every batch bucket at load time; it
+    # decodes at one width (max_model_length), so each batch shape compiles once.
+    compile: bool = False
+    compile_backend: str = "inductor"  # "eager"/"aot_eager" check the plumbing without inductor
+    compile_mode: str | None = None  # e.g. "max-autotune-no-cudagraphs"; never "reduce-overhead"
+    # None: automatic (batch 1 static, the first other batch marks the batch dim dynamic); False: one
+    # static compile per batch bucket
+    compile_dynamic: bool | None = None
 
 
 @dataclass
@@ -179,6 +188,8 @@ class EngineInfo:
     flash_load_failures: int = 0
     kv_cache: str = "dynamic"  # the decode path in use: dynamic | static
     cuda_graphs: bool = False
+    compiled: bool = False  # the static decode step runs through torch.compile
+    compile_seconds: float = 0.0  # compiling (and capturing) the decode step at load time
 
 
 @dataclass
@@ -539,11 +550,31 @@ class _StaticRunner(_Runner):
     then copied into a free slot. Only for attention backends that take a 4D mask (sdpa, eager).
     """
 
-    def __init__(self, model: Any, processor: Any, *, slots: int, width: int, graphs: bool) -> None:
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        slots: int,
+        width: int,
+        graphs: bool,
+        compile_options: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(model, processor)
         self.width = width
         self.slot_cache = kvslots.SlotCache(slots, width, self.device, self.mrope)
         self.graphs = kvslots.GraphRunner(self._static_forward, graphs and self.device.type == "cuda")
+        # the model call of one decode step; torch.compile'd when asked (the slicing and the slot
+        # cache's view stay outside, so the compiled code sees tensors and one fixed width)
+        self.compiled = compile_options is not None
+        self._step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = self._model_step
+        if compile_options is not None:
+            import torch._dynamo as dynamo
+
+            # one graph per batch shape (and none per width); the default limit of 8 is too low
+            limit = "recompile_limit" if hasattr(dynamo.config, "recompile_limit") else "cache_size_limit"
+            setattr(dynamo.config, limit, max(getattr(dynamo.config, limit), 64))
+            self._step = torch.compile(self._model_step, fullgraph=False, **compile_options)
         cuda = self.device.type == "cuda"
         # two host buffers: step k+1's tokens are copied while the host still reads step k's
         self._host = [torch.zeros(slots, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
@@ -556,18 +587,43 @@ class _StaticRunner(_Runner):
         assert sc.mask is not None
         sc.view = (batch, width)
         position_ids = sc.position_ids[:, :batch] if self.mrope else sc.position_ids[:batch]
-        kwargs: dict[str, Any] = {self.cache_kw: sc}
+        if self.compiled:  # (3, slots, 1)[:, :batch] is contiguous only at batch == slots: always a
+            # fresh contiguous copy (not a view at one batch only), or that batch compiles again
+            position_ids = position_ids.clone(memory_format=torch.contiguous_format)
+        return self._step(sc.input_ids[:batch], sc.mask[:batch, :, :, :width], position_ids)
+
+    def _model_step(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        kwargs: dict[str, Any] = {self.cache_kw: self.slot_cache}
         if self.logits_to_keep:
             kwargs["logits_to_keep"] = 1
         out = self.model(
-            input_ids=sc.input_ids[:batch],
-            attention_mask=sc.mask[:batch, :, :, :width],
+            input_ids=input_ids,
+            attention_mask=mask,
             position_ids=position_ids,
             use_cache=True,
             return_dict=True,
             **kwargs,
         )
-        return out.logits[:, -1, :]
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
+
+    def precompile(self) -> None:
+        """Compile (and on a GPU capture) the decode step for every batch bucket now.
+
+        Idle slots attend to column 0 only, so these passes write garbage nowhere a sequence reads.
+        """
+        sc = self.slot_cache
+        batches = sorted({kvslots.bucket(n, sc.slots) for n in range(1, sc.slots + 1)})
+        if not self.graphs.use_graphs:
+            batches = [1, *([2] if sc.slots > 1 else [])]  # eager: batch 1, then the dynamic shape
+        for batch in batches:
+            one = time.perf_counter()
+            self.graphs.prepare(batch, self.width)
+            log.info("decode step compiled for batch %d in %.1f s", batch, time.perf_counter() - one)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def _merge(self, seq: _Seq, cache: Any, row: int = 0) -> None:
         layers = [(layer.keys[row : row + 1], layer.values[row : row + 1]) for layer in cache.layers]
@@ -642,6 +698,8 @@ class _StaticRunner(_Runner):
             batch, width = kvslots.bucket(n, sc.slots), kvslots.bucket(need, self.width, floor=256)
         else:
             batch, width = n, need
+        if self.compiled:  # one width: a width per bucket would compile every batch shape again
+            width = self.width
         sc.prepare_step(n)
         logits = self.graphs.run(batch, width)
         self._count_pass(n)
@@ -679,6 +737,15 @@ def _make_runner(config: EngineConfig, loaded: models.LoadedModel, backend: str)
         slots=config.max_batch_size,
         width=config.max_model_length,
         graphs=config.cuda_graphs,
+        compile_options=(
+            {
+                "backend": config.compile_backend,
+                "mode": config.compile_mode,
+                "dynamic": config.compile_dynamic,
+            }
+            if config.compile
+            else None
+        ),
     )
 
 
@@ -767,7 +834,13 @@ class Engine:
         self._pending: _Pending | None = None  # the decode step queued on the device, not yet read
         if isinstance(self._runner, _StaticRunner):
             try:  # allocate the slots and capture the first graph now, not at the first request
-                _warm_runner(self._runner, loaded)
+                started = time.perf_counter()
+                _warm_runner(self._runner, loaded)  # compiles batch 1 when compiling
+                if self._runner.compiled:
+                    with torch.inference_mode():
+                        self._runner.precompile()
+                    info.compile_seconds = round(time.perf_counter() - started, 3)
+                    log.info("decode step compiled (and captured) in %.1f s", info.compile_seconds)
             except Exception as exc:
                 if _fatal(exc):
                     raise
@@ -775,6 +848,7 @@ class Engine:
                 self._runner = _Runner(loaded.model, loaded.processor)
         info.kv_cache = "static" if isinstance(self._runner, _StaticRunner) else "dynamic"
         info.cuda_graphs = isinstance(self._runner, _StaticRunner) and self._runner.graphs.use_graphs
+        info.compiled = isinstance(self._runner, _StaticRunner) and self._runner.compiled
         self._runner.stats = self.stats
         self._runner.observer = self._observe
         self._thread = threading.Thread(target=self._work, name="omega-engine", daemon=True)

@@ -141,7 +141,9 @@ class SlotCache:
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        b, w = self.view
+        # the batch from the states (a symbolic size under torch.compile's dynamic batch); the width
+        # from the view (fixed when compiled)
+        b, w = key_states.shape[0], self.view[1]
         rows, cols = self.rows[:b], self.write_pos[:b]
         self.keys[layer_idx][rows, :, cols] = key_states[:, :, 0]
         self.values[layer_idx][rows, :, cols] = value_states[:, :, 0]
@@ -163,6 +165,14 @@ class GraphRunner:
         self.graphs: dict[tuple[int, int], tuple[Any, torch.Tensor]] = {}
         self.pool: Any = None
         self.error: str | None = None
+
+    def prepare(self, batch: int, width: int) -> None:
+        """Make the step for ``(batch, width)`` ready ahead of use: capture its graph (which warms it
+        up, and so compiles a compiled step, first), or without graphs run it once."""
+        if not self.use_graphs:
+            self.forward(batch, width)
+        elif (batch, width) not in self.graphs:
+            self.run(batch, width)
 
     def run(self, batch: int, width: int) -> torch.Tensor:
         if not self.use_graphs:
