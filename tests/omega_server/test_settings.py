@@ -48,6 +48,19 @@ def test_defaults_and_parsing(tmp_path: Path) -> None:
     assert load_settings({"MODEL_PATH": "/m", "API_KEY": ""}).api_key is None
 
 
+def test_settings_reach_the_engine_config(tmp_path: Path) -> None:
+    from omega_server.app import engine_config
+
+    default = engine_config(load_settings({"MODEL_PATH": str(tmp_path)}))
+    assert default.compile is False and default.max_batch_size == 4
+    tuned = engine_config(
+        load_settings(
+            {"MODEL_PATH": str(tmp_path), "COMPILE": "true", "MAX_BATCH_SIZE": "16", "MAX_QUEUE": "7"}
+        )
+    )
+    assert (tuned.compile, tuned.max_batch_size, tuned.max_queue) == (True, 16, 7)
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
@@ -61,6 +74,7 @@ def test_defaults_and_parsing(tmp_path: Path) -> None:
         ({"PORT": "70000"}, "PORT"),
         ({"MAX_QUEUE": "0"}, "MAX_QUEUE"),
         ({"IMAGE_FETCH_TIMEOUT": "soon"}, "IMAGE_FETCH_TIMEOUT"),
+        ({"COMPILE": "maybe"}, "COMPILE"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:

@@ -83,20 +83,26 @@ class ApiAccounting:
 
 def _load_engine(settings: Settings) -> Any:
     """Load the engine (blocking); imported here so the HTTP layer starts without torch."""
-    from omega_server.engine import Engine, EngineConfig
+    from omega_server.engine import Engine
 
-    return Engine.load(
-        EngineConfig(
-            model_path=settings.model_path,
-            attn_impl=settings.attn_impl,
-            dtype=settings.dtype,
-            max_batch_size=settings.max_batch_size,
-            max_model_length=settings.max_model_length,
-            max_queue=settings.max_queue,
-            device=settings.device,
-            served_model_name=settings.model_name,
-            max_images_per_request=settings.max_images_per_request,
-        )
+    return Engine.load(engine_config(settings))
+
+
+def engine_config(settings: Settings) -> Any:
+    """The engine's configuration from the server's settings (the one place that maps them)."""
+    from omega_server.engine import EngineConfig
+
+    return EngineConfig(
+        model_path=settings.model_path,
+        attn_impl=settings.attn_impl,
+        dtype=settings.dtype,
+        max_batch_size=settings.max_batch_size,
+        max_model_length=settings.max_model_length,
+        max_queue=settings.max_queue,
+        device=settings.device,
+        served_model_name=settings.model_name,
+        max_images_per_request=settings.max_images_per_request,
+        compile=settings.compile,
     )
 
 

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     max_model_length: int = Field(default=8192, ge=16, description="Prompt plus output tokens, at most.")
     dtype: DType = Field(default="auto", description="Weights dtype; auto = bfloat16 on GPU, float32 on CPU.")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N.")
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the static-cache decode step at start (CUDA + sdpa/eager only): "
+        "about 1.6x the decode speed of the 31B MoE on an H100, for about 4.5 min more start-up.",
+    )
     host: str = Field(default="0.0.0.0", description="Listen address.")
     port: int = Field(default=8000, ge=0, le=65535, description="Listen port (0 = any free port).")
     api_key: SecretStr | None = Field(
