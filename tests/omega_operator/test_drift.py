@@ -53,3 +53,23 @@ def test_apply_when_missing_or_edited(minimal_spec: dict[str, Any]) -> None:
 def test_bool_and_int_are_not_confused() -> None:
     assert not drift.contains({"a": 1}, {"a": True})
     assert drift.contains({"a": True, "b": 2}, {"a": True})
+
+
+def test_a_field_the_user_removed_changes_the_stamp_and_forces_an_apply(minimal_spec: dict[str, Any]) -> None:
+    with_selector = {**minimal_spec, "nodeSelector": {"zone": "a"}}
+    before = drift.stamp(b.deployment(parse_spec(with_selector), OWNER, "flash"))
+    after = drift.stamp(b.deployment(parse_spec(minimal_spec), OWNER, "flash"))
+    live = _live(before)
+    assert not drift.needs_apply(drift.stamp(b.deployment(parse_spec(with_selector), OWNER, "flash")), live)
+    # The live object still holds everything `after` sets, but not its hash: the selector must go.
+    assert drift.contains(live["spec"], after["spec"])
+    assert drift.needs_apply(after, live)
+    key = drift.APPLIED_HASH_ANNOTATION
+    assert before["metadata"]["annotations"][key] != after["metadata"]["annotations"][key]
+    assert drift.stamp(after) == after  # stamping is idempotent
+
+
+def test_quantities_in_canonical_form_are_the_same_value() -> None:
+    assert drift.contains({"cpu": "500m", "memory": "1Gi"}, {"cpu": "0.5", "memory": "1024Mi"})
+    assert not drift.contains({"cpu": "500m"}, {"cpu": "1"})
+    assert not drift.contains({"image": "r/s:v0.1.0-sdpa"}, {"image": "r/s:v0.1.0-flash"})

@@ -3,11 +3,23 @@
 A reconcile applies a child only when the live object does not already hold every field we
 set with the value we set, so a reconcile that changes nothing writes nothing. Fields others
 own (defaults, other managers' additions) are ignored.
+
+A field we stop setting (an env item or a nodeSelector the user removed) is still "held" by the
+live object, so the desired body also carries a hash of itself (:func:`stamp`): a new desired body
+has a new hash, and the apply that follows drops the fields we no longer own.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
+
+#: Annotation with the hash of the desired body last applied to a child.
+APPLIED_HASH_ANNOTATION = "vlm.omega.io/applied-hash"
 
 # Lists whose items SSA merges by a key: extra items owned by others are fine.
 _LIST_KEYS = ("name", "type")
@@ -20,6 +32,24 @@ def _list_key(items: list[Any]) -> str | None:
         if all(key in i for i in items):
             return key
     return None
+
+
+def stamp(desired: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `desired` whose metadata carries the hash of the rest (see the module docstring)."""
+    body = copy.deepcopy(desired)
+    annotations = body.setdefault("metadata", {}).setdefault("annotations", {})
+    annotations.pop(APPLIED_HASH_ANNOTATION, None)
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    annotations[APPLIED_HASH_ANNOTATION] = digest[:16]
+    return body
+
+
+def _same_quantity(actual: str, desired: str) -> bool:
+    """The API server rewrites quantities into canonical form ("0.5" -> "500m", "1024Mi" -> "1Gi")."""
+    try:
+        return bool(parse_quantity(actual) == parse_quantity(desired))
+    except (ValueError, ArithmeticError, TypeError):
+        return False
 
 
 def contains(actual: Any, desired: Any) -> bool:
@@ -44,6 +74,8 @@ def contains(actual: Any, desired: Any) -> bool:
         return actual is desired
     if isinstance(desired, int | float) and isinstance(actual, int | float):
         return actual == desired
+    if isinstance(desired, str) and isinstance(actual, str) and actual != desired:
+        return _same_quantity(actual, desired)
     return actual == desired
 
 

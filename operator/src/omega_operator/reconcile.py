@@ -147,6 +147,7 @@ async def _reconcile(
     deployment, service, pdb = b.children(spec, owner, variant, await kube.pdb_api_version())
 
     async def converge(kind: str, desired: dict[str, Any], actual: dict[str, Any] | None) -> None:
+        desired = drift.stamp(desired)
         if drift.needs_apply(desired, actual):
             res.objects[kind] = await kube.apply(desired)
             res.applied.append(kind)
