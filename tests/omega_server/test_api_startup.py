@@ -192,6 +192,8 @@ def test_dead_engine_is_503_on_health_and_api(request: pytest.FixtureRequest) ->
         chat = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": [image_message()]})
         assert chat.status_code == 503
         assert chat.json()["error"]["type"] == "service_unavailable_error"
-        assert httpx.get(f"{server.url}/live").status_code == 200
+        # Nothing in-process brings a dead engine back: liveness fails, so the kubelet restarts it.
+        live = httpx.get(f"{server.url}/live")
+        assert live.status_code == 503 and live.json() == {"status": "dead"}
     finally:
         server.stop()

@@ -24,9 +24,13 @@ async def health(request: Request) -> JSONResponse:
 
 
 @router.get("/live")
-async def live() -> dict[str, str]:
-    """Liveness only: the process answers HTTP."""
-    return {"status": "alive"}
+async def live(request: Request) -> JSONResponse:
+    """Liveness: 200 while the process can still serve (loading included); 503 once the engine is dead
+    or failed to load, which nothing in-process repairs, so the kubelet restarts the container."""
+    phase = _state(request).phase
+    if phase in ("dead", "failed"):
+        return JSONResponse({"status": phase}, status_code=503)
+    return JSONResponse({"status": "alive"})
 
 
 @router.get("/metrics")
