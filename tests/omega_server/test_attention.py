@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,37 @@ def test_kernel_error_at_warm_up_switches_to_sdpa_in_place(tiny_checkpoint: Call
         == "RuntimeError: CUDA error: no kernel image is available for execution on the device"
     )
     assert choice.flash_load_failures == 1
+
+
+def test_a_model_that_cannot_switch_in_place_is_freed_before_the_reload(
+    tiny_checkpoint: Callable[[str], Path],
+) -> None:
+    """Two copies of a large model do not fit one GPU: the flash copy is gone before sdpa loads."""
+    path = tiny_checkpoint("qwen2_vl")
+    flash_copy: list[weakref.ref[Any]] = []
+
+    def loader(p: Path, *, attn_implementation: str, dtype: str, device: str) -> models.LoadedModel:
+        if attn_implementation == attention.FLASH:
+            loaded = models.load(p, attn_implementation="eager", dtype=dtype, device=device)
+
+            def cannot_switch(_impl: str) -> None:
+                raise ValueError("this model cannot change its attention in place")
+
+            loaded.model.set_attn_implementation = cannot_switch  # (monkeypatch would keep the model alive)
+            flash_copy.append(weakref.ref(loaded.model))
+            return loaded
+        gc.collect()
+        assert flash_copy and flash_copy[0]() is None, "the flash copy is still alive at the reload"
+        return models.load(p, attn_implementation=attn_implementation, dtype=dtype, device=device)
+
+    def warmup(loaded: models.LoadedModel) -> None:
+        if loaded.model.config._attn_implementation == "eager":
+            raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+
+    choice = attention.resolve(
+        path, requested="auto", dtype="auto", device="cpu", warmup=warmup, loader=loader
+    )
+    assert choice.backend == "sdpa" and choice.flash_load_failures == 1
 
 
 def test_sdpa_failure_is_not_swallowed(tiny_checkpoint: Callable[[str], Path]) -> None:

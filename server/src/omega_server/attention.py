@@ -146,7 +146,11 @@ def resolve(
             flash_load_failures=0,
         )
 
-    loaded = _switch_to_fallback(loaded_flash, path, dtype=dtype, device=device, loader=loader)
+    # Hand the flash model over without keeping a reference here: if it must be reloaded, its
+    # weights are freed first (two copies of a large model do not fit one GPU).
+    candidates = [loaded_flash] if loaded_flash is not None else []
+    del loaded_flash
+    loaded = _switch_to_fallback(candidates, path, dtype=dtype, device=device, loader=loader)
     warmup(loaded)
     return AttentionChoice(
         loaded=loaded,
@@ -158,15 +162,20 @@ def resolve(
 
 
 def _switch_to_fallback(
-    loaded: models.LoadedModel | None,
+    candidates: list[models.LoadedModel],
     path: Path,
     *,
     dtype: str,
     device: str,
     loader: Callable[..., models.LoadedModel],
 ) -> models.LoadedModel:
-    """Switch a loaded model's attention to sdpa in place (no second weight load), else load again."""
-    if loaded is not None:
+    """Switch a loaded model's attention to sdpa in place (no second weight load), else load again.
+
+    ``candidates`` holds the model loaded with flash, if any; it is taken out of the list so that
+    this function holds the last reference and can free it before reloading.
+    """
+    if candidates:
+        loaded = candidates.pop()
         try:
             loaded.model.set_attn_implementation(FALLBACK)
             if _backend(loaded) == FALLBACK:
