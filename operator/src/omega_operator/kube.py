@@ -7,6 +7,7 @@ Credentials come from KUBECONFIG (or ~/.kube/config) or, inside a pod, the servi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import ssl
@@ -134,7 +135,13 @@ class Kube:
             async with session.request(
                 method, path, json=body, params=params, headers={"Content-Type": content_type}
             ) as resp:
-                data = await resp.json(content_type=None) if resp.content_length != 0 else {}
+                text = await resp.text() if resp.content_length != 0 else ""
+                try:
+                    data = json.loads(text) if text else {}
+                except ValueError:  # e.g. an HTML 502 page from a proxy in front of the API server
+                    data = {"message": f"{resp.status} {resp.reason}: {' '.join(text.split())[:200]}"}
+                    if resp.status < 400:
+                        raise ApiError(502, f"not JSON: {data['message']}") from None
                 if resp.status >= 400:
                     msg = data.get("message") if isinstance(data, dict) else str(data)
                     raise ApiError(resp.status, msg or resp.reason or "")
