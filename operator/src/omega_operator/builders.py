@@ -21,7 +21,6 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 VARIANT_LABEL = "vlm.omega.io/variant"
-RETRY_FLASH_ANNOTATION = "vlm.omega.io/retry-flash"
 MODEL_MOUNT = "/models"
 
 # Defaults of optional spec fields (the CRD carries none; see api.models).

@@ -1,5 +1,5 @@
-"""Glue between the fallback decision and the reconcile: the spec adapter, the status-first write of
-a rollback, and a jittered per-object probe loop.
+"""Glue between the fallback decision and the reconcile: the spec adapter and the status-first write
+of a rollback. (The periodic probe/refresh loop is ``handlers.refresh_loop``.)
 
 Why status first: the decision lives in ``status.attention.fallback``. When the operator dies
 after moving the Deployment to sdpa but before recording why, the next operator sees sdpa pods,
@@ -16,27 +16,17 @@ Wiring in ``reconcile._reconcile`` (after the decision, before the children are 
     if observe.is_rollback_write(decision, observed.deployment, "Deployment" in res.applied):
         metrics.FALLBACKS.labels(decision.reason).inc()
         await event("Warning", fallback.EVENT_REASON, decision.message)
-
-and a jittered per-object loop in ``handlers`` instead of the fixed-phase timer::
-
-    @kopf.daemon(GROUP, VERSION, PLURAL, id="refresh", cancellation_timeout=5)
-    async def refresh(stopped, body, **kwargs):
-        await observe.every(stopped, SETTINGS.probe_interval, lambda: _reconcile(body, **kwargs))
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import random
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from omega_operator import builders as b
 from omega_operator.api.models import OmegaVLMSpec
 from omega_operator.fallback import Action, Decision, FallbackSpec
-from omega_operator.health import jittered
 
 log = logging.getLogger(__name__)
 
@@ -103,48 +93,3 @@ def is_rollback_write(decision: Decision, before: dict[str, Any] | None, applied
         return True
     containers = ((before.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
     return any(c.get("image") == decision.fallback.from_image for c in containers)
-
-
-async def every(
-    stopped: Any,
-    interval_s: float,
-    tick: Callable[[], Awaitable[object]],
-    *,
-    jitter: float = 0.1,
-    rng: random.Random | None = None,
-) -> None:
-    """Run ``tick`` every ``interval_s`` (+-``jitter``) until ``stopped`` is set, for a kopf daemon.
-
-    The first run waits a random part of one interval, so objects resumed together at operator
-    start do not probe in lock-step. A failing tick is logged and the loop goes on. ``stopped`` is
-    kopf's ``DaemonStopped`` flag (anything with ``wait(timeout)`` awaitable and truthiness, or an
-    ``asyncio.Event``).
-    """
-    r = rng or random.Random()
-    delay = r.uniform(0.0, interval_s)
-    while not _is_set(stopped):
-        if await _wait(stopped, delay):
-            return
-        try:
-            await tick()
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the next tick retries; one bad tick must not end the loop
-            log.exception("periodic refresh failed")
-        delay = jittered(interval_s, jitter, r)
-
-
-def _is_set(flag: Any) -> bool:
-    return bool(flag.is_set()) if isinstance(flag, asyncio.Event) else bool(flag)
-
-
-async def _wait(flag: Any, timeout: float) -> bool:
-    """Wait up to ``timeout`` s for the stop flag; True when it was set."""
-    if isinstance(flag, asyncio.Event):
-        try:
-            await asyncio.wait_for(flag.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-    await flag.wait(timeout)  # kopf.DaemonStopped
-    return bool(flag)
