@@ -71,6 +71,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", type=_ints, default=[], help="decode-step profiles at these batch sizes")
     r.add_argument("--compile", action="store_true", help="torch.compile the engine's decode step")
     r.add_argument(
+        "--no-fast-decode",
+        dest="fast_decode",
+        action="store_false",
+        help="EngineConfig.fast_decode=False: transformers' own decode attention and MoE experts",
+    )
+    r.add_argument(
         "--isolate",
         action="store_true",
         help="run each (model, backend) in its own process, so GPU memory is surely freed between them",
@@ -144,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         cells=args.cells,
         profile_batches=args.profile,
         compile=args.compile,
+        fast_decode=args.fast_decode,
         log=log,
     )
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -176,6 +183,8 @@ def _child_argv(
         out.append("--no-baseline")
     if args.compile:
         out.append("--compile")
+    if not args.fast_decode:
+        out.append("--no-fast-decode")
     if args.cells is not None:
         out.append("--cells=" + ",".join(f"{d}:{c}" for d, c in args.cells))
     if args.profile:

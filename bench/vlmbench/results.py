@@ -218,12 +218,19 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
 
 def decode_path(row: dict[str, Any]) -> str:
     """How tokens were decoded: ``generate()``, or the engine's KV cache (``+graphs`` with CUDA graphs,
-    ``+compile`` with the torch.compile'd decode step)."""
+    ``+compile`` with the torch.compile'd decode step, ``+gqa`` with the packed one-token attention,
+    ``+fusedmoe`` with the fused MoE experts)."""
     if row.get("driver") == "generate":
         return "generate()"
     cache = row.get("kv_cache") or "dynamic"  # rows from before the engine reported it: dynamic only
     path = f"{cache}+graphs" if row.get("cuda_graphs") else str(cache)
-    return f"{path}+compile" if row.get("compiled") else path
+    if row.get("compiled"):
+        path += "+compile"
+    if row.get("gqa_decode"):
+        path += "+gqa"
+    if row.get("experts_implementation") == "omega_fused_decode":
+        path += "+fusedmoe"
+    return path
 
 
 def row_note(row: dict[str, Any]) -> str | None:

@@ -50,6 +50,7 @@ class RunConfig:
     cells: list[tuple[str, int]] | None = None  # explicit (driver, concurrency) list instead of the plan
     profile_batches: list[int] = field(default_factory=list)  # decode-step profiles after the cells
     compile: bool = False  # EngineConfig.compile: torch.compile the static decode step
+    fast_decode: bool = True  # EngineConfig.fast_decode: packed GQA decode attention, fused MoE experts
     log: Callable[[str], None] = print
 
 
@@ -164,6 +165,7 @@ def _run_backend(
                 max_queue=max(256, 2 * mbs),
                 device=cfg.device,
                 served_model_name=shape.name,
+                fast_decode=cfg.fast_decode,
                 **({"compile": True} if cfg.compile else {}),
             )
         )
@@ -177,6 +179,8 @@ def _run_backend(
         "weights_build_seconds": round(built.seconds[-1], 3),
         "params_b": round(sum(p.numel() for p in model.parameters()) / 1e9, 3),
         "experts_implementation": getattr(model.config, "_experts_implementation", None),
+        "fast_decode": cfg.fast_decode,
+        "gqa_decode": getattr(info, "gqa_decode", None),
         "workload": {
             "prompt_tokens": wl.prompt_tokens,
             "output_tokens": wl.output_tokens,

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from omega_server import attention, kvslots, models
+from omega_server import attention, gqa_decode, kvslots, models, moe_decode
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,10 @@ class EngineConfig:
     # None: automatic (batch 1 static, the first other batch marks the batch dim dynamic); False: one
     # static compile per batch bucket
     compile_dynamic: bool | None = None
+    # decode kernels (bench/README.md, run 7): one-token SDPA on the unexpanded key/value heads
+    # (``gqa_decode``), and on a GPU with Triton the fused experts for MoE layers at small batch
+    # (``moe_decode``); False keeps transformers' own paths
+    fast_decode: bool = True
 
 
 @dataclass
@@ -190,6 +194,10 @@ class EngineInfo:
     cuda_graphs: bool = False
     compiled: bool = False  # the static decode step runs through torch.compile
     compile_seconds: float = 0.0  # compiling (and capturing) the decode step at load time
+    gqa_decode: bool = False  # one-token attention packs the grouped heads (no key/value copies)
+    experts_implementation: str | None = (
+        None  # MoE models: the experts path (omega_fused_decode, grouped_mm...)
+    )
 
 
 @dataclass
@@ -867,6 +875,7 @@ class Engine:
         path = models.resolve_model_path(config.model_path)
         if models.pick_device(config.device).startswith("cuda"):
             configure_sdpa_kernels()
+        gqa_decode.install(config.fast_decode)  # process-wide: the last engine loaded decides
         choice = attention.resolve(
             path,
             requested=config.attn_impl,
@@ -875,6 +884,8 @@ class Engine:
             warmup=lambda lm: warm_up(lm),
         )
         loaded = choice.loaded
+        if config.fast_decode:
+            moe_decode.install(loaded.model)
         info = EngineInfo(
             attn=choice.backend,
             attn_requested=choice.requested,
@@ -891,6 +902,8 @@ class Engine:
             model_path=config.model_path,
             load_seconds=round(time.monotonic() - started, 3),
             flash_load_failures=choice.flash_load_failures,
+            gqa_decode=gqa_decode.installed(),
+            experts_implementation=moe_decode.experts_implementation(loaded.model),
         )
         log.info(
             "engine ready: %s (%s) attn=%s requested=%s dtype=%s devices=%s in %.1fs",
