@@ -23,6 +23,7 @@ from omega_server.errors import error_body, install_error_handlers
 from omega_server.metrics import Metrics
 from omega_server.routes import openai as openai_routes
 from omega_server.routes import ops
+from omega_server.serving import ARRIVAL
 from omega_server.settings import Settings
 from omega_server.state import ServerState
 
@@ -32,7 +33,9 @@ log = logging.getLogger("omega_server")
 class ApiAccounting:
     """ASGI middleware for /v1/*: refuses bodies over the limit (413), counts statuses and durations.
 
-    Durations run to the last body byte, so streamed answers are timed in full.
+    Durations run to the last body byte, so streamed answers are timed in full. The arrival time
+    (`time.perf_counter()`, once the request head is parsed) is left in the scope under `ARRIVAL`,
+    where the chat route starts its Server-Timing clock.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int) -> None:
@@ -44,6 +47,7 @@ class ApiAccounting:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
+        scope[ARRIVAL] = time.perf_counter()
         start = time.monotonic()
         status = [500]
 

@@ -2,6 +2,10 @@
 
 Limits (bytes, pixels, fetch timeout) come from the settings. Every failure is an `APIError(400)`
 whose `param` points at the offending `image_url.url`.
+
+A data URL is decoded in one worker-thread call (`load_data_url`: base64, then the image), so the
+event loop never spends the milliseconds that an 800 KB URL takes (about 3 ms of base64 and 4 ms of
+PNG for a 448x448 photo-like image).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from omega_server.errors import APIError
+
+#: what `str.split()` splits on within ASCII; base64 payloads rarely hold any, and then need no copy
+_ASCII_WHITESPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 
 _MEDIA_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
 _FORMATS = frozenset(_MEDIA_TYPES.values())
@@ -50,7 +57,7 @@ def parse_data_url(url: str, limits: ImageLimits, param: str) -> bytes:
         )
     if "base64" not in options:
         raise APIError(400, "Image data URLs must be base64-encoded (';base64,').", param=param)
-    compact = "".join(payload.split())
+    compact = payload if _is_compact(payload) else "".join(payload.split())
     if len(compact) * 3 // 4 > limits.max_bytes + 3:
         raise APIError(
             400,
@@ -76,6 +83,16 @@ def parse_data_url(url: str, limits: ImageLimits, param: str) -> bytes:
     return raw
 
 
+def _is_compact(payload: str) -> bool:
+    """True when `payload` has no whitespace (a few fast scans instead of splitting 800 KB)."""
+    return payload.isascii() and not any(ch in payload for ch in _ASCII_WHITESPACE)
+
+
+def load_data_url(url: str, limits: ImageLimits, param: str) -> Image.Image:
+    """The RGB image of a `data:` URL: base64 decode and image decode in one (blocking) call."""
+    return decode_image(parse_data_url(url, limits, param), limits, param)
+
+
 def decode_image(raw: bytes, limits: ImageLimits, param: str) -> Image.Image:
     """Decode PNG/JPEG/WebP bytes to an RGB image, refusing other formats and oversized images."""
     try:
@@ -96,7 +113,7 @@ def decode_image(raw: bytes, limits: ImageLimits, param: str) -> Image.Image:
                 code="image_too_large",
             )
         img.load()
-        return img.convert("RGB")
+        return img if img.mode == "RGB" else img.convert("RGB")  # convert() would copy an RGB image
     except APIError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError):
@@ -133,25 +150,27 @@ class ImageFetcher:
             self._client = None
 
     async def load(self, url: str, param: str) -> Image.Image:
-        """The RGB image behind a `data:` or http(s) URL. Decoding runs in a worker thread."""
+        """The RGB image behind a `data:` or http(s) URL. Decoding runs in a worker thread.
+
+        A data URL takes one worker-thread call for its base64 and its image, off the event loop.
+        """
         url = url.strip()
         lowered = url[:8].lower()
         if lowered.startswith("data:"):
-            raw = parse_data_url(url, self.limits, param)
-        elif lowered.startswith(("http://", "https://")):
+            return await asyncio.to_thread(load_data_url, url, self.limits, param)
+        if lowered.startswith(("http://", "https://")):
             if not self.limits.allow_urls:
                 raise APIError(
                     400, "Image URLs are disabled on this server; send a base64 data: URL.", param=param
                 )
             raw = await self.fetch(url, param)
-        else:
-            raise APIError(
-                400,
-                "image_url.url must be a base64 'data:image/...' URL or an http(s) URL.",
-                param=param,
-                code="invalid_image",
-            )
-        return await asyncio.to_thread(decode_image, raw, self.limits, param)
+            return await asyncio.to_thread(decode_image, raw, self.limits, param)
+        raise APIError(
+            400,
+            "image_url.url must be a base64 'data:image/...' URL or an http(s) URL.",
+            param=param,
+            code="invalid_image",
+        )
 
     async def fetch(self, url: str, param: str) -> bytes:
         """GET an image URL within the timeout and the size limit."""

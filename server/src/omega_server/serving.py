@@ -2,6 +2,11 @@
 
 The HTTP routes stay thin and call `ChatService.create`. Nothing here touches torch: the engine
 runs generation off the event loop and this module only awaits its stream.
+
+Every chat answer carries a `Server-Timing` header (`StageClock`) with what the server spent before
+the first token: reading the body, parsing it, decoding the images, the engine's `prepare` (chat
+template + processor), and `first-token` (queue + prefill). A stream sends its headers, the role
+chunk and the first token's content in the same moment, as soon as the engine emits that token.
 """
 
 from __future__ import annotations
@@ -42,6 +47,28 @@ MAX_STOP_SEQUENCES = 16
 MIN_TEMPERATURE = 1e-5
 MAX_CHARS_PER_TOKEN = 32  # generous: real tokenizers average 3-5 characters per token
 CLIENT_CLOSED = 499  # nginx's code for "client closed request"; shows up in requests_total
+
+
+#: ASGI scope key where `app.ApiAccounting` leaves `time.perf_counter()` at a /v1/ request's arrival
+ARRIVAL = "omega.arrival"
+
+
+class StageClock:
+    """Durations of a request's stages, in order, for the `Server-Timing` response header."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self._last = time.perf_counter() if start is None else start
+        self.stages: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        """End the stage `name` now (it began where the previous one ended)."""
+        now = time.perf_counter()
+        self.stages.append((name, now - self._last))
+        self._last = now
+
+    def header(self) -> str:
+        """`body;dur=1.20, parse;dur=0.80, ...` (milliseconds)."""
+        return ", ".join(f"{name};dur={seconds * 1000:.2f}" for name, seconds in self.stages)
 
 
 class ClientDisconnected(Exception):
@@ -308,19 +335,24 @@ class ChatService:
         messages = await to_engine_messages(req.messages, self.images.load)
         return GenerationRequest(messages=messages, params=params)
 
-    async def create(self, req: ChatCompletionRequest, request: Request) -> Response:
-        """Answer one chat-completion request (JSON or SSE)."""
+    async def create(
+        self, req: ChatCompletionRequest, request: Request, clock: StageClock | None = None
+    ) -> Response:
+        """Answer one chat-completion request (JSON or SSE); `clock` times its stages (Server-Timing)."""
         arrival = time.monotonic()
+        clock = clock or StageClock()
         try:
             gen_req = await cancel_on_disconnect(request, self.build(req))
+            clock.mark("images")
             prepared = await cancel_on_disconnect(request, asyncio.to_thread(self.engine.prepare, gen_req))
+            clock.mark("prepare")
             if requested_max_tokens(req) is None:
                 room = self.settings.max_model_length - prepared.prompt_tokens
                 budget = max(1, min(self.settings.default_max_tokens, room))
                 prepared.params = dataclasses.replace(prepared.params, max_tokens=budget)
             if req.stream:
-                return await self._stream(req, prepared, request, arrival)
-            return await cancel_on_disconnect(request, self._complete(prepared, arrival))
+                return await self._stream(req, prepared, request, arrival, clock)
+            return await cancel_on_disconnect(request, self._complete(prepared, arrival, clock))
         except ClientDisconnected:
             self.metrics.cancelled.inc()
             return Response(status_code=CLIENT_CLOSED)
@@ -337,7 +369,7 @@ class ChatService:
             self.metrics.prompt_tokens.inc(last.prompt_tokens)
             self.metrics.output_tokens.inc(last.completion_tokens)
 
-    async def _complete(self, prepared: Any, arrival: float) -> JSONResponse:
+    async def _complete(self, prepared: Any, arrival: float, clock: StageClock) -> JSONResponse:
         texts: list[str] = []
         last: StepOutput | None = None
         seen = [False]
@@ -345,6 +377,8 @@ class ChatService:
             outputs = self.engine.stream(prepared)
             try:
                 async for out in outputs:
+                    if not seen[0]:
+                        clock.mark("first-token")
                     self._observe_first(arrival, seen)
                     texts.append(out.text)
                     last = out
@@ -354,6 +388,7 @@ class ChatService:
             self._record_usage(last)
         if last is None:
             raise APIError(500, "The engine finished without output.")
+        clock.mark("generate")
         body = ChatCompletion(
             id=completion_id(),
             created=now(),
@@ -370,10 +405,10 @@ class ChatService:
                 total_tokens=last.prompt_tokens + last.completion_tokens,
             ),
         )
-        return JSONResponse(body.model_dump(exclude_none=True))
+        return JSONResponse(body.model_dump(exclude_none=True), headers={"Server-Timing": clock.header()})
 
     async def _stream(
-        self, req: ChatCompletionRequest, prepared: Any, request: Request, arrival: float
+        self, req: ChatCompletionRequest, prepared: Any, request: Request, arrival: float, clock: StageClock
     ) -> StreamingResponse:
         outputs = self.engine.stream(prepared)
         # Take the first output before answering, so that queue-full and engine errors get their own
@@ -385,11 +420,12 @@ class ChatService:
         except BaseException:
             await aclose_quietly(outputs)
             raise
+        clock.mark("first-token")
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(
             self._sse_frames(outputs, first, include_usage, arrival),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Server-Timing": clock.header()},
         )
 
     async def _sse_frames(
@@ -418,8 +454,16 @@ class ChatService:
         last: StepOutput | None = None
         seen = [False]
         finished = False
+        # Frames go out once per engine output, joined into one write: the role chunk with the first
+        # token's content, a finished token's content with its finish chunk.
+        frames = [chunk({"role": "assistant", "content": ""})]
+
+        def flush() -> str:
+            text = "".join(frames)
+            frames.clear()
+            return text
+
         try:
-            yield chunk({"role": "assistant", "content": ""})
 
             async def all_outputs() -> AsyncIterator[StepOutput]:
                 if first is not None:
@@ -432,34 +476,40 @@ class ChatService:
                     self._observe_first(arrival, seen)
                     last = out
                     if out.text:
-                        yield chunk({"content": out.text})
+                        frames.append(chunk({"content": out.text}))
                     if out.finished:
                         finished = True
-                        yield chunk({}, finish_reason(out))
+                        frames.append(chunk({}, finish_reason(out)))
+                    if frames:
+                        yield flush()
             except EngineError as exc:
                 err = from_engine_error(exc)
-                yield _sse(error_body(err.status, err.message, err.param, err.code))
-                yield "data: [DONE]\n\n"
+                frames.append(_sse(error_body(err.status, err.message, err.param, err.code)))
+                frames.append("data: [DONE]\n\n")
+                yield flush()
                 return
             if not finished:
-                yield chunk({}, finish_reason(last))
+                frames.append(chunk({}, finish_reason(last)))
             if include_usage and last is not None:
                 usage = Usage(
                     prompt_tokens=last.prompt_tokens,
                     completion_tokens=last.completion_tokens,
                     total_tokens=last.prompt_tokens + last.completion_tokens,
                 )
-                yield _sse(
-                    {
-                        "id": cid,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": model,
-                        "choices": [],
-                        "usage": usage.model_dump(),
-                    }
+                frames.append(
+                    _sse(
+                        {
+                            "id": cid,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": model,
+                            "choices": [],
+                            "usage": usage.model_dump(),
+                        }
+                    )
                 )
-            yield "data: [DONE]\n\n"
+            frames.append("data: [DONE]\n\n")
+            yield flush()
         except asyncio.CancelledError:
             # The client went away mid-stream (Starlette cancels this generator).
             self.metrics.cancelled.inc()

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from omega_server.errors import APIError
 from omega_server.protocol import ModelCard, ModelList
-from omega_server.serving import parse_request
+from omega_server.serving import ARRIVAL, StageClock, parse_request
 from omega_server.state import ServerState
 
 
@@ -58,7 +58,14 @@ async def list_models(request: Request) -> ModelList:
     },
 )
 async def chat_completions(request: Request) -> Response:
-    """Chat completion, JSON or SSE (`stream: true`); the body is a `ChatCompletionRequest`."""
+    """Chat completion, JSON or SSE (`stream: true`); the body is a `ChatCompletionRequest`.
+
+    The answer's `Server-Timing` header says where the time before the first token went.
+    """
+    clock = StageClock(request.scope.get(ARRIVAL))
     chat = _state(request).chat()
-    body = parse_request(await request.body())
-    return await chat.create(body, request)
+    raw = await request.body()
+    clock.mark("body")
+    body = parse_request(raw)
+    clock.mark("parse")
+    return await chat.create(body, request, clock)
