@@ -25,6 +25,21 @@ from bench.vlmbench.workload import Workload
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def listen_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket whose accepted connections get TCP_NODELAY.
+
+    asyncio turns Nagle's algorithm off only on sockets whose ``proto`` is IPPROTO_TCP, and an accepted
+    socket inherits the listener's; ``socket.socket(AF_INET, SOCK_STREAM)`` has proto 0. With Nagle on,
+    the server's small writes (headers, then SSE chunks) wait for the client's delayed ACK on a
+    kept-alive connection: about 40 ms on Linux, before the first token's chunk among others.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    return sock
+
+
 class InProcessServer:
     """uvicorn serving ``create_app(settings, engine)`` on 127.0.0.1 in a background thread."""
 
@@ -37,10 +52,7 @@ class InProcessServer:
             model_path=model_path, served_model_name=served_model_name, log_level="warning", **settings
         )
         self.app = create_app(self.settings, engine=engine)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(2048)
+        self.sock = listen_socket()
         self.port = int(self.sock.getsockname()[1])
         config = uvicorn.Config(
             self.app, log_level="warning", server_header=False, timeout_graceful_shutdown=5
@@ -102,8 +114,12 @@ def http_cell(
     time_limit_s: float,
     seed: int = 0,
     api_key: str | None = None,
+    warm_up: bool = True,
 ) -> list[RequestTiming]:
-    """Run one HTTP cell through the client process; returns the request timings."""
+    """Run one HTTP cell through the client process; returns the request timings.
+
+    ``warm_up`` (the default) opens the client's connections before the clock starts (see ``client``).
+    """
     spec = {
         "url": url,
         "model": model,
@@ -113,6 +129,7 @@ def http_cell(
         "time_limit_s": time_limit_s,
         "seed": seed,
         "api_key": api_key,
+        "warm_up": warm_up,
     }
     proc = subprocess.run(
         [sys.executable, "-m", "bench.vlmbench.client", json.dumps(spec)],
@@ -134,6 +151,9 @@ def http_cell(
             completion_tokens=r["completion_tokens"],
             finish_reason=r["finish_reason"],
             error=r["error"],
+            first_chunk=r.get("first_chunk"),
+            sent=r.get("sent"),
+            server_timing={str(k): float(v) for k, v in (r.get("server_timing") or {}).items()},
         )
         for r in raw
     ]

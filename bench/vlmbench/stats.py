@@ -3,7 +3,14 @@
 A request is timed from the moment the driver submits it (before the chat template and the image
 processor run, as in the server) to each token's arrival. Definitions:
 
-- TTFT: first token arrival - submit.
+- TTFT: first token arrival - submit. Over HTTP the first token is the first *content* chunk: a token
+  that ends inside a UTF-8 character has no text yet and sends none (the engine holds it back).
+- TTFT to the first chunk (``ttft_first_chunk_*``): over HTTP, the first SSE chunk of any kind. The
+  server sends its headers and role chunk when the engine emits the first token, text or not, which
+  is what the engine driver's TTFT counts (its first output); for the engine driver the two are equal.
+- send (``send_p50_ms``): client time from submit until the request body was handed to the socket.
+- server timing (``server_timing_p50_ms``): the server's own durations of the stages before the first
+  token (its ``Server-Timing`` header: body, parse, images, prepare, first-token), p50 per stage.
 - ITL: gap between consecutive token arrivals of one request (a delta that carries k tokens counts as
   k gaps of gap/k). Percentiles are over all gaps of all requests in the cell.
 - aggregate output tokens/s: all output tokens / (last arrival - first submit) over the cell.
@@ -42,7 +49,9 @@ class RequestTiming:
     """One request as a driver saw it. Times are seconds on one monotonic clock.
 
     ``events`` are ``(arrival_time, tokens_in_this_delta)``; ``completion_tokens`` is the count the
-    server reported (usage) when known, else the sum of the events.
+    server reported (usage) when known, else the sum of the events. HTTP only: ``first_chunk`` is the
+    arrival of the first SSE chunk (the role chunk), ``sent`` when the body was written, and
+    ``server_timing`` the server's ``Server-Timing`` stages in ms.
     """
 
     submitted: float
@@ -51,6 +60,9 @@ class RequestTiming:
     completion_tokens: int | None = None
     finish_reason: str | None = None
     error: str | None = None
+    first_chunk: float | None = None
+    sent: float | None = None
+    server_timing: dict[str, float] = field(default_factory=dict)
 
     @property
     def tokens(self) -> int:
@@ -72,6 +84,15 @@ class RequestTiming:
     def ttft(self) -> float | None:
         """Seconds from submit to the first token."""
         return None if self.first is None else self.first - self.submitted
+
+    def ttft_first_chunk(self) -> float | None:
+        """Seconds from submit to the first chunk (the first token, with or without text)."""
+        first = self.first_chunk if self.first_chunk is not None else self.first
+        return None if first is None else first - self.submitted
+
+    def send_time(self) -> float | None:
+        """Seconds from submit until the request was written (HTTP)."""
+        return None if self.sent is None else self.sent - self.submitted
 
     def itls(self) -> list[float]:
         """Inter-token gaps in seconds (a k-token delta yields k equal gaps)."""
@@ -112,6 +133,10 @@ class CellMetrics:
     itl_p95_ms: float | None
     itl_mean_ms: float | None
     first_error: str | None = None
+    ttft_first_chunk_p50_ms: float | None = None
+    ttft_first_chunk_p95_ms: float | None = None
+    send_p50_ms: float | None = None
+    server_timing_p50_ms: dict[str, float] | None = None
 
 
 def _ms(value: float | None) -> float | None:
@@ -132,6 +157,8 @@ def summarize(timings: Sequence[RequestTiming], expected_tokens: int) -> CellMet
     gaps = [g for t in timings for g in t.itls()]
     per_request = [v for t in timings if (v := t.e2e_rate()) is not None]
     decode = [v for t in timings if (v := t.decode_rate()) is not None]
+    first_chunks = [v for t in timings if (v := t.ttft_first_chunk()) is not None]
+    sends = [v for t in timings if (v := t.send_time()) is not None]
     errors = [t.error for t in timings if t.error]
     completed = sum(1 for t in timings if not t.error and t.tokens >= expected_tokens)
     return CellMetrics(
@@ -149,4 +176,19 @@ def summarize(timings: Sequence[RequestTiming], expected_tokens: int) -> CellMet
         itl_p95_ms=_ms(percentile(gaps, 95)),
         itl_mean_ms=_ms(sum(gaps) / len(gaps)) if gaps else None,
         first_error=errors[0] if errors else None,
+        ttft_first_chunk_p50_ms=_ms(percentile(first_chunks, 50)),
+        ttft_first_chunk_p95_ms=_ms(percentile(first_chunks, 95)),
+        send_p50_ms=_ms(percentile(sends, 50)),
+        server_timing_p50_ms=server_timing_p50(timings),
     )
+
+
+def server_timing_p50(timings: Sequence[RequestTiming]) -> dict[str, float] | None:
+    """The p50 of each Server-Timing stage over the requests that reported it (ms); None if none did."""
+    stages: dict[str, list[float]] = {}
+    for t in timings:
+        for name, ms in t.server_timing.items():
+            stages.setdefault(name, []).append(ms)
+    if not stages:
+        return None
+    return {name: round(percentile(values, 50) or 0.0, 2) for name, values in stages.items()}
