@@ -32,7 +32,13 @@ HBM_BYTES_PER_S = 3.35e12
 def _time_ms(fn: Any) -> float:
     import triton.testing
 
-    return float(triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median"))
+    return float(triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median"))
+
+
+def _emit(row: dict[str, Any]) -> dict[str, Any]:
+    """Print a row as soon as it is measured (a run cut short still shows what it got)."""
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def moe_rows(layers: int, tokens_list: list[int], sweep: bool) -> list[dict[str, Any]]:
@@ -57,10 +63,8 @@ def moe_rows(layers: int, tokens_list: list[int], sweep: bool) -> list[dict[str,
     rows: list[dict[str, Any]] = []
     configs = [(moe_decode.GATE_UP_BLOCKS, moe_decode.DOWN_BLOCKS)]
     if sweep:
-        for bn in (8, 16, 32):
-            for bk in (128, 256, 512):
-                for warps in (2, 4, 8):
-                    configs.append(((bn, bk, warps), (bn, bk, warps)))
+        for blocks in ((8, 256, 4), (32, 128, 4), (16, 128, 4), (16, 512, 8), (32, 256, 8)):
+            configs.append((blocks, blocks))
     expert_bytes = (2 * 768 * 2048 + 2048 * 768) * 2
     for tokens in tokens_list:
         inputs = []
@@ -85,15 +89,17 @@ def moe_rows(layers: int, tokens_list: list[int], sweep: bool) -> list[dict[str,
 
         base_ms = _time_ms(run_grouped) / layers
         rows.append(
-            {
-                "part": "moe",
-                "tokens": tokens,
-                "variant": "grouped_mm (transformers)",
-                "us_per_layer": base_ms * 1e3,
-                "unique_experts": unique,
-                "GB_per_s": unique * expert_bytes / (base_ms * 1e-3) / 1e9,
-                "rel_err_vs_fp32": err_grouped,
-            }
+            _emit(
+                {
+                    "part": "moe",
+                    "tokens": tokens,
+                    "variant": "grouped_mm (transformers)",
+                    "us_per_layer": base_ms * 1e3,
+                    "unique_experts": unique,
+                    "GB_per_s": unique * expert_bytes / (base_ms * 1e-3) / 1e9,
+                    "rel_err_vs_fp32": err_grouped,
+                }
+            )
         )
         for gate_up, down in configs:
             moe_decode.GATE_UP_BLOCKS, moe_decode.DOWN_BLOCKS = gate_up, down
@@ -108,16 +114,18 @@ def moe_rows(layers: int, tokens_list: list[int], sweep: bool) -> list[dict[str,
                 print(f"  blocks {gate_up}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 continue
             rows.append(
-                {
-                    "part": "moe",
-                    "tokens": tokens,
-                    "variant": f"fused blocks={list(gate_up)}",
-                    "us_per_layer": ms * 1e3,
-                    "unique_experts": unique,
-                    "GB_per_s": 8 * tokens * expert_bytes / (ms * 1e-3) / 1e9,
-                    "rel_err_vs_fp32": err_fused,
-                    "speedup_vs_grouped_mm": base_ms / ms,
-                }
+                _emit(
+                    {
+                        "part": "moe",
+                        "tokens": tokens,
+                        "variant": f"fused blocks={list(gate_up)}",
+                        "us_per_layer": ms * 1e3,
+                        "unique_experts": unique,
+                        "GB_per_s": 8 * tokens * expert_bytes / (ms * 1e-3) / 1e9,
+                        "rel_err_vs_fp32": err_fused,
+                        "speedup_vs_grouped_mm": base_ms / ms,
+                    }
+                )
             )
         moe_decode.GATE_UP_BLOCKS, moe_decode.DOWN_BLOCKS = configs[0]
     return rows
@@ -177,17 +185,19 @@ def attention_rows(layers: int, batches: list[int], width: int) -> list[dict[str
                 times[name] = _time_ms(run) / layers
             for name, ms in times.items():
                 rows.append(
-                    {
-                        "part": "attention",
-                        "shape": shape,
-                        "batch": batch,
-                        "width": width,
-                        "variant": name,
-                        "us_per_layer": ms * 1e3,
-                        "kv_GB_per_s": kv_bytes / (ms * 1e-3) / 1e9,
-                        "rel_err_packed_vs_sdpa": err,
-                        "speedup": times["sdpa (transformers)"] / ms,
-                    }
+                    _emit(
+                        {
+                            "part": "attention",
+                            "shape": shape,
+                            "batch": batch,
+                            "width": width,
+                            "variant": name,
+                            "us_per_layer": ms * 1e3,
+                            "kv_GB_per_s": kv_bytes / (ms * 1e-3) / 1e9,
+                            "rel_err_packed_vs_sdpa": err,
+                            "speedup": times["sdpa (transformers)"] / ms,
+                        }
+                    )
                 )
     return rows
 
@@ -196,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("decode-kernels.json"))
     parser.add_argument("--layers", type=int, default=4, help="layers' worth of inputs per timed replay")
-    parser.add_argument("--tokens", default="1,2,4,8")
+    parser.add_argument("--tokens", default="1,4,8")
     parser.add_argument("--batches", default="1,4,16,64")
     parser.add_argument("--width", type=int, default=1088)
     parser.add_argument(
@@ -204,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     started = time.time()
-    rows = moe_rows(args.layers, [int(t) for t in args.tokens.split(",")], args.sweep)
-    rows += attention_rows(args.layers, [int(b) for b in args.batches.split(",")], args.width)
+    rows = attention_rows(args.layers, [int(b) for b in args.batches.split(",")], args.width)
+    rows += moe_rows(args.layers, [int(t) for t in args.tokens.split(",")], args.sweep)
     meta = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
