@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -25,27 +24,13 @@ from bench.vlmbench.workload import Workload
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def listen_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening TCP socket whose accepted connections get TCP_NODELAY.
-
-    asyncio turns Nagle's algorithm off only on sockets whose ``proto`` is IPPROTO_TCP, and an accepted
-    socket inherits the listener's; ``socket.socket(AF_INET, SOCK_STREAM)`` has proto 0. With Nagle on,
-    the server's small writes (headers, then SSE chunks) wait for the client's delayed ACK on a
-    kept-alive connection: about 40 ms on Linux, before the first token's chunk among others.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    return sock
-
-
 class InProcessServer:
     """uvicorn serving ``create_app(settings, engine)`` on 127.0.0.1 in a background thread."""
 
     def __init__(self, engine: Any, *, model_path: str, served_model_name: str, **settings: Any) -> None:
         import uvicorn
         from omega_server.app import create_app
+        from omega_server.listen import listen_socket
         from omega_server.settings import Settings
 
         self.settings = Settings(

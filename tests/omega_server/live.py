@@ -21,6 +21,7 @@ import httpx
 import pytest
 import uvicorn
 from omega_server.app import create_app
+from omega_server.listen import listen_socket
 from omega_server.settings import load_settings
 from omega_server.state import ServerState
 from PIL import Image
@@ -78,8 +79,7 @@ class ThreadServer:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.settings = load_settings(dict(env))
         self.app = create_app(self.settings)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock = listen_socket()
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(
             uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=5)

@@ -23,12 +23,13 @@ from typing import Any
 
 import httpx
 import pytest
+from omega_server import __main__ as server_main
 from omega_server import images
 from omega_server.images import ImageFetcher, ImageLimits
+from omega_server.listen import listen_socket
 from PIL import Image
 
 from bench.vlmbench import client as bench_client
-from bench.vlmbench.http_driver import listen_socket
 from bench.vlmbench.stats import RequestTiming, summarize
 from tests.omega_server.live import API_KEY, AUTH, SHARED_ENV, ThreadServer, data_url
 
@@ -258,9 +259,10 @@ def test_server_timing_parser() -> None:
     assert bench_client.parse_server_timing(None) == {}
 
 
-def test_in_process_server_connections_get_tcp_nodelay() -> None:
-    """asyncio (and so uvicorn) sets TCP_NODELAY only on sockets whose proto is TCP; the bench's
-    listener is made so. A plain socket.socket() listener is the control: Nagle stays on."""
+def test_server_connections_get_tcp_nodelay() -> None:
+    """asyncio (and so uvicorn) sets TCP_NODELAY only on sockets whose proto is TCP; the server's
+    listener (``python -m omega_server``, the bench's and the tests' servers) is made so. A plain
+    socket.socket() listener is the control: Nagle stays on."""
 
     async def nodelay(sock: socket.socket) -> int:
         seen: list[int] = []
@@ -278,6 +280,7 @@ def test_in_process_server_connections_get_tcp_nodelay() -> None:
         return seen[0]
 
     assert asyncio.run(nodelay(listen_socket())) != 0
+    assert asyncio.run(nodelay(server_main._listen("127.0.0.1", 0))) != 0
     plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     plain.bind(("127.0.0.1", 0))
     plain.listen()

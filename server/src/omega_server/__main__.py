@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 
+from omega_server.listen import listen_socket
 from omega_server.settings import SettingsError, load_settings
 
 EXIT_CONFIG = 2
@@ -32,11 +33,7 @@ class _QuietProbes(logging.Filter):
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
+    sock = listen_socket(host, port)
     sock.set_inheritable(True)
     return sock
 

@@ -131,9 +131,11 @@ if triton is not None:
         tl.store(out_ptr + pair * stride_out + offs_n, out.to(dtype), mask=n_ok)
 
 
-# (BLOCK_N, BLOCK_K, num_warps) per kernel; bench/moe_kernels.py sweeps them on the H100
-GATE_UP_BLOCKS = (16, 256, 4)
-DOWN_BLOCKS = (16, 256, 4)
+# (BLOCK_N, BLOCK_K, num_warps) per kernel: the best of `python -m bench.decode_kernels --sweep` on the
+# H100 at the Omega shape (bench/README.md, run 8): 39 us per layer at 1 token (grouped_mm 106 us),
+# 103 us at 4 tokens (184), 182 us at 8 tokens (270)
+GATE_UP_BLOCKS = (8, 256, 4)
+DOWN_BLOCKS = (8, 256, 4)
 
 
 def fused_experts(
