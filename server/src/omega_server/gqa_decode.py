@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from omega_server import splitk_attention
+
 _ORIGINAL: Any = None
 
 
@@ -80,6 +82,10 @@ def decode_attention(
     mask = attention_mask
     if mask is not None and mask.dtype != torch.bool and mask.dtype != query.dtype:
         mask = mask.to(query.dtype)
+    if splitk_attention.supported(query, key, mask) and value.stride(-1) == 1:
+        assert mask is not None
+        scale = scaling if scaling is not None else dim**-0.5
+        return splitk_attention.attention(query, key, value, mask, scale), None
     out = F.scaled_dot_product_attention(
         pack_query(query, groups),
         key,

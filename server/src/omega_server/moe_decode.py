@@ -24,33 +24,22 @@ the model when it can run: a CUDA model with Triton, or any device under ``TRITO
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
+
+from omega_server.tritonrt import available
 
 log = logging.getLogger(__name__)
 
 EXPERTS_IMPLEMENTATION = "omega_fused_decode"
 MAX_PAIRS = 64  # (token, expert) pairs: batch 8 at top_k 8
 
-try:  # Triton ships with CUDA builds of torch; a CPU-only install may lack it
+try:
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - exercised where Triton is absent
     triton = None
-
-
-def interpreting() -> bool:
-    """Triton runs its kernels on the CPU, in its interpreter (set before Triton is imported)."""
-    return os.environ.get("TRITON_INTERPRET", "") == "1"
-
-
-def available(device: torch.device) -> bool:
-    """The kernels can run for tensors on ``device``."""
-    if triton is None:
-        return False
-    return device.type == "cuda" or interpreting()
 
 
 if triton is not None:

@@ -1,0 +1,24 @@
+"""Where the server's Triton kernels can run (``moe_decode``, ``splitk_attention``)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # Triton ships with CUDA builds of torch; a CPU-only install may lack it
+    import triton
+except ImportError:  # pragma: no cover - exercised where Triton is absent
+    triton = None
+
+
+def interpreting() -> bool:
+    """Triton runs its kernels on the CPU, in its interpreter (set before Triton is imported)."""
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def available(device: torch.device) -> bool:
+    """Triton kernels can run for tensors on ``device``: a GPU, or any device when interpreted."""
+    if triton is None:
+        return False
+    return device.type == "cuda" or interpreting()
