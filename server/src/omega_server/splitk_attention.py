@@ -23,10 +23,9 @@ try:
 except ImportError:  # pragma: no cover - exercised where Triton is absent
     triton = None
 
-NEG = -1.0e30  # scores are clamped here: a masked column's weight is exp(NEG - max) = 0
-
 
 if triton is not None:
+    NEG = tl.constexpr(-1.0e30)  # scores are clamped here: a masked column's weight is exp(NEG - max) = 0
 
     @triton.jit
     def _partial_kernel(
