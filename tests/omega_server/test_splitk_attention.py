@@ -78,7 +78,9 @@ def test_unsupported_inputs_are_refused() -> None:
     assert not splitk_attention.supported(q, k, torch.zeros(1, 1, 1, 10, dtype=torch.bool))
 
 
-def test_block_width_fills_the_gpu() -> None:
-    assert splitk_attention.block_width(rows=4, width=1088) == 16  # batch 1, 4 key/value heads
+def test_block_width_fills_the_gpu_with_few_blocks_to_merge() -> None:
+    assert splitk_attention.block_width(rows=4, width=1088) == 64  # batch 1, 4 key/value heads
     assert splitk_attention.block_width(rows=16, width=1088) == 64
     assert splitk_attention.block_width(rows=256, width=1088) == 128
+    assert splitk_attention.block_width(rows=4, width=8192) == 256  # 32 blocks to merge, not 128
+    assert splitk_attention.block_width(rows=4, width=65536) == 512

@@ -149,11 +149,19 @@ def supported(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None)
 
 
 def block_width(rows: int, width: int) -> int:
-    """Columns per program: small enough that (rows x blocks) fills the GPU's 132 SMs twice."""
-    for block in (128, 64, 32):
-        if rows * triton.cdiv(width, block) >= 264:
-            return block
-    return 16
+    """Columns per program: 128, or 64 where 128 leaves fewer than two programs per SM (132 SMs), then
+    wider until there are at most ``MAX_SPLITS`` blocks (the merge walks them one after another).
+
+    On the H100 (bench/README.md, run 10), blocks of 16 columns at batch 1 left the merge walking 68
+    blocks: 35 us per layer, slower than PyTorch's SDPA on the packed heads (28 us).
+    """
+    block = 128 if rows * triton.cdiv(width, 128) >= 264 else 64
+    while triton.cdiv(width, block) > MAX_SPLITS and block < 512:
+        block *= 2
+    return block
+
+
+MAX_SPLITS = 32
 
 
 def attention(
