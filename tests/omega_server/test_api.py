@@ -54,6 +54,14 @@ def test_health_reports_the_loaded_engine(client: httpx.Client) -> None:
     assert body["devices"] == ["cpu"] and len(body["device_names"]) == 1
     assert body["batch"] == {"max_batch_size": 2}
     assert body["max_model_length"] == MAX_MODEL_LENGTH
+    # the tiny server is a dense model on the CPU: dynamic cache, packed one-token attention, no experts
+    assert body["decode"] == {
+        "kv_cache": "dynamic",
+        "cuda_graphs": False,
+        "compiled": False,
+        "gqa_decode": True,
+        "experts": None,
+    }
     assert body["version"] == "0.1.0"
 
 

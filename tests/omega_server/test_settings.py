@@ -52,13 +52,19 @@ def test_settings_reach_the_engine_config(tmp_path: Path) -> None:
     from omega_server.app import engine_config
 
     default = engine_config(load_settings({"MODEL_PATH": str(tmp_path)}))
-    assert default.compile is False and default.max_batch_size == 4
+    assert default.compile is False and default.max_batch_size == 4 and default.fast_decode is True
     tuned = engine_config(
         load_settings(
-            {"MODEL_PATH": str(tmp_path), "COMPILE": "true", "MAX_BATCH_SIZE": "16", "MAX_QUEUE": "7"}
+            {
+                "MODEL_PATH": str(tmp_path),
+                "COMPILE": "true",
+                "MAX_BATCH_SIZE": "16",
+                "MAX_QUEUE": "7",
+                "FAST_DECODE": "false",
+            }
         )
     )
-    assert (tuned.compile, tuned.max_batch_size, tuned.max_queue) == (True, 16, 7)
+    assert (tuned.compile, tuned.max_batch_size, tuned.max_queue, tuned.fast_decode) == (True, 16, 7, False)
 
 
 @pytest.mark.parametrize(

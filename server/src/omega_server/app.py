@@ -107,6 +107,7 @@ def engine_config(settings: Settings) -> Any:
         served_model_name=settings.model_name,
         max_images_per_request=settings.max_images_per_request,
         compile=settings.compile,
+        fast_decode=settings.fast_decode,
     )
 
 

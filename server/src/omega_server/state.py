@@ -26,6 +26,22 @@ def info_get(info: Any, key: str, default: Any = None) -> Any:
     return getattr(info, key, default)
 
 
+def decode_report(info: Any) -> dict[str, Any]:
+    """`decode` of /health: the decode path the engine really runs (null fields before it loads).
+
+    ``kv_cache`` static|dynamic, ``cuda_graphs``, ``compiled`` (torch.compile), ``gqa_decode`` (one-token
+    attention on the unexpanded key/value heads), ``experts`` (a MoE model's experts path, e.g.
+    ``omega_fused_decode`` or ``grouped_mm``; null for a dense model).
+    """
+    return {
+        "kv_cache": info_get(info, "kv_cache"),
+        "cuda_graphs": info_get(info, "cuda_graphs"),
+        "compiled": info_get(info, "compiled"),
+        "gqa_decode": info_get(info, "gqa_decode"),
+        "experts": info_get(info, "experts_implementation"),
+    }
+
+
 def flash_report(info: Any) -> dict[str, Any] | None:
     """`flash_attn` of /health: `{available, loaded, version, error}`."""
     flash = info_get(info, "flash_attn")
@@ -128,6 +144,7 @@ class ServerState:
             "device_names": [str(d) for d in info_get(info, "device_names", []) or []],
             "batch": {"max_batch_size": info_get(info, "max_batch_size", s.max_batch_size)},
             "max_model_length": info_get(info, "max_model_length", s.max_model_length),
+            "decode": decode_report(info),
             "version": __version__,
             "error": self.error if phase != "dead" else (self.error or "the engine stopped"),
         }
