@@ -54,6 +54,16 @@ class RunConfig:
     log: Callable[[str], None] = print
 
 
+def engine_batch_size(cfg: RunConfig) -> int:
+    """The engine's max_batch_size: as given, else the largest concurrency the run asks for (the
+    explicit cells when there are some, not the default concurrency list)."""
+    if cfg.max_batch_size:
+        return cfg.max_batch_size
+    if cfg.cells:
+        return max(c for _, c in cfg.cells)
+    return max(cfg.concurrency)
+
+
 def plan_cells(
     drivers_: list[str], concurrency: list[int], baseline: bool, baseline_batch: int
 ) -> list[tuple[str, int]]:
@@ -149,7 +159,7 @@ def _run_backend(
     from omega_server.engine import Engine, EngineConfig
 
     wl = cfg.workload
-    mbs = cfg.max_batch_size or max(c for _, c in (cfg.cells or []) + [("", c) for c in cfg.concurrency])
+    mbs = engine_batch_size(cfg)
     tag = f"[{shape.name}/{backend}]"
     _free()
     _reset_peak()

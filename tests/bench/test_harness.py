@@ -10,7 +10,7 @@ import pytest
 
 from bench.vlmbench import shapes
 from bench.vlmbench.results import REQUIRED_KEYS
-from bench.vlmbench.run import RunConfig, plan_cells, run
+from bench.vlmbench.run import RunConfig, engine_batch_size, plan_cells, run
 from bench.vlmbench.workload import Workload
 
 
@@ -25,6 +25,15 @@ def test_plan_cells_order() -> None:
     assert plan_cells(["engine"], [2], False, 4) == [("engine", 2)]
     with pytest.raises(ValueError):
         plan_cells(["grpc"], [1], False, 4)
+
+
+def test_engine_batch_size_follows_the_cells_asked_for(tmp_path: Path) -> None:
+    """Explicit cells size the engine; the default concurrency list does not (it made runs of c=1,4
+    cells build and compile 64 slots)."""
+    base = {"models": ["m"], "out_dir": tmp_path, "workdir": tmp_path}
+    assert engine_batch_size(RunConfig(**base, cells=[("engine", 1), ("http", 4)])) == 4
+    assert engine_batch_size(RunConfig(**base, concurrency=[1, 16])) == 16
+    assert engine_batch_size(RunConfig(**base, cells=[("engine", 1)], max_batch_size=8)) == 8
 
 
 def test_tokenizer_fills_the_vocabulary_and_every_id_decodes() -> None:
