@@ -195,9 +195,8 @@ class EngineInfo:
     compiled: bool = False  # the static decode step runs through torch.compile
     compile_seconds: float = 0.0  # compiling (and capturing) the decode step at load time
     gqa_decode: bool = False  # one-token attention packs the grouped heads (no key/value copies)
-    experts_implementation: str | None = (
-        None  # MoE models: the experts path (omega_fused_decode, grouped_mm...)
-    )
+    # MoE models: the experts path (omega_fused_decode, grouped_mm, ...); None for a dense model
+    experts_implementation: str | None = None
 
 
 @dataclass

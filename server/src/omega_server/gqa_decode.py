@@ -10,7 +10,9 @@ under torch.compile.)
 With one query token, the ``G`` query heads that share a key/value head can instead be read as ``G``
 query positions of that head: the query becomes (batch, kv_heads, G, dim) and attends to the
 unexpanded cache with the same mask, which broadcasts over the heads. The arithmetic is the same
-attention; only the copies are gone.
+attention; only the copies are gone. Where Triton kernels run (a GPU), the packed call goes to
+``splitk_attention`` (flash-decoding: the columns split over many thread blocks); elsewhere, and for
+shapes the kernel does not take, to PyTorch's SDPA on the packed query.
 
 ``install()`` registers this as the process's ``sdpa`` attention: any call with one query token and
 grouped heads takes the packed path; every other call (prefill, the vision tower, dropout, a
