@@ -7,6 +7,7 @@ says 503 "loading" meanwhile. A load failure marks the state failed and calls `o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -19,7 +20,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from omega_server import __version__
-from omega_server.errors import error_body, install_error_handlers
+from omega_server.errors import APIError, error_body, install_error_handlers
 from omega_server.metrics import Metrics
 from omega_server.routes import openai as openai_routes
 from omega_server.routes import ops
@@ -30,8 +31,24 @@ from omega_server.state import ServerState
 log = logging.getLogger("omega_server")
 
 
+def _too_large_message(limit: int) -> str:
+    return f"Request body is larger than the limit of {limit} bytes (MAX_REQUEST_BYTES)."
+
+
+class BodyTooLarge(APIError):
+    """Raised into the app by the body read that passes the limit (the 413 has been sent already)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _too_large_message(limit), headers={"Connection": "close"})
+
+
 class ApiAccounting:
     """ASGI middleware for /v1/*: refuses bodies over the limit (413), counts statuses and durations.
+
+    The limit holds from the `Content-Length` header when there is one, and otherwise (a chunked
+    body) on the bytes received: the message that passes the limit gets the 413 at once, with
+    `Connection: close`, and the app's read fails with `BodyTooLarge` (its own answer is dropped),
+    so the rest of the body is never read.
 
     Durations run to the last body byte, so streamed answers are timed in full. The arrival time
     (`time.perf_counter()`, once the request head is parsed) is left in the scope under `ARRIVAL`,
@@ -50,28 +67,45 @@ class ApiAccounting:
         scope[ARRIVAL] = time.perf_counter()
         start = time.monotonic()
         status = [500]
+        started = [False]  # the app's answer has begun
+        refused = [False]  # the 413 went out, from the bytes received
+        received = [0]
 
         async def counting_send(message: Message) -> None:
+            if refused[0]:
+                return  # the 413 went out already; the app's own answer to the failed read is dropped
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                started[0] = True
             await send(message)
+
+        async def limited_receive() -> Message:
+            if refused[0]:
+                raise BodyTooLarge(self.max_body)
+            message = await receive()
+            if message["type"] == "http.request":
+                received[0] += len(message.get("body", b""))
+                if received[0] > self.max_body:
+                    if not started[0]:
+                        await self._too_large(counting_send)
+                    refused[0] = True
+                    raise BodyTooLarge(self.max_body)
+            return message
 
         length = dict(scope.get("headers") or []).get(b"content-length", b"")
         try:
             if length.isdigit() and int(length) > self.max_body:
                 await self._too_large(counting_send)
             else:
-                await self.app(scope, receive, counting_send)
+                # `limited_receive` sends the 413 before it raises: nothing is left to answer.
+                with contextlib.suppress(BodyTooLarge):
+                    await self.app(scope, limited_receive, counting_send)
         finally:
             self.metrics.requests.labels(status=str(status[0])).inc()
             self.metrics.request_duration.observe(time.monotonic() - start)
 
     async def _too_large(self, send: Send) -> None:
-        body = json.dumps(
-            error_body(
-                413, f"Request body is larger than the limit of {self.max_body} bytes (MAX_REQUEST_BYTES)."
-            )
-        ).encode()
+        body = json.dumps(error_body(413, _too_large_message(self.max_body))).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -79,6 +113,7 @@ class ApiAccounting:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
                 ],
             }
         )
