@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from omega_operator.credentials import Credentials, from_configuration
 from omega_operator.health import (
     HealthProber,
     ProbeOutcome,
     ProbeTarget,
-    ProxyConfig,
     jittered,
     parse_report,
     pod_port,
@@ -192,7 +192,7 @@ def test_proxy_mode_uses_the_pod_proxy_path_with_the_token() -> None:
 
     async def main() -> None:
         async with serve(h, path="/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/health") as port:
-            proxy = ProxyConfig(server=f"http://127.0.0.1:{port}", token="s3cret")
+            proxy = Credentials(f"http://127.0.0.1:{port}", "Bearer s3cret", ssl_context=False)
             async with HealthProber(timeout_s=2, proxy=proxy) as prober:
                 # no pod IP needed through the proxy
                 res = await prober.probe_many(
@@ -208,16 +208,21 @@ def test_proxy_mode_uses_the_pod_proxy_path_with_the_token() -> None:
     asyncio.run(main())
 
 
-def test_proxy_config_from_kubernetes_configuration() -> None:
+def test_credentials_from_kubernetes_configuration() -> None:
     from kubernetes.client import Configuration
 
     cfg = Configuration()
     cfg.host = "https://127.0.0.1:6443/"
     cfg.api_key = {"authorization": "Bearer abc"}
     cfg.verify_ssl = False
-    pc = ProxyConfig.from_kubernetes(cfg)
-    assert (pc.server, pc.token, pc.verify) == ("https://127.0.0.1:6443", "abc", False)
-    assert pc.ssl_context() is not False
+    creds = from_configuration(cfg)
+    assert (creds.host, creds.authorization(), creds.ssl_context) == (
+        "https://127.0.0.1:6443",
+        "Bearer abc",
+        False,
+    )
+    cfg.verify_ssl = True
+    assert from_configuration(cfg).ssl_context is not False
 
 
 @pytest.mark.parametrize(

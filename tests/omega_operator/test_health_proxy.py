@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from kubernetes import client
-from omega_operator.health import HealthProber, ProbeOutcome, ProbeTarget, ProxyConfig, pod_target
+from omega_operator.credentials import load_credentials
+from omega_operator.health import HealthProber, ProbeOutcome, ProbeTarget, pod_target
 
 from devcluster import Cluster
 from tests.omega_operator.health_bodies import LOADING_BODY, READY_BODY
@@ -129,8 +130,8 @@ def test_proxy_mode_through_the_api_server(devcluster: Cluster) -> None:
         status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
         core.patch_namespaced_pod_status(name, PROXY_NS, status)
 
-    proxy = ProxyConfig.from_kubernetes(devcluster.api_client().configuration)
-    assert proxy.token and proxy.server.startswith("https://")
+    proxy = load_credentials(str(devcluster.kubeconfig))
+    assert proxy.authorization() and proxy.host.startswith("https://")
 
     async def main() -> dict[str, Any]:
         ok_runner, ok_port = await serve(200, READY)
@@ -171,7 +172,7 @@ def test_proxy_mode_to_a_loopback_pod_is_unreachable_with_the_api_servers_reason
 ) -> None:
     """devcluster pods live on 127.x addresses, which the API server refuses to proxy to: the prober
     must report that as unreachable with the API server's own words, not as the pod's answer."""
-    proxy = ProxyConfig.from_kubernetes(devcluster.api_client().configuration)
+    proxy = load_credentials(str(devcluster.kubeconfig))
 
     async def main() -> Any:
         async with HealthProber(timeout_s=5, proxy=proxy) as prober:

@@ -25,8 +25,9 @@ import kopf
 from omega_operator import builders as b
 from omega_operator import metrics
 from omega_operator.api.models import GROUP, PLURAL, VERSION
-from omega_operator.health import HealthProber, ProbeResult, ProxyConfig, jittered
-from omega_operator.kube import ApiError, Kube, load_credentials
+from omega_operator.credentials import load_credentials
+from omega_operator.health import HealthProber, ProbeResult, jittered
+from omega_operator.kube import ApiError, Kube
 from omega_operator.reconcile import Observed, reconcile
 from omega_operator.settings import OperatorSettings
 
@@ -90,18 +91,10 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     configure(settings)
-    STATE.kube = Kube(load_credentials(), request_timeout=SETTINGS.request_timeout)
-    proxy = None
-    if SETTINGS.health_probe_mode == "proxy":
-        from kubernetes import client as k8s_client
-        from kubernetes import config as k8s_config
-
-        cfg = k8s_client.Configuration()
-        if os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-            k8s_config.load_kube_config(client_configuration=cfg)
-        else:
-            k8s_config.load_incluster_config(client_configuration=cfg)
-        proxy = ProxyConfig.from_kubernetes(cfg)
+    # One Credentials for the API client and the proxy prober: one token, re-read when rotated.
+    creds = load_credentials()
+    STATE.kube = Kube(creds, request_timeout=SETTINGS.request_timeout)
+    proxy = creds if SETTINGS.health_probe_mode == "proxy" else None
     STATE.prober = HealthProber(
         timeout_s=SETTINGS.probe_timeout, max_concurrency=SETTINGS.probe_concurrency, proxy=proxy
     )

@@ -4,7 +4,9 @@ DESIGN.md 3.2 is the contract. :class:`HealthReport` holds only the fields the o
 ignores the rest, so the server may add fields freely. The prober reaches each pod either directly
 (``http://<podIP>:<port>/health``, the default) or through the API server's pod proxy
 (``/api/v1/namespaces/{ns}/pods/{name}:{port}/proxy/health``), for operators that run outside the
-cluster network. Probes run concurrently under one semaphore with a per-probe timeout; a probe never
+cluster network; through the proxy it authenticates with the operator's own
+:class:`~omega_operator.credentials.Credentials` (the same object as the API client's, so a rotated
+ServiceAccount token is followed here too, and a 401 re-reads it and retries once). Probes run concurrently under one semaphore with a per-probe timeout; a probe never
 raises, it returns a :class:`ProbeResult` that says what happened.
 """
 
@@ -13,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from typing import Any, Literal
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from omega_operator.credentials import Credentials
 
 #: ``ATTN_IMPL`` values that ask the server for flash-attn 2 first (``auto`` = flash, then sdpa).
 FLASH_REQUESTS = frozenset({"flash_attention_2", "auto"})
@@ -156,53 +159,6 @@ def jittered(interval_s: float, jitter: float = 0.2, rng: random.Random | None =
     return interval_s * r
 
 
-@dataclass(frozen=True)
-class ProxyConfig:
-    """How to reach the API server for pod-proxy probes."""
-
-    server: str
-    token: str | None = None
-    ca_file: str | None = None
-    verify: bool = True
-    cert_file: str | None = None
-    key_file: str | None = None
-    context: ssl.SSLContext | bool | None = None  # a ready TLS setting (wins over the fields above)
-
-    @classmethod
-    def from_kubernetes(cls, cfg: Any) -> ProxyConfig:
-        """Build from a ``kubernetes.client.Configuration`` (kubeconfig or in-cluster)."""
-        auth = (getattr(cfg, "api_key", None) or {}).get("authorization") or (
-            getattr(cfg, "api_key", None) or {}
-        ).get("BearerToken")
-        token = None
-        if auth:
-            token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else auth
-        return cls(
-            server=str(cfg.host).rstrip("/"),
-            token=token,
-            ca_file=getattr(cfg, "ssl_ca_cert", None),
-            verify=bool(getattr(cfg, "verify_ssl", True)),
-            cert_file=getattr(cfg, "cert_file", None),
-            key_file=getattr(cfg, "key_file", None),
-        )
-
-    def ssl_context(self) -> ssl.SSLContext | bool:
-        """TLS settings for aiohttp."""
-        if self.context is not None:
-            return self.context
-        if not self.server.startswith("https"):
-            return False
-        if not self.verify:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        else:
-            ctx = ssl.create_default_context(cafile=self.ca_file)
-        if self.cert_file:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
-        return ctx
-
-
 @dataclass
 class HealthProber:
     """Probes pods' ``/health`` concurrently (bounded), each with a timeout; never raises.
@@ -213,7 +169,7 @@ class HealthProber:
 
     timeout_s: float = 3.0
     max_concurrency: int = 32
-    proxy: ProxyConfig | None = None
+    proxy: Credentials | None = None  # probe through the API server's pod proxy with these
     max_body_bytes: int = 64 * 1024
     _sem: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
     _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
@@ -234,25 +190,20 @@ class HealthProber:
         """The URL probed for ``target``."""
         if self.proxy is not None:
             return (
-                f"{self.proxy.server}/api/v1/namespaces/{target.namespace}"
+                f"{self.proxy.host}/api/v1/namespaces/{target.namespace}"
                 f"/pods/{target.name}:{target.port}/proxy/health"
             )
         return f"http://{target.ip}:{target.port}/health"
 
     def _session_get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            headers = {"Accept": "application/json"}
-            ssl_arg: ssl.SSLContext | bool = False
-            if self.proxy is not None:
-                if self.proxy.token:
-                    headers["Authorization"] = f"Bearer {self.proxy.token}"
-                ssl_arg = self.proxy.ssl_context()
+            ssl_arg = self.proxy.ssl_context if self.proxy is not None else False
             # Connection limits are the semaphore's job; keep-alive off for direct probes because
             # pod IPs come and go.
             connector = aiohttp.TCPConnector(
                 limit=0, ssl=ssl_arg, force_close=self.proxy is None, enable_cleanup_closed=True
             )
-            self._session = aiohttp.ClientSession(headers=headers, connector=connector)
+            self._session = aiohttp.ClientSession(headers={"Accept": "application/json"}, connector=connector)
         return self._session
 
     def _semaphore(self) -> asyncio.Semaphore:
@@ -283,9 +234,19 @@ class HealthProber:
                     duration_s=time.monotonic() - start,
                 )
 
+    async def _get(self, url: str) -> tuple[aiohttp.ClientResponse, bytes]:
+        headers = {}
+        auth = self.proxy.authorization() if self.proxy is not None else None
+        if auth:
+            headers["Authorization"] = auth
+        async with self._session_get().get(url, allow_redirects=False, headers=headers) as resp:
+            return resp, await resp.content.read(self.max_body_bytes)
+
     async def _probe(self, target: ProbeTarget, start: float) -> ProbeResult:
-        async with self._session_get().get(self.url_for(target), allow_redirects=False) as resp:
-            body = await resp.content.read(self.max_body_bytes)
+        url = self.url_for(target)
+        resp, body = await self._get(url)
+        if resp.status == 401 and self.proxy is not None and self.proxy.reload():
+            resp, body = await self._get(url)  # the token was rotated under us: once more, with the new one
         took = time.monotonic() - start
         report = parse_report(body)
         if self.proxy is not None and _is_proxy_error(resp.status, body):

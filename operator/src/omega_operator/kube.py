@@ -1,7 +1,9 @@
 """Kubernetes API calls of the operator (async, aiohttp): server-side apply, status patches,
 deletes, discovery and Events. Nothing else in the package talks to the API server.
 
-Credentials come from KUBECONFIG (or ~/.kube/config) or, inside a pod, the service account.
+Credentials (KUBECONFIG, ~/.kube/config or, inside a pod, the ServiceAccount) come from
+:mod:`omega_operator.credentials`; the bearer token is taken per request, so a rotated token file
+is followed, and a 401 re-reads it and retries once.
 """
 
 from __future__ import annotations
@@ -10,19 +12,18 @@ import asyncio
 import json
 import logging
 import os
-import ssl
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
 from omega_operator.api.models import GROUP, PLURAL, VERSION
 from omega_operator.builders import FIELD_MANAGER
+from omega_operator.credentials import Credentials, load_credentials
+
+__all__ = ["ApiError", "Credentials", "Kube", "load_credentials", "object_path"]
 
 log = logging.getLogger(__name__)
 
@@ -52,35 +53,6 @@ class ApiError(Exception):
         return self.status in (0, 409, 429) or self.status >= 500
 
 
-@dataclass
-class Credentials:
-    host: str
-    authorization: str | None
-    ssl_context: ssl.SSLContext | bool
-
-
-def load_credentials(kubeconfig: str | None = None) -> Credentials:
-    """KUBECONFIG (or the given file) when present, else the in-cluster service account."""
-    cfg = k8s_client.Configuration()
-    path = kubeconfig or os.environ.get("KUBECONFIG")
-    if path or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-        k8s_config.load_kube_config(config_file=path, client_configuration=cfg)
-    else:
-        k8s_config.load_incluster_config(client_configuration=cfg)
-    auth = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix("BearerToken")
-    if not cfg.verify_ssl:
-        ctx: ssl.SSLContext | bool = False
-    else:
-        ctx = (
-            ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-            if cfg.ssl_ca_cert
-            else ssl.create_default_context()
-        )
-        if cfg.cert_file and isinstance(ctx, ssl.SSLContext):
-            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-    return Credentials(host=cfg.host.rstrip("/"), authorization=auth, ssl_context=ctx)
-
-
 def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
     """REST path of a namespaced object (or of its collection when name is None)."""
     prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
@@ -104,12 +76,9 @@ class Kube:
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            headers = {"Accept": "application/json"}
-            if self.creds.authorization:
-                headers["Authorization"] = self.creds.authorization
             self._session = aiohttp.ClientSession(
                 base_url=self.creds.host if "://" in self.creds.host else f"https://{self.creds.host}",
-                headers=headers,
+                headers={"Accept": "application/json"},
                 timeout=self.timeout,
                 connector=aiohttp.TCPConnector(ssl=self.creds.ssl_context, limit=32),
             )
@@ -131,10 +100,33 @@ class Kube:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         session = await self.session()
+        for attempt in (1, 2):
+            headers = {"Content-Type": content_type}
+            auth = self.creds.authorization()
+            if auth:
+                headers["Authorization"] = auth
+            try:
+                return await self._send(session, method, path, body, params, headers)
+            except ApiError as exc:
+                # A rotated ServiceAccount token: the old one is refused before our next look at
+                # the file. Re-read it now and retry once, only when it really changed.
+                if exc.status == 401 and attempt == 1 and self.creds.reload():
+                    log.info("401 from the API server: retrying with the re-read token")
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        body: Any,
+        params: dict[str, str] | None,
+        headers: dict[str, str],
+    ) -> dict[str, Any]:
         try:
-            async with session.request(
-                method, path, json=body, params=params, headers={"Content-Type": content_type}
-            ) as resp:
+            async with session.request(method, path, json=body, params=params, headers=headers) as resp:
                 text = await resp.text() if resp.content_length != 0 else ""
                 try:
                     data = json.loads(text) if text else {}
