@@ -42,6 +42,7 @@ SHARED_ENV = {
     "MAX_IMAGE_BYTES": str(64 * 1024),
     "MAX_IMAGE_PIXELS": str(512 * 512),
     "IMAGE_FETCH_TIMEOUT": "1.5",
+    "ALLOW_PRIVATE_IMAGE_URLS": "true",  # the image URL tests fetch from a server on 127.0.0.1
     "DEFAULT_MAX_TOKENS": "16",
 }
 

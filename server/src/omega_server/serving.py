@@ -301,6 +301,7 @@ class ChatService:
                 max_pixels=settings.max_image_pixels,
                 fetch_timeout=settings.image_fetch_timeout,
                 allow_urls=settings.allow_image_urls,
+                allow_private=settings.allow_private_image_urls,
             )
         )
 

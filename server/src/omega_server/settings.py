@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="Largest image, width x height.")
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request body.")
     allow_image_urls: bool = Field(default=True, description="Fetch http(s) image URLs.")
+    allow_private_image_urls: bool = Field(
+        default=False,
+        description="Also fetch image URLs whose host resolves to a loopback, private (RFC 1918, ULA), "
+        "link-local (cloud metadata), multicast, unspecified or reserved address; false refuses them "
+        "with a 400 (every resolved address and every redirect hop is checked).",
+    )
     image_fetch_timeout: float = Field(default=10.0, gt=0, description="Seconds to fetch one image URL.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info")
 
