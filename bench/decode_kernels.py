@@ -143,20 +143,8 @@ def _reference(ex: Any, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> 
     return out
 
 
-def _packed_sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, groups: int
-) -> torch.Tensor:
-    from omega_server import gqa_decode
-
-    packed = gqa_decode.pack_query(q, groups)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        packed, k, v, attn_mask=mask, scale=q.shape[-1] ** -0.5
-    )
-    return out.reshape(q.shape[0], q.shape[1], 1, q.shape[3]).transpose(1, 2)
-
-
 def attention_rows(layers: int, batches: list[int], width: int) -> list[dict[str, Any]]:
-    from omega_server import splitk_attention
+    from omega_server import gqa_decode, splitk_attention
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     rows: list[dict[str, Any]] = []
@@ -185,7 +173,9 @@ def attention_rows(layers: int, batches: list[int], width: int) -> list[dict[str
                 "sdpa (transformers)": lambda q, k, v, m=module, mask=mask: sdpa_attention_forward(
                     m, q, k, v, mask, scaling=128**-0.5
                 )[0],
-                "packed sdpa": lambda q, k, v, g=heads // kv_heads, mask=mask: _packed_sdpa(q, k, v, mask, g),
+                "packed sdpa": lambda q, k, v, g=heads // kv_heads, mask=mask: gqa_decode.packed_sdpa(
+                    q, k, v, mask, g, 128**-0.5
+                ),
                 "split-K (triton)": lambda q, k, v, mask=mask: splitk_attention.attention(
                     q, k, v, mask, 128**-0.5
                 ),

@@ -95,15 +95,12 @@ def test_fused_kernels_compute_the_eager_experts() -> None:
 
 ENGINE_CHECK = """
 import json, sys
-import torch
-from omega_server.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
+from omega_server.engine import Engine, EngineConfig
 from tests.omega_server.test_engine import chat, reference
-from transformers.integrations import moe
 
 path = sys.argv[1]
 eng = Engine.load(EngineConfig(model_path=path, attn_impl="sdpa", kv_cache="static", max_batch_size=2))
 calls = {"fused": 0}
-fused = moe.ALL_EXPERTS_FUNCTIONS["omega_fused_decode"]
 import omega_server.moe_decode as md
 original = md.fused_experts
 def counting(*a, **k):

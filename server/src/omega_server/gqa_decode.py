@@ -80,14 +80,26 @@ def decode_attention(
             is_causal=is_causal,
             **kwargs,
         )
-    batch, heads, _, dim = query.shape
     mask = attention_mask
     if mask is not None and mask.dtype != torch.bool and mask.dtype != query.dtype:
         mask = mask.to(query.dtype)
     if splitk_attention.supported(query, key, mask) and value.stride(-1) == 1:
         assert mask is not None
-        scale = scaling if scaling is not None else dim**-0.5
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         return splitk_attention.attention(query, key, value, mask, scale), None
+    return packed_sdpa(query, key, value, mask, groups, scaling), None
+
+
+def packed_sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    groups: int,
+    scaling: float | None = None,
+) -> torch.Tensor:
+    """PyTorch's SDPA on the packed query: (batch, heads, 1, dim) in, (batch, 1, heads, dim) out."""
+    batch, heads, _, dim = query.shape
     out = F.scaled_dot_product_attention(
         pack_query(query, groups),
         key,
@@ -98,7 +110,7 @@ def decode_attention(
         is_causal=False,
     )
     # (batch, kv_heads, groups, dim) -> (batch, 1, heads, dim), the layout sdpa_attention_forward returns
-    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous()
 
 
 def _original() -> Any:

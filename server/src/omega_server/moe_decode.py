@@ -28,19 +28,12 @@ from typing import Any
 
 import torch
 
-from omega_server.tritonrt import available
+from omega_server.tritonrt import available, tl, triton
 
 log = logging.getLogger(__name__)
 
 EXPERTS_IMPLEMENTATION = "omega_fused_decode"
 MAX_PAIRS = 64  # (token, expert) pairs: batch 8 at top_k 8
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised where Triton is absent
-    triton = None
-
 
 if triton is not None:
 
@@ -208,9 +201,13 @@ def supports(experts: Any) -> bool:
 def experts_forward(
     self: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
 ) -> torch.Tensor:
-    """transformers' experts interface: the fused kernels for a few tokens, else ``grouped_mm``."""
+    """transformers' experts interface: the fused kernels for a few tokens, else ``grouped_mm``.
+
+    ``install`` selects it only for models whose experts all pass ``supports``, so the layout is not
+    checked again here, on the hot path.
+    """
     pairs = top_k_index.numel()
-    if pairs <= MAX_PAIRS and available(hidden_states.device) and supports(self):
+    if pairs <= MAX_PAIRS and available(hidden_states.device):
         return fused_experts(hidden_states, self.gate_up_proj, self.down_proj, top_k_index, top_k_weights)
     return _fallback()(self, hidden_states, top_k_index, top_k_weights)
 

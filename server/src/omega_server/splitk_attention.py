@@ -15,14 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from omega_server.tritonrt import available
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised where Triton is absent
-    triton = None
-
+from omega_server.tritonrt import available, tl, triton
 
 if triton is not None:
     NEG = tl.constexpr(-1.0e30)  # scores are clamped here: a masked column's weight is exp(NEG - max) = 0

@@ -1,4 +1,4 @@
-"""Where the server's Triton kernels can run (``moe_decode``, ``splitk_attention``)."""
+"""Triton for the server's kernels (``moe_decode``, ``splitk_attention``), and where they can run."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import torch
 
 try:  # Triton ships with CUDA builds of torch; a CPU-only install may lack it
     import triton
+    import triton.language as tl
 except ImportError:  # pragma: no cover - exercised where Triton is absent
     triton = None
+    tl = None
 
 
 def interpreting() -> bool:
