@@ -101,15 +101,23 @@ def omegavlm(
 
 
 class OperatorProcess:
-    """``python -m omega_operator`` against the devcluster, watching one namespace."""
+    """``python -m omega_operator`` against the devcluster, watching one namespace.
+
+    ``module``: the entry point to run (``tests.e2e.failpoint_operator`` for the crash test)."""
 
     def __init__(
-        self, cluster: Cluster, namespace: str, log_path: Path, env: dict[str, str] | None = None
+        self,
+        cluster: Cluster,
+        namespace: str,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        module: str = "omega_operator",
     ) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.log_path = log_path
         self.extra_env = env or {}
+        self.module = module
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
@@ -127,7 +135,7 @@ class OperatorProcess:
         }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "omega_operator"],
+                [PYTHON, "-m", self.module],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,8 +1,8 @@
 """Issue 5 end to end: the rollback survives an operator crash between detection and the Deployment
 write: after the restart exactly one rollback happens (one record, one Deployment revision, one Event).
 
-The crash point is ``OMEGA_OPERATOR_FAILPOINT=after-fallback-recorded`` (omega_operator.observe): the
-first operator process exits right after writing the fallback record into the status.
+The crash point is test-only: the first operator process runs ``tests.e2e.failpoint_operator``, which
+exits right after the fallback record is written into the status (omega_operator.rollback).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from omega_operator import observe
 
 from devcluster import Cluster
+from tests.e2e import failpoint_operator
 from tests.e2e.fallback_support import (
     FLASH_IMAGE,
     PROBE_INTERVAL,
@@ -32,15 +32,16 @@ from tests.e2e.fallback_support import (
 
 pytestmark = [pytest.mark.devcluster, pytest.mark.slow, pytest.mark.timeout(600)]
 
-FAILPOINT = {observe.FAILPOINT_ENV: observe.AFTER_FALLBACK_RECORDED}
-FAILPOINT_EXIT = observe.FAILPOINT_EXIT_CODE
+FAILPOINT_EXIT = failpoint_operator.EXIT_CODE
 
 
 def test_operator_killed_between_detection_and_rollback_rolls_back_exactly_once(
     cluster: Cluster, model_dir: Path, namespace: str, tmp_path: Path
 ) -> None:
     ns, name = namespace, "resilient"
-    first = OperatorProcess(cluster, ns, tmp_path / "operator-1.log", env=FAILPOINT).start()
+    first = OperatorProcess(
+        cluster, ns, tmp_path / "operator-1.log", module=failpoint_operator.__name__
+    ).start()
     second: OperatorProcess | None = None
     try:
         cluster.apply(omegavlm(name, ns, model_dir, attention="auto"))
@@ -50,13 +51,13 @@ def test_operator_killed_between_detection_and_rollback_rolls_back_exactly_once(
             if first.proc is not None and first.proc.poll() is not None:
                 return True
             # Rolled back while still running: the reconcile does not record the fallback in the
-            # status before the Deployment write (observe.persist_fallback is not wired in).
+            # status before the Deployment write (rollback.persist_fallback is not wired in).
             return deployed_image(cluster, ns, name) == SDPA_IMAGE
 
         wait_for(exited_or_rolled_back_without_the_failpoint, 300, "operator exit at the failpoint")
         assert first.proc is not None and first.proc.poll() == FAILPOINT_EXIT, (
             "the Deployment moved to sdpa before the fallback was recorded in the status "
-            "(reconcile must call observe.persist_fallback before applying the Deployment)\n"
+            "(reconcile must call rollback.persist_fallback before applying the Deployment)\n"
             + first.log()[-3000:]
         )
         obj = ovlm(cluster, ns, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from omega_operator import conditions as c
+from omega_operator.fallback import Reason
 
 
 def test_transition_time_only_on_flip() -> None:
@@ -26,7 +27,7 @@ def test_transition_time_only_on_flip() -> None:
 
 
 def test_input_untouched_and_order_stable() -> None:
-    conds = c.set_condition([], c.FLASH_DEGRADED, "False", c.FLASH_ACTIVE, "", 1, now="t0")
+    conds = c.set_condition([], c.FLASH_DEGRADED, "False", Reason.NOT_DEGRADED, "", 1, now="t0")
     conds = c.set_condition(conds, c.SCHEDULABLE, "True", c.SCHEDULED, "", 1, now="t0")
     snapshot = [dict(x) for x in conds]
     out = c.set_condition(conds, c.READY, "True", c.ALL_REPLICAS_READY, "", 1, now="t1")
@@ -40,3 +41,12 @@ def test_flipped() -> None:
     assert c.flipped(a, b, c.READY)
     assert not c.flipped(b, b, c.READY)
     assert c.flipped(None, b, c.READY)
+
+
+def test_rfc3339_is_utc_to_the_second() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    assert c.rfc3339(datetime(2026, 1, 1, 1, 2, 3, 999999, tzinfo=timezone(timedelta(hours=2)))) == (
+        "2025-12-31T23:02:03Z"
+    )
+    assert c.rfc3339(datetime(2026, 11, 24, 21, 0, tzinfo=UTC)) == "2026-11-24T21:00:00Z"

@@ -20,8 +20,9 @@ import yaml
 from aiohttp import web
 from kubernetes import client
 from omega_operator.credentials import Credentials, load_credentials
-from omega_operator.health import HealthProber, ProbeOutcome, ProbeTarget
+from omega_operator.health_report import ProbeOutcome
 from omega_operator.kube import ApiError, Kube
+from omega_operator.prober import HealthProber, ProbeTarget
 
 from devcluster import Cluster
 from tests.omega_operator.health_bodies import READY_BODY

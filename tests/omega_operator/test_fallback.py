@@ -8,6 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from omega_operator import conditions as c
+from omega_operator import status as st
+from omega_operator.api import parse_spec
 from omega_operator.fallback import (
     RETRY_ANNOTATION,
     Action,
@@ -17,8 +20,9 @@ from omega_operator.fallback import (
     PodView,
     Reason,
     decide,
+    fallback_spec,
 )
-from omega_operator.health import ProbeOutcome, ProbeResult, parse_report
+from omega_operator.health_report import ProbeOutcome, ProbeResult, parse_report
 
 FLASH = "reg.example/omega-vlm-server:v1-flash"
 SDPA = "reg.example/omega-vlm-server:v1-sdpa"
@@ -425,18 +429,51 @@ def run(case: Case) -> Decision:
     return decide(case.spec, case.status, views, case.probes, annotations=case.annotations, now=NOW)
 
 
+RAW_SPEC: dict[str, Any] = {
+    "model": {"name": "tiny", "uri": "file:///m"},
+    "image": {"repository": "reg.example/omega-vlm-server", "tag": "v1"},
+}
+MINIMAL_SPEC = parse_spec(RAW_SPEC)
+
+
+def status_of(d: Decision) -> tuple[st.Verdict, dict[str, Any]]:
+    """What the reconcile does with a decision: its verdict, and the status computed from it (for a
+    Deployment that is not rolled out yet, so the Ready condition names the headline problem)."""
+    verdict = st.verdict(MINIMAL_SPEC, d)
+    status = st.compute(
+        spec=MINIMAL_SPEC,
+        generation=1,
+        old={},
+        attention=verdict.attention,
+        variant=d.variant,
+        image="img",
+        deployment=None,
+        problems=verdict.problems,
+        flash=verdict.flash,
+        now="2026-11-24T21:00:00Z",
+    )
+    return verdict, status
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_decision_table(case: Case) -> None:
     d = run(case)
     assert d.action == case.action
     assert d.attention == case.attention
     assert d.reason == case.reason
-    assert d.degraded is case.degraded
-    assert d.condition()["status"] == ("True" if case.degraded else "False")
+    # Through the path the reconcile takes: the decision's verdict, then the computed status.
+    verdict, status = status_of(d)
+    assert verdict.flash.degraded is case.degraded
+    degraded = c.get(status["conditions"], c.FLASH_DEGRADED)
+    assert degraded is not None and degraded["status"] == ("True" if case.degraded else "False")
+    assert degraded["reason"] == case.reason
+    headline = verdict.problems[0] if verdict.problems else None
     if case.headline is None:
-        assert d.headline is None, d.headline
+        assert headline is None, headline
     else:
-        assert d.headline is not None and d.headline.reason == case.headline, d.findings
+        assert headline is not None and headline.reason == case.headline, d.findings
+        ready = c.get(status["conditions"], c.READY)
+        assert ready is not None and ready["reason"] == case.headline
     if case.message_has:
         assert case.message_has in d.message, d.message
     if case.pod:
@@ -554,32 +591,21 @@ def test_pod_view_reads_the_pod_object() -> None:
     assert u.unschedulable == "Insufficient nvidia.com/gpu" and u.node is None
 
 
-def test_spec_adapter_reads_models_and_mappings() -> None:
-    raw = {"attention": "auto", "fallback": {"enabled": False, "crashLoopRestarts": 7}}
-    s = FallbackSpec.from_spec(raw, flash_image=FLASH, sdpa_image=SDPA)
+def test_spec_adapter_reads_the_validated_spec() -> None:
+    """The decision's view of a spec, made the way the reconcile makes it (parse_spec, then
+    fallback_spec with the builders' defaults and image rule)."""
+
+    def view(**fields: Any) -> FallbackSpec:
+        return fallback_spec(parse_spec({**RAW_SPEC, **fields}))
+
+    s = view(attention="auto", fallback={"enabled": False, "crashLoopRestarts": 7})
     assert (s.enabled, s.crash_loop_restarts, s.attention) == (False, 7, "auto")
-
-    @dataclass
-    class Fb:
-        enabled: bool = True
-        crash_loop_restarts: int = 2
-
-    @dataclass
-    class Spec:
-        attention: str = "flash_attention_2"
-        fallback: Fb = field(default_factory=Fb)
-
-    m = FallbackSpec.from_spec(Spec(), flash_image=FLASH, sdpa_image=SDPA)
+    assert (s.flash_image, s.sdpa_image) == (FLASH, SDPA)
+    m = view(attention="flash_attention_2", fallback={"enabled": True, "crashLoopRestarts": 2})
     assert (m.enabled, m.crash_loop_restarts, m.attention) == (True, 2, "flash_attention_2")
-
-    @dataclass
-    class Unset:  # optional model fields left unset are None: the defaults apply
-        attention: str | None = None
-        fallback: Fb | None = None
-
-    d = FallbackSpec.from_spec(Unset(), flash_image=FLASH, sdpa_image=SDPA)
+    d = view()  # optional fields left unset are None: the defaults apply
     assert (d.enabled, d.crash_loop_restarts, d.attention) == (True, 3, "auto")
-    n = FallbackSpec.from_spec({"fallback": {"enabled": None}}, flash_image=FLASH, sdpa_image=SDPA)
+    n = view(fallback={"enabled": None})
     assert n.enabled is True
 
 
@@ -607,7 +633,7 @@ def test_decisions_on_the_real_servers_health_bodies() -> None:
 
     pods = [PodView.from_pod(pod("a", ready=False))]
     loading = decide(spec(), None, pods, {"a": probe()}, now=NOW)
-    assert loading.action is Action.KEEP and loading.headline is None
+    assert loading.action is Action.KEEP and not loading.problems
     state.fail("fatal: flash-attn: ImportError: flash_attn_2_cuda: undefined symbol")
     failed = decide(spec(), None, pods, {"a": probe()}, now=NOW)
     assert failed.action is Action.ROLLBACK and failed.reason == Reason.FLASH_LOAD_FAILED

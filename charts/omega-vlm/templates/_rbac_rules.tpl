@@ -4,13 +4,13 @@ watches all namespaces, or into a Role in each watched namespace otherwise. The 
 rule names the code path (operator/src/omega_operator/...) that needs it.
 */}}
 {{- define "omega-vlm.operatorRules" -}}
-# handlers.py: kopf watches OmegaVLMs (on.create/update/resume and the omegavlms_idx index that
-# handlers.py refresh_loop walks: list+watch) and patches them to keep its progress and
+# handlers.py: kopf watches OmegaVLMs (on.create/update/resume and the omegavlms_idx index of
+# indexes.py that refresher.py walks: list+watch) and patches them to keep its progress and
 # last-handled-configuration annotations (patch).
 - apiGroups: ["vlm.omega.io"]
   resources: ["omegavlms"]
   verbs: ["list", "watch", "patch"]
-# kube.py Kube.patch_status (reconcile.py, observe.py): phase, conditions, attention and the
+# kube.py Kube.patch_status (reconcile.py, rollback.py): phase, conditions, attention and the
 # fallback record are merge-patched through the status subresource.
 - apiGroups: ["vlm.omega.io"]
   resources: ["omegavlms/status"]
@@ -21,29 +21,29 @@ rule names the code path (operator/src/omega_operator/...) that needs it.
 - apiGroups: ["vlm.omega.io"]
   resources: ["omegavlms/finalizers"]
   verbs: ["update"]
-# handlers.py deployments_idx: kopf index (list+watch) of the inference Deployments;
+# indexes.py deployments_idx: kopf index (list+watch) of the inference Deployments;
 # kube.py Kube.apply (reconcile.py): server-side apply, which creates on first apply (create) and
 # patches after; the flash->sdpa fallback is one such apply.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["list", "watch", "create", "patch"]
-# handlers.py services_idx (list+watch); kube.py Kube.apply of the Service (create, patch).
+# indexes.py services_idx (list+watch); kube.py Kube.apply of the Service (create, patch).
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch", "create", "patch"]
-# handlers.py pdbs_idx (list+watch); kube.py Kube.apply of the PodDisruptionBudget for
+# indexes.py pdbs_idx (list+watch); kube.py Kube.apply of the PodDisruptionBudget for
 # replicas > 1 (create, patch; policy/v1 or, before 1.21, policy/v1beta1: same group) and
 # Kube.delete when replicas drop to 1 (reconcile.py).
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["list", "watch", "create", "patch", "delete"]
-# handlers.py pods_idx: kopf index (list+watch) of the inference pods: phase, restarts,
-# termination messages and podIP for the /health prober (health.py) and fallback.py.
+# indexes.py pods_idx: kopf index (list+watch) of the inference pods: phase, restarts,
+# termination messages and podIP for the /health prober (prober.py) and fallback/.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
 {{- if eq .Values.operator.probe.mode "proxy" }}
-# health.py ProxyConfig (OMEGA_OPERATOR_HEALTH_PROBE_MODE=proxy):
+# prober.py HealthProber in proxy mode (OMEGA_OPERATOR_HEALTH_PROBE_MODE=proxy):
 # GET /api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/health.
 - apiGroups: [""]
   resources: ["pods/proxy"]

@@ -9,7 +9,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from omega_operator.api.defaults import (
+    DEFAULT_ATTENTION,
+    DEFAULT_CRASH_LOOP_RESTARTS,
+    DEFAULT_DTYPE,
+    DEFAULT_FALLBACK_ENABLED,
+    DEFAULT_GPU_COUNT,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_MODEL_LENGTH,
+    DEFAULT_PULL_POLICY,
+    DEFAULT_REPLICAS,
+    DEFAULT_SERVICE_PORT,
+    DEFAULT_SERVICE_TYPE,
+    DEFAULT_SHM_SIZE,
+    DEFAULT_STARTUP_TIMEOUT,
+)
 from omega_operator.api.models import API_VERSION, H100_PRODUCTS, KIND, OmegaVLMSpec
+from omega_operator.health_report import FLASH_BACKEND
 
 FIELD_MANAGER = "omega-vlm-operator"
 MANAGED_BY = FIELD_MANAGER
@@ -23,19 +39,6 @@ GPU_TAINT_KEY = "nvidia.com/gpu"
 VARIANT_LABEL = "vlm.omega.io/variant"
 MODEL_MOUNT = "/models"
 
-# Defaults of optional spec fields (the CRD carries none; see api.models).
-DEFAULT_REPLICAS = 1
-DEFAULT_ATTENTION = "auto"
-DEFAULT_MAX_BATCH_SIZE = 4
-DEFAULT_MAX_MODEL_LENGTH = 8192
-DEFAULT_DTYPE = "bfloat16"
-DEFAULT_GPU_COUNT = 1
-DEFAULT_SHM_SIZE = "16Gi"
-DEFAULT_STARTUP_TIMEOUT = 1800
-DEFAULT_SERVICE_TYPE = "ClusterIP"
-DEFAULT_SERVICE_PORT = 8000
-DEFAULT_FALLBACK_ENABLED = True
-DEFAULT_CRASH_LOOP_RESTARTS = 3
 STARTUP_PERIOD = 10
 
 
@@ -49,6 +52,7 @@ class Owner:
 
 
 # ---------------------------------------------------------------- spec with defaults applied
+# (the defaults themselves are written once, in omega_operator.api.models, next to the fields)
 
 
 def replicas(spec: OmegaVLMSpec) -> int:
@@ -114,7 +118,7 @@ def image_for(spec: OmegaVLMSpec, variant_: str) -> str:
 
 def attn_impl(spec: OmegaVLMSpec, variant_: str) -> str:
     """ATTN_IMPL for the server: sdpa on the sdpa variant, flash_attention_2 on the flash one."""
-    return "sdpa" if variant_ == "sdpa" else "flash_attention_2"
+    return "sdpa" if variant_ == "sdpa" else FLASH_BACKEND
 
 
 # ---------------------------------------------------------------- environment (the one mapping)
@@ -276,7 +280,7 @@ def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
-        "imagePullPolicy": spec.image.pull_policy or "IfNotPresent",
+        "imagePullPolicy": spec.image.pull_policy or DEFAULT_PULL_POLICY,
         "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
         "env": server_env(spec, variant_),
         "resources": container_resources(spec),

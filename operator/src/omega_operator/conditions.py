@@ -1,7 +1,8 @@
-"""Status conditions (metav1.Condition shape), pure.
+"""Status conditions (metav1.Condition shape): their types and reasons, and setting one. Pure.
 
 `lastTransitionTime` changes only when a condition's status flips; reason, message and
-observedGeneration may change without touching it.
+observedGeneration may change without touching it. The time comes in (``now``, as :func:`rfc3339`
+writes it): nothing here reads the clock.
 """
 
 from __future__ import annotations
@@ -16,31 +17,24 @@ SCHEDULABLE = "Schedulable"
 FLASH_DEGRADED = "FlashAttentionDegraded"
 ORDER = (READY, PROGRESSING, SCHEDULABLE, FLASH_DEGRADED)
 
-# Reasons (CamelCase constants).
+# Reasons (CamelCase constants). The pod findings' and FlashAttentionDegraded's reasons are
+# omega_operator.fallback.Reason.
 INVALID_SPEC = "InvalidSpec"
 ALL_REPLICAS_READY = "AllReplicasReady"
 REPLICAS_NOT_READY = "ReplicasNotReady"
 SCALED_TO_ZERO = "ScaledToZero"
-DEPLOYMENT_MISSING = "DeploymentMissing"
 ROLLING_OUT = "RollingOut"
 ROLLOUT_COMPLETE = "RolloutComplete"
 ROLLOUT_STALLED = "ProgressDeadlineExceeded"
 SCHEDULED = "Scheduled"
 UNSCHEDULABLE = "Unschedulable"
-IMAGE_PULL_FAILED = "ImagePullFailed"
-CRASH_LOOP = "CrashLoopBackOff"
-OOM_KILLED = "OOMKilled"
-FLASH_ACTIVE = "FlashAttentionActive"
-FLASH_NOT_REQUESTED = "FlashAttentionNotRequested"
-FLASH_LOAD_FAILED = "FlashAttentionLoadFailed"
-FLASH_CRASH_LOOP = "FlashVariantCrashLoop"
 
 Status = Literal["True", "False", "Unknown"]
 
 
-def now_rfc3339() -> str:
-    """Current time as Kubernetes writes it (second precision, Z suffix)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def rfc3339(moment: datetime) -> str:
+    """A time as Kubernetes writes it (UTC, second precision, Z suffix)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def get(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
@@ -52,6 +46,7 @@ def get(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] |
 
 
 def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
+    """Whether the condition of that type exists with status True."""
     cond = get(conditions, type_)
     return cond is not None and cond.get("status") == "True"
 
@@ -63,14 +58,16 @@ def set_condition(
     reason: str,
     message: str,
     generation: int | None,
-    now: str | None = None,
+    now: str,
 ) -> list[dict[str, Any]]:
-    """Return a new list with that condition set (input untouched), in a stable order."""
+    """Return a new list with that condition set (input untouched), in a stable order.
+
+    ``now`` (RFC 3339) becomes its ``lastTransitionTime`` when the status flips (or it is new)."""
     old = get(conditions, type_)
     if old is not None and old.get("status") == status and old.get("lastTransitionTime"):
         transition = old["lastTransitionTime"]
     else:
-        transition = now or now_rfc3339()
+        transition = now
     new = {
         "type": type_,
         "status": status,
@@ -85,10 +82,6 @@ def set_condition(
     return sort_conditions([*rest, new])
 
 
-def remove_condition(conditions: list[dict[str, Any]] | None, type_: str) -> list[dict[str, Any]]:
-    return [dict(c) for c in conditions or [] if c.get("type") != type_]
-
-
 def sort_conditions(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Known types first in a fixed order, then the rest by type (stable output, no spurious diffs)."""
 
@@ -100,7 +93,7 @@ def sort_conditions(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def flipped(old: list[dict[str, Any]] | None, new: list[dict[str, Any]] | None, type_: str) -> bool:
-    """Whether the status of that condition type differs between two lists (a transition)."""
+    """Whether the status or reason of that condition type differs between two lists (a transition)."""
     a, b = get(old, type_), get(new, type_)
     return (a or {}).get("status") != (b or {}).get("status") or (a or {}).get("reason") != (b or {}).get(
         "reason"

@@ -1,7 +1,7 @@
 """How the operator reaches and authenticates to the API server: loaded here, and only here.
 
 The API client (:mod:`omega_operator.kube`) and the pod-proxy /health prober
-(:mod:`omega_operator.health`) share one :class:`Credentials`. A bearer token read from a file (the
+(:mod:`omega_operator.prober`) share one :class:`Credentials`. A bearer token read from a file (the
 in-cluster ServiceAccount token, or a kubeconfig user's ``tokenFile``) is re-read when the file
 changes: the kubelet rewrites the projected ServiceAccount token long before it expires (about an
 hour), so a token read once at start turns into 401s forever. The file is checked (``stat``) at

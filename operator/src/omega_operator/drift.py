@@ -1,4 +1,4 @@
-"""Pure comparison of a desired child (server-side-apply body) with the live object.
+"""Whether a child must be (re)applied: a desired server-side-apply body against the live object. Pure.
 
 A reconcile applies a child only when the live object does not already hold every field we
 set with the value we set, so a reconcile that changes nothing writes nothing. Fields others
@@ -16,7 +16,7 @@ import hashlib
 import json
 from typing import Any
 
-from kubernetes.utils.quantity import parse_quantity
+from omega_operator.quantity import parse_quantity
 
 #: Annotation with the hash of the desired body last applied to a child.
 APPLIED_HASH_ANNOTATION = "vlm.omega.io/applied-hash"

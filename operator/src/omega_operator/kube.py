@@ -21,6 +21,7 @@ import aiohttp
 
 from omega_operator.api.models import GROUP, PLURAL, VERSION
 from omega_operator.builders import FIELD_MANAGER
+from omega_operator.conditions import rfc3339
 from omega_operator.credentials import Credentials, load_credentials
 
 __all__ = ["ApiError", "Credentials", "Kube", "load_credentials", "object_path"]
@@ -200,7 +201,7 @@ class Kube:
     ) -> None:
         """Post a core/v1 Event about the OmegaVLM (best effort: a failure is logged, not raised)."""
         meta = owner.get("metadata") or {}
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = rfc3339(datetime.now(UTC))
         ns = meta.get("namespace") or "default"
         body = {
             "apiVersion": "v1",

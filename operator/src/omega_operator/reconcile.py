@@ -12,15 +12,17 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from omega_operator import builders as b
 from omega_operator import conditions as c
-from omega_operator import drift, fallback, metrics, observe
+from omega_operator import drift, fallback, metrics, rollback
 from omega_operator import status as st
 from omega_operator.api.validation import InvalidSpec, parse_spec
-from omega_operator.health import HealthProber, ProbeResult, pod_target
+from omega_operator.health_report import ProbeResult
 from omega_operator.kube import ApiError, Kube
+from omega_operator.prober import HealthProber, pod_target
 
 log = logging.getLogger(__name__)
 
@@ -119,27 +121,28 @@ async def _reconcile(
     try:
         spec = parse_spec(body.get("spec"))
     except InvalidSpec as exc:
-        return await _mark_invalid(kube, body, old, generation, str(exc), res, event)
+        return await _mark_invalid(kube, body, old, generation, str(exc), res, event, datetime.now(UTC))
 
     # 2. Decide the variant (the fallback decision, fed by the pods' /health).
     if probes is None:
         probes = await _probe(prober, observed.pods)
     res.probes = probes
+    now = datetime.now(UTC)  # the clock, read once for the decision and the status it leads to
     decision = fallback.decide(
-        observe.fallback_spec(spec),
+        fallback.fallback_spec(spec),
         old.get("attention"),
         [fallback.PodView.from_pod(p, b.CONTAINER) for p in observed.pods],
         probes,
         annotations=meta.get("annotations") or {},
-        now=fallback.now_utc(),
+        now=now,
     )
     res.action = decision.action.value
     # A rollback is recorded in the status before the Deployment moves (exactly one rollback,
     # even when the operator dies in between).
-    recorded = await observe.persist_fallback(kube, ns, name, decision)
+    recorded = await rollback.persist_fallback(kube, ns, name, decision)
     if recorded:
         old["attention"] = {**(old.get("attention") or {}), **recorded}
-    variant = observe.variant_of(decision)
+    variant = decision.variant
     image = b.image_for(spec, variant)
 
     # 3. Converge the children (apply only what differs from the watch cache).
@@ -167,39 +170,29 @@ async def _reconcile(
         )
     except ApiError as exc:
         if exc.status == 422:  # the API server refused what the spec asks for (e.g. a bad affinity)
-            return await _mark_invalid(kube, body, old, generation, f"spec: {exc.message}", res, event)
+            return await _mark_invalid(kube, body, old, generation, f"spec: {exc.message}", res, event, now)
         raise
 
     # 4. Status.
-    attention = {"requested": b.attention(spec)}
-    for key, value in decision.status_attention().items():
-        if value not in (None, [], {}):
-            attention[key] = value
-    problems = [st.Problem(str(f.reason), f.message, f.pod) for f in decision.problems]
-    flash = st.FlashState(
-        degraded=decision.condition_status,
-        reason=str(decision.reason),
-        message=decision.message,
-        rolled_back=decision.fallback is not None and variant == "sdpa",
-        unhandled=decision.action is fallback.Action.DEGRADED,
-    )
+    verdict = st.verdict(spec, decision)
     new = st.compute(
         spec=spec,
         generation=generation,
         old=old,
-        attention=attention,
+        attention=verdict.attention,
         variant=variant,
         image=image,
         deployment=res.objects.get("Deployment", observed.deployment),
-        problems=problems,
-        flash=flash,
+        problems=verdict.problems,
+        flash=verdict.flash,
+        now=c.rfc3339(now),
     )
     res.status_patch = st.diff(old, new)
     if res.status_patch:
         res.written = await kube.patch_status(ns, name, res.status_patch)
 
     # 5. Events on transitions, and metrics.
-    if observe.is_rollback_write(decision, observed.deployment, "Deployment" in res.applied):
+    if rollback.is_rollback_write(decision, observed.deployment, "Deployment" in res.applied):
         metrics.FALLBACKS.labels(str(decision.reason)).inc()
         await event("Warning", fallback.EVENT_REASON, decision.message)
     elif decision.action is fallback.Action.RESET:
@@ -209,7 +202,7 @@ async def _reconcile(
     elif old.get("variant") and old.get("variant") != variant:
         await event("Normal", "VariantChanged", f"image variant {old.get('variant')} -> {variant} ({image})")
     await _transition_events(old.get("conditions"), new["conditions"], event)
-    metrics.observe_object(ns, name, new.get("phase"), attention.get("active"))
+    metrics.observe_object(ns, name, new.get("phase"), verdict.attention.get("active"))
     return res
 
 
@@ -238,9 +231,10 @@ async def _mark_invalid(
     message: str,
     res: Result,
     event: Any,
+    now: datetime,
 ) -> Result:
     meta = body["metadata"]
-    new = st.invalid(old=old, generation=generation, message=message)
+    new = st.invalid(old=old, generation=generation, message=message, now=c.rfc3339(now))
     res.outcome = "invalid"
     res.status_patch = st.diff(old, new)
     if res.status_patch:

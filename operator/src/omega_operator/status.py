@@ -1,8 +1,9 @@
-"""Pure status computation: observed Deployment + pod findings + the fallback decision -> status.
+"""Pure status computation: observed Deployment + the fallback decision -> the OmegaVLM's status.
 
 The pod findings and the flash decision come from `omega_operator.fallback` (one classifier of
-pod trouble); this module turns them and the Deployment's counters into the status fields and
-the Ready / Progressing / Schedulable / FlashAttentionDegraded conditions.
+pod trouble); :func:`verdict` takes what the status needs from a decision, and :func:`compute`
+turns it and the Deployment's counters into the status fields and the Ready / Progressing /
+Schedulable / FlashAttentionDegraded conditions. The time comes in as ``now``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from omega_operator import builders as b
 from omega_operator import conditions as c
 from omega_operator.api.models import OmegaVLMSpec
+from omega_operator.fallback import Action, Decision
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,35 @@ class FlashState:
     unhandled: bool = False  # flash failed and fallback.enabled is false: phase Degraded
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What one fallback decision puts into the status (the inputs of :func:`compute`)."""
+
+    attention: dict[str, Any]  # status.attention as decided this round
+    problems: list[Problem]  # non-flash pod problems, most severe first
+    flash: FlashState
+
+
+def verdict(spec: OmegaVLMSpec, decision: Decision) -> Verdict:
+    """status.attention (the spec's request plus the decision's non-empty keys), the pods' non-flash
+    problems and the FlashAttentionDegraded verdict of one decision."""
+    attention: dict[str, Any] = {"requested": b.attention(spec)}
+    for key, value in decision.status_attention().items():
+        if value not in (None, [], {}):
+            attention[key] = value
+    return Verdict(
+        attention=attention,
+        problems=[Problem(str(f.reason), f.message, f.pod) for f in decision.problems],
+        flash=FlashState(
+            degraded=decision.condition_status,
+            reason=str(decision.reason),
+            message=decision.message,
+            rolled_back=decision.fallback is not None and decision.variant == "sdpa",
+            unhandled=decision.action is Action.DEGRADED,
+        ),
+    )
+
+
 def compute(
     *,
     spec: OmegaVLMSpec,
@@ -47,12 +78,13 @@ def compute(
     deployment: dict[str, Any] | None,
     problems: list[Problem],
     flash: FlashState,
-    now: str | None = None,
+    now: str,
 ) -> dict[str, Any]:
     """The full new status of a valid OmegaVLM.
 
     `attention` is status.attention as decided this round; `problems` are the non-flash pod
-    problems, most severe first (Unschedulable first); `flash` is the fallback decision's verdict.
+    problems, most severe first (Unschedulable first); `flash` is the fallback decision's verdict;
+    `now` (RFC 3339) stamps the conditions that flip.
     """
     old = old or {}
     conds = old.get("conditions") or []
@@ -153,9 +185,7 @@ def compute(
     }
 
 
-def invalid(
-    *, old: dict[str, Any] | None, generation: int | None, message: str, now: str | None = None
-) -> dict[str, Any]:
+def invalid(*, old: dict[str, Any] | None, generation: int | None, message: str, now: str) -> dict[str, Any]:
     """Status of an OmegaVLM whose spec is invalid: Ready=False InvalidSpec, phase Failed.
 
     Everything observed before (replicas, image, attention) is kept: no child was touched.

@@ -1,8 +1,9 @@
 """The OmegaVLM custom resource as pydantic models: the single source of the CRD schema.
 
 Field names are snake_case in Python and camelCase in Kubernetes (aliases). No field carries a
-schema default (a default in the CRD would rewrite stored objects); defaults live in code, and
-each description says what the default is.
+schema default (a default in the CRD would rewrite stored objects); the defaults are the
+``DEFAULT_*`` constants of :mod:`omega_operator.api.defaults`, written once: each description
+here names its default from them and :mod:`omega_operator.builders` applies them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
+
+from omega_operator.api import defaults as d
 
 GROUP = "vlm.omega.io"
 VERSION = "v1alpha1"
@@ -48,6 +51,8 @@ Attention = Literal["auto", "flash_attention_2", "sdpa"]
 Variant = Literal["flash", "sdpa"]
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"]
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
 
 # Kubernetes resource quantity: an integer or a string such as "64Gi".
 Quantity = Annotated[
@@ -118,8 +123,9 @@ class ImageSpec(_Model):
         max_length=640,
         description="Full image reference of the sdpa variant; overrides `<repository>:<tag>-sdpa`.",
     )
-    pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
-        default=None, description="Image pull policy of the server container. Default: IfNotPresent."
+    pull_policy: PullPolicy | None = Field(
+        default=None,
+        description=f"Image pull policy of the server container. {d.describe(d.DEFAULT_PULL_POLICY)}",
     )
 
 
@@ -130,14 +136,17 @@ class FallbackSpec(_Model):
         default=None,
         description=(
             "Roll back to the sdpa variant when flash-attn fails to load or the flash variant "
-            "crash-loops. Default: true. When false the OmegaVLM turns Degraded instead."
+            f"crash-loops. {d.describe(d.DEFAULT_FALLBACK_ENABLED)} When false the OmegaVLM turns Degraded instead."
         ),
     )
     crash_loop_restarts: int | None = Field(
         default=None,
         ge=1,
         le=100,
-        description="Container restarts of a flash-variant pod that count as a failed flash load. Default: 3.",
+        description=(
+            "Container restarts of a flash-variant pod that count as a failed flash load. "
+            + d.describe(d.DEFAULT_CRASH_LOOP_RESTARTS)
+        ),
     )
 
 
@@ -145,19 +154,23 @@ class RuntimeSpec(_Model):
     """Inference-server runtime knobs."""
 
     max_batch_size: int | None = Field(
-        default=None, ge=1, le=1024, description="Requests per forward pass (MAX_BATCH_SIZE). Default: 4."
+        default=None,
+        ge=1,
+        le=1024,
+        description=f"Requests per forward pass (MAX_BATCH_SIZE). {d.describe(d.DEFAULT_MAX_BATCH_SIZE)}",
     )
     max_model_length: int | None = Field(
         default=None,
         ge=256,
         le=1048576,
-        description="Longest prompt plus output in tokens (MAX_MODEL_LENGTH). Default: 8192.",
+        description=f"Longest prompt plus output in tokens (MAX_MODEL_LENGTH). {d.describe(d.DEFAULT_MAX_MODEL_LENGTH)}",
     )
     dtype: Dtype | None = Field(
-        default=None, description="Weight and activation dtype (DTYPE). Default: bfloat16."
+        default=None, description=f"Weight and activation dtype (DTYPE). {d.describe(d.DEFAULT_DTYPE)}"
     )
     shm_size: Quantity | None = Field(
-        default=None, description="Size limit of the memory-backed /dev/shm volume. Default: 16Gi."
+        default=None,
+        description=f"Size limit of the memory-backed /dev/shm volume. {d.describe(d.DEFAULT_SHM_SIZE)}",
     )
     startup_timeout_seconds: int | None = Field(
         default=None,
@@ -165,7 +178,7 @@ class RuntimeSpec(_Model):
         le=86400,
         description=(
             "How long a pod may take to load the model before the kubelet restarts it (startup probe "
-            "on /health). Default: 1800."
+            f"on /health). {d.describe(d.DEFAULT_STARTUP_TIMEOUT)}"
         ),
     )
 
@@ -174,7 +187,10 @@ class GpuSpec(_Model):
     """GPUs per pod and the GPU products the pods may run on."""
 
     count: int | None = Field(
-        default=None, ge=1, le=8, description="GPUs per pod (limits nvidia.com/gpu). Default: 1."
+        default=None,
+        ge=1,
+        le=8,
+        description=f"GPUs per pod (limits nvidia.com/gpu). {d.describe(d.DEFAULT_GPU_COUNT)}",
     )
     products: list[Annotated[str, Field(min_length=1, max_length=63)]] | None = Field(
         default=None,
@@ -182,7 +198,7 @@ class GpuSpec(_Model):
         max_length=16,
         description=(
             "Allowed values of the node label nvidia.com/gpu.product (GPU Feature Discovery). "
-            "Default: NVIDIA-H100-80GB-HBM3, NVIDIA-H100-PCIe, NVIDIA-H100-NVL."
+            + d.describe(H100_PRODUCTS)
         ),
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
@@ -191,10 +207,12 @@ class GpuSpec(_Model):
 class ServiceSpec(_Model):
     """The Service in front of the pods."""
 
-    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] | None = Field(
-        default=None, description="Service type. Default: ClusterIP."
+    type: ServiceType | None = Field(
+        default=None, description=f"Service type. {d.describe(d.DEFAULT_SERVICE_TYPE)}"
     )
-    port: int | None = Field(default=None, ge=1, le=65535, description="Service port. Default: 8000.")
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description=f"Service port. {d.describe(d.DEFAULT_SERVICE_PORT)}"
+    )
 
 
 class ResourceRequirements(_Model):
@@ -245,14 +263,17 @@ class OmegaVLMSpec(_Model):
 
     model: ModelSource = Field(description="The model to serve.")
     replicas: int | None = Field(
-        default=None, ge=0, le=1000, description="Number of server pods. Default: 1."
+        default=None,
+        ge=0,
+        le=1000,
+        description=f"Number of server pods. {d.describe(d.DEFAULT_REPLICAS)}",
     )
     image: ImageSpec = Field(description="The inference-server image and its variants.")
     attention: Attention | None = Field(
         default=None,
         description=(
             "Attention backend: `auto` (flash variant first, sdpa fallback), `flash_attention_2` "
-            "(flash variant, ATTN_IMPL=flash_attention_2) or `sdpa`. Default: auto."
+            f"(flash variant, ATTN_IMPL=flash_attention_2) or `sdpa`. {d.describe(d.DEFAULT_ATTENTION)}"
         ),
     )
     fallback: FallbackSpec | None = Field(default=None, description="Automatic rollback to the sdpa variant.")

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import random
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import pytest
 from aiohttp import web
 from omega_operator.credentials import Credentials, from_configuration
-from omega_operator.health import (
-    HealthProber,
-    ProbeOutcome,
-    ProbeTarget,
-    jittered,
-    parse_report,
-    pod_port,
-    pod_target,
-)
+from omega_operator.health_report import ProbeOutcome
+from omega_operator.prober import HealthProber, ProbeTarget, pod_port, pod_target
 
 from tests.omega_operator.health_bodies import LOADING_BODY, READY_BODY
 
@@ -223,27 +213,6 @@ def test_credentials_from_kubernetes_configuration() -> None:
     )
     cfg.verify_ssl = True
     assert from_configuration(cfg).ssl_context is not False
-
-
-@pytest.mark.parametrize(
-    "body",
-    [b"not json", b"[1, 2]", json.dumps({"ready": "perhaps"}).encode()],
-)
-def test_parse_report_rejects_junk(body: bytes) -> None:
-    assert parse_report(body) is None
-
-
-def test_parse_report_tolerates_missing_and_extra_fields() -> None:
-    r = parse_report(json.dumps({"ready": True, "attn": "sdpa", "new_field": 1}))
-    assert r is not None and r.ready and r.attn == "sdpa" and not r.flash_attn.loaded
-
-
-def test_jittered_stays_in_bounds_and_spreads() -> None:
-    rng = random.Random(7)
-    vals = [jittered(10.0, 0.2, rng) for _ in range(200)]
-    assert all(8.0 <= v <= 12.0 for v in vals)
-    assert max(vals) - min(vals) > 2.0
-    assert jittered(0) == 0.0
 
 
 def test_pod_target_reads_ip_and_port() -> None:

@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 from kubernetes import client
 from omega_operator.credentials import load_credentials
-from omega_operator.health import HealthProber, ProbeOutcome, ProbeTarget, pod_target
+from omega_operator.health_report import ProbeOutcome
+from omega_operator.prober import HealthProber, ProbeTarget, pod_target
 
 from devcluster import Cluster
 from tests.omega_operator.health_bodies import LOADING_BODY, READY_BODY

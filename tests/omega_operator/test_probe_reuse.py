@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from omega_operator.handlers import _reusable_probes
-from omega_operator.health import HealthReport, ProbeOutcome, ProbeResult
+from omega_operator.health_report import HealthReport, ProbeOutcome, ProbeResult
+from omega_operator.probe_reuse import reusable_probes
 
 
 def pod(
@@ -29,20 +29,20 @@ def serving(name: str) -> ProbeResult:
 
 
 def test_no_earlier_round_means_probe() -> None:
-    assert _reusable_probes(None, [pod("a")]) is None
+    assert reusable_probes(None, [pod("a")]) is None
 
 
 def test_a_round_that_still_matches_the_pods_is_reused() -> None:
     earlier = {"a": loading("a"), "b": serving("b")}
-    assert _reusable_probes(earlier, [pod("a"), pod("b", ready=True)]) is earlier
+    assert reusable_probes(earlier, [pod("a"), pod("b", ready=True)]) is earlier
 
 
 def test_a_pod_that_turned_ready_since_its_loading_probe_forces_a_new_round() -> None:
-    assert _reusable_probes({"a": loading("a")}, [pod("a", ready=True)]) is None
+    assert reusable_probes({"a": loading("a")}, [pod("a", ready=True)]) is None
 
 
 def test_a_new_pod_with_an_ip_forces_a_new_round_but_ipless_and_deleting_pods_do_not() -> None:
     earlier = {"a": serving("a")}
-    assert _reusable_probes(earlier, [pod("a", ready=True), pod("new")]) is None
-    assert _reusable_probes(earlier, [pod("a", ready=True), pod("pending", ip=None)]) is earlier
-    assert _reusable_probes(earlier, [pod("a", ready=True), pod("gone", deleting=True)]) is earlier
+    assert reusable_probes(earlier, [pod("a", ready=True), pod("new")]) is None
+    assert reusable_probes(earlier, [pod("a", ready=True), pod("pending", ip=None)]) is earlier
+    assert reusable_probes(earlier, [pod("a", ready=True), pod("gone", deleting=True)]) is earlier

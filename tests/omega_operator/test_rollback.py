@@ -1,6 +1,6 @@
-"""observe: the spec adapter, the rollback-write test, the jittered loop, and the status-first
-write of a rollback against a real API server (devcluster), which also proves the CRD keeps every
-field of status.attention the decision writes (a structural schema would prune unknown ones)."""
+"""rollback: the spec adapter, the rollback-write test, and the status-first write of a rollback
+against a real API server (devcluster), which also proves the CRD keeps every field of
+status.attention the decision writes (a structural schema would prune unknown ones)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 from omega_operator import builders as b
-from omega_operator import crdgen, observe
+from omega_operator import crdgen, rollback
 from omega_operator.api.validation import parse_spec
-from omega_operator.fallback import Action, FallbackSpec, PodView, decide
-from omega_operator.health import ProbeOutcome, ProbeResult, parse_report
+from omega_operator.fallback import Action, FallbackSpec, PodView, decide, fallback_spec
+from omega_operator.health_report import ProbeOutcome, ProbeResult, parse_report
 from omega_operator.kube import Kube, load_credentials
 
 from devcluster import Cluster
@@ -48,13 +48,13 @@ def flash_pod(name: str = "p") -> PodView:
 
 
 def rollback_decision() -> Any:
-    d = decide(observe.fallback_spec(parse_spec(RAW_SPEC)), None, [flash_pod()], {"p": BAD}, now=NOW)
+    d = decide(fallback_spec(parse_spec(RAW_SPEC)), None, [flash_pod()], {"p": BAD}, now=NOW)
     assert d.action is Action.ROLLBACK
     return d
 
 
 def test_fallback_spec_uses_the_builders_defaults_and_images() -> None:
-    fs = observe.fallback_spec(parse_spec(RAW_SPEC))
+    fs = fallback_spec(parse_spec(RAW_SPEC))
     assert fs == FallbackSpec(
         attention="auto", flash_image=FLASH, sdpa_image=SDPA, enabled=True, crash_loop_restarts=3
     )
@@ -64,7 +64,7 @@ def test_fallback_spec_uses_the_builders_defaults_and_images() -> None:
         "fallback": {"enabled": False, "crashLoopRestarts": 5},
         "image": {"repository": "r/omega-vlm-server", "flashImage": "r/x:f", "sdpaImage": "r/x:s"},
     }
-    fs = observe.fallback_spec(parse_spec(raw))
+    fs = fallback_spec(parse_spec(raw))
     assert (fs.attention, fs.flash_image, fs.sdpa_image, fs.enabled, fs.crash_loop_restarts) == (
         "flash_attention_2",
         "r/x:f",
@@ -77,7 +77,7 @@ def test_fallback_spec_uses_the_builders_defaults_and_images() -> None:
 def test_the_rollback_decision_builds_the_sdpa_deployment_through_the_builders() -> None:
     spec = parse_spec(RAW_SPEC)
     d = rollback_decision()
-    variant = observe.variant_of(d)
+    variant = d.variant
     dep = b.deployment(spec, b.Owner("x", "ml", "uid-1"), variant)
     c = dep["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in c["env"]}
@@ -89,26 +89,26 @@ def test_is_rollback_write() -> None:
     owner = b.Owner("x", "ml", "uid-1")
     flash_dep, sdpa_dep = b.deployment(spec, owner, "flash"), b.deployment(spec, owner, "sdpa")
     d = rollback_decision()
-    assert observe.is_rollback_write(d, flash_dep, applied=True)
-    assert not observe.is_rollback_write(d, flash_dep, applied=False)
-    assert not observe.is_rollback_write(
+    assert rollback.is_rollback_write(d, flash_dep, applied=True)
+    assert not rollback.is_rollback_write(d, flash_dep, applied=False)
+    assert not rollback.is_rollback_write(
         d, sdpa_dep, applied=True
     )  # already on sdpa: a repair, not a rollback
-    assert not observe.is_rollback_write(d, None, applied=True)  # created on sdpa from the start
-    keep = decide(observe.fallback_spec(spec), None, [flash_pod()], {}, now=NOW)
-    assert not observe.is_rollback_write(keep, flash_dep, applied=True)
+    assert not rollback.is_rollback_write(d, None, applied=True)  # created on sdpa from the start
+    keep = decide(fallback_spec(spec), None, [flash_pod()], {}, now=NOW)
+    assert not rollback.is_rollback_write(keep, flash_dep, applied=True)
     # After a crash between record and write, the next process decides KEEP but still does the write.
     after = decide(
-        observe.fallback_spec(spec), {"fallback": d.fallback.to_status()}, [flash_pod()], {"p": BAD}, now=NOW
+        fallback_spec(spec), {"fallback": d.fallback.to_status()}, [flash_pod()], {"p": BAD}, now=NOW
     )
-    assert after.action is Action.KEEP and observe.is_rollback_write(after, flash_dep, applied=True)
+    assert after.action is Action.KEEP and rollback.is_rollback_write(after, flash_dep, applied=True)
 
 
 @pytest.mark.devcluster
 def test_persist_fallback_writes_the_record_first_and_the_crd_keeps_it(devcluster: Cluster) -> None:
     devcluster.kubectl("apply", "--validate=false", "-f", "-", input=crdgen.render())
     devcluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/omegavlms.vlm.omega.io")
-    ns = "observe-test"
+    ns = "rollback-test"
     devcluster.kubectl("create", "namespace", ns)
     obj = {
         "apiVersion": "vlm.omega.io/v1alpha1",
@@ -122,9 +122,9 @@ def test_persist_fallback_writes_the_record_first_and_the_crd_keeps_it(devcluste
     async def main() -> tuple[Any, Any]:
         kube = Kube(load_credentials(str(devcluster.kubeconfig)))
         try:
-            keep = decide(observe.fallback_spec(parse_spec(RAW_SPEC)), None, [], {}, now=NOW)
-            nothing = await observe.persist_fallback(kube, ns, "x", keep)
-            written = await observe.persist_fallback(kube, ns, "x", d)
+            keep = decide(fallback_spec(parse_spec(RAW_SPEC)), None, [], {}, now=NOW)
+            nothing = await rollback.persist_fallback(kube, ns, "x", keep)
+            written = await rollback.persist_fallback(kube, ns, "x", d)
             return nothing, written
         finally:
             await kube.close()

@@ -1,0 +1,168 @@
+"""The one classifier of pod trouble: what is wrong with one pod, as findings with CamelCase reasons. Pure.
+
+A flash-attn failure (the evidence a rollback acts on), OOM, an image pull error, no schedulable
+node, a model that fails to load, a crash loop, an unhealthy server: each a :class:`PodFinding`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from omega_operator import conditions
+from omega_operator.fallback.inputs import FallbackSpec, PodView, Termination
+from omega_operator.health_report import ProbeOutcome, ProbeResult
+
+MAX_MESSAGE = 1024
+
+
+class Reason(StrEnum):
+    """Finding and ``FlashAttentionDegraded`` reasons (CamelCase constants)."""
+
+    FLASH_LOAD_FAILED = "FlashAttentionLoadFailed"
+    FLASH_CRASH_LOOP = "FlashVariantCrashLoop"
+    OOM_KILLED = "OOMKilled"
+    IMAGE_PULL = "ImagePullFailed"  # ErrImagePull / ImagePullBackOff / InvalidImageName
+    UNSCHEDULABLE = conditions.UNSCHEDULABLE
+    MODEL_LOAD_FAILED = "ModelLoadFailed"
+    CRASH_LOOP = "CrashLoopBackOff"
+    SERVER_UNHEALTHY = "ServerUnhealthy"
+    # FlashAttentionDegraded=False reasons
+    NOT_DEGRADED = "FlashAttentionHealthy"
+    SDPA_REQUESTED = "SdpaRequested"
+    RETRYING_FLASH = "RetryingFlash"
+
+
+FLASH_REASONS = frozenset({Reason.FLASH_LOAD_FAILED, Reason.FLASH_CRASH_LOOP})
+
+# Severity order for the headline of non-flash problems (first wins).
+_SEVERITY = (
+    Reason.UNSCHEDULABLE,
+    Reason.IMAGE_PULL,
+    Reason.OOM_KILLED,
+    Reason.MODEL_LOAD_FAILED,
+    Reason.CRASH_LOOP,
+    Reason.SERVER_UNHEALTHY,
+)
+
+_IMAGE_PULL_REASONS = frozenset(
+    {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable"}
+)
+_FLASH_RE = re.compile(r"flash[-_ ]?attn|flash_attention|flashattention", re.IGNORECASE)
+_MODEL_RE = re.compile(r"MODEL_PATH|\bmodel\b|checkpoint|config\.json|safetensors", re.IGNORECASE)
+_ERROR_LINE_RE = re.compile(r"\b\w*(Error|Exception)\b|^fatal\b|^error\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class PodFinding:
+    """A problem seen on one pod."""
+
+    pod: str
+    node: str | None
+    reason: Reason
+    message: str
+
+    @property
+    def is_flash(self) -> bool:
+        """A flash-attn failure (the evidence a rollback acts on)."""
+        return self.reason in FLASH_REASONS
+
+
+def rank_problems(findings: Iterable[PodFinding]) -> tuple[PodFinding, ...]:
+    """The non-flash findings, most severe first (the first one is the Ready/phase reason)."""
+    rank = {r: i for i, r in enumerate(_SEVERITY)}
+    return tuple(
+        sorted((f for f in findings if not f.is_flash), key=lambda f: (rank.get(f.reason, 99), f.pod))
+    )
+
+
+def pod_findings(pod: PodView, spec: FallbackSpec, probe: ProbeResult | None) -> list[PodFinding]:
+    """The problems on one pod, flash ones first."""
+    out: list[PodFinding] = []
+    flash = spec.wants_flash and pod.is_flash_variant(spec)
+
+    def add(reason: Reason, message: str) -> None:
+        out.append(PodFinding(pod.name, pod.node, reason, clip(message)))
+
+    report = probe.report if probe is not None and probe.outcome is ProbeOutcome.REPORT else None
+    if flash and report is not None and report.flash_failed:
+        add(Reason.FLASH_LOAD_FAILED, report.flash_error)
+
+    term = pod.terminated or pod.last_terminated
+    crash = _classify_termination(term) if term is not None else None
+    if flash and crash == Reason.FLASH_CRASH_LOOP and term is not None:
+        add(Reason.FLASH_CRASH_LOOP, _key_line(term.message) or "container exited naming flash-attn")
+    elif crash in (Reason.OOM_KILLED, Reason.MODEL_LOAD_FAILED) and term is not None:
+        add(crash, _termination_text(term, pod.restarts))
+    elif flash and pod.restarts >= max(1, spec.crash_loop_restarts):
+        add(
+            Reason.FLASH_CRASH_LOOP,
+            f"flash variant restarted {pod.restarts} times (threshold {spec.crash_loop_restarts}); "
+            + (_termination_text(term, pod.restarts) if term else "no termination message"),
+        )
+    elif pod.waiting_reason == "CrashLoopBackOff" or (term is not None and pod.restarts > 0):
+        add(Reason.CRASH_LOOP, _termination_text(term, pod.restarts) if term else pod.waiting_message or "")
+
+    if pod.waiting_reason in _IMAGE_PULL_REASONS:
+        add(Reason.IMAGE_PULL, f"{pod.waiting_reason}: {pod.waiting_message or pod.image or ''}".strip())
+    if pod.unschedulable:
+        add(Reason.UNSCHEDULABLE, pod.unschedulable)
+    if (
+        report is not None
+        and not report.ready
+        and report.error
+        and report.status not in ("loading", "starting")
+    ):
+        if flash and _FLASH_RE.search(report.error):
+            if not any(f.reason == Reason.FLASH_LOAD_FAILED for f in out):
+                add(Reason.FLASH_LOAD_FAILED, report.error)
+        elif _MODEL_RE.search(report.error):
+            add(Reason.MODEL_LOAD_FAILED, report.error)
+        else:
+            add(Reason.SERVER_UNHEALTHY, report.error)
+    return out
+
+
+def _classify_termination(t: Termination) -> Reason | None:
+    """Why a container ended: OOM, a flash-attn error, a model load error, or unknown (None)."""
+    if t.reason == "OOMKilled" or (t.exit_code == 137 and "oom" in (t.message or "").lower()):
+        return Reason.OOM_KILLED
+    line = _key_line(t.message)
+    if line and _FLASH_RE.search(line):
+        return Reason.FLASH_CRASH_LOOP
+    if line and _MODEL_RE.search(line):
+        return Reason.MODEL_LOAD_FAILED
+    return None
+
+
+def _key_line(message: str | None) -> str:
+    """The line that says why a process died: the last ``fatal:`` line, else the last line naming
+    an error or exception, else the last line."""
+    lines = [ln.strip() for ln in (message or "").splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    for ln in reversed(lines):
+        if ln.lower().startswith("fatal"):
+            return ln
+    for ln in reversed(lines):
+        if _ERROR_LINE_RE.search(ln):
+            return ln
+    return lines[-1]
+
+
+def _termination_text(t: Termination | None, restarts: int) -> str:
+    if t is None:
+        return ""
+    parts = [f"exit code {t.exit_code}" if t.exit_code is not None else "", t.reason or ""]
+    head = ", ".join(p for p in parts if p)
+    line = _key_line(t.message)
+    text = f"{head}: {line}" if line else head
+    return f"{text} (restarts {restarts})" if restarts else text
+
+
+def clip(text: str) -> str:
+    """At most ``MAX_MESSAGE`` characters (status fields and Events stay small)."""
+    text = text.strip()
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
