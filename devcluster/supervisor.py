@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import httpx
 
 from devcluster import controlplane as cp
-from devcluster import pki
+from devcluster import launch, pki
 from devcluster.apiclient import Api
 from devcluster.kubelet import Ipam, Kubelet, KubeletConfig
 from devcluster.kubeletapi import KubeletServer
@@ -33,6 +33,7 @@ from devcluster.nodeagent import NodeAgent
 from devcluster.nodes import NodeSpec
 from devcluster.procs import PidRegistry, spawn, stop_pid
 from devcluster.settings import bin_dir
+from devcluster.storage import Storage
 
 log = logging.getLogger("devcluster.supervisor")
 
@@ -164,7 +165,9 @@ class Supervisor:
             server,
             layout.pki / "ca.crt",
         )
-        for target in (agent.run, self.kubelet.run):
+        storage = Storage(api, layout.storage)
+        storage.ensure_class()
+        for target in (agent.run, self.kubelet.run, storage.run):
             t = threading.Thread(target=target, args=(self.stop,), daemon=True)
             t.start()
             self.threads.append(t)
@@ -233,6 +236,14 @@ def main(argv: list[str]) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The kubelet's mounts (memory-backed emptyDirs) live in a mount namespace of our own: the host
+    # never sees them and they go when the supervisor does. Pods' namespaces are made from it.
+    try:
+        launch.private_mount_namespace()
+    except OSError as e:
+        log.error("the process kubelet needs root (mount namespaces, bind mounts, setuid): %s", e)
+        write_json(cp.Layout(state_dir).state_file, {"phase": "failed", "error": f"needs root: {e}"})
+        return 1
     sup = Supervisor(state_dir)
 
     def on_signal(signum: int, _frame: Any) -> None:
