@@ -22,7 +22,7 @@ from devcluster.apiclient import Api, ApiError
 from devcluster.nodes import now_iso
 from devcluster.podworker import PodWorker
 from devcluster.procs import PidRegistry
-from devcluster.volumes import Attachments
+from devcluster.volumes import Attachments, Lookups
 
 log = logging.getLogger("devcluster.kubelet")
 
@@ -113,6 +113,41 @@ class Kubelet:
                 self._images = images.load(self.images_file)
                 self._images_mtime = mtime
         return self._images
+
+    def lookups(self, pod: dict[str, Any]) -> Lookups:
+        """What volume setup of ``pod`` reads from the API."""
+        api = self.api
+        return Lookups(
+            configmap=lambda ns, name: api.get_or_none(f"/api/v1/namespaces/{ns}/configmaps/{name}"),
+            secret=lambda ns, name: api.get_or_none(f"/api/v1/namespaces/{ns}/secrets/{name}"),
+            pvc=lambda ns, name: api.get_or_none(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}"),
+            pv=lambda name: api.get_or_none(f"/api/v1/persistentvolumes/{name}"),
+            token=lambda sa, ttl, audiences: self.token(pod, sa, ttl, audiences),
+        )
+
+    def token(self, pod: dict[str, Any], sa: str, ttl: int, audiences: list[str]) -> str:
+        """A pod-bound token of ServiceAccount ``sa`` (TokenRequest API)."""
+        meta = pod["metadata"]
+        spec: dict[str, Any] = {"audiences": audiences, "expirationSeconds": ttl}
+        # Bound to the pod when the pod names its ServiceAccount (the ServiceAccount admission
+        # plugin, off here, would always have set it; the API refuses to bind a pod without it).
+        if pod["spec"].get("serviceAccountName"):
+            spec["boundObjectRef"] = {
+                "kind": "Pod",
+                "apiVersion": "v1",
+                "name": meta["name"],
+                "uid": meta["uid"],
+            }
+        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        try:
+            answer = self.api.post(
+                f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", request
+            )
+        except ApiError as e:
+            if e.status == 404:  # the ServiceAccount controller makes "default" a moment after its namespace
+                raise LookupError(f'failed to fetch token: serviceaccounts "{sa}" not found') from e
+            raise
+        return str(answer["status"]["token"])
 
     def configmap(self, namespace: str, name: str) -> dict[str, str] | None:
         obj = self.api.get_or_none(f"/api/v1/namespaces/{namespace}/configmaps/{name}")

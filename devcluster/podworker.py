@@ -11,113 +11,26 @@ import contextlib
 import json
 import logging
 import os
-import select
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import httpx
 
-from devcluster import images, podenv, podroot, security
+from devcluster import container, images, podenv, podroot, security
 from devcluster.apiclient import ApiError
+from devcluster.container import ContainerRuntime
 from devcluster.nodes import now_iso
-from devcluster.podstatus import ContainerView, pod_status, tail_message
-from devcluster.probes import ProbeTracker, run_hook, run_probe
-from devcluster.procs import alive, proc_start_ticks, signal_group, spawn, stop_pid
-from devcluster.volumes import Lookups, MountError, PodVolumes
+from devcluster.podstatus import pod_status
+from devcluster.probes import ProbeTracker, run_probe
+from devcluster.procs import proc_start_ticks, signal_group, stop_pid
+from devcluster.volumes import MountError, PodVolumes
 
 if TYPE_CHECKING:
     from devcluster.kubelet import Kubelet
 
 log = logging.getLogger("devcluster.kubelet")
-
-# Host environment a container process inherits (a container sees none of the host's; a local
-# process needs at least these to run, and OMP_NUM_THREADS keeps tiny models fast on small machines).
-PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-PASSTHROUGH_PREFIXES = ("HF_", "TRANSFORMERS_")
-MIN_GRACE_S = 2.0  # the kubelet's minimumGracePeriodInSeconds after a preStop hook
-TERMINATION_MESSAGE_MAX = 4096
-
-
-@dataclass
-class ContainerRuntime:
-    """Everything the kubelet tracks for one container of one pod."""
-
-    spec: dict[str, Any]
-    log_path: Path
-    state: dict[str, Any] = field(default_factory=dict)
-    last_state: dict[str, Any] = field(default_factory=dict)
-    proc: subprocess.Popen | None = None
-    ticks: int | None = None
-    started_wall: str = ""
-    started_mono: float = 0.0
-    restart_count: int = 0
-    ever_started: bool = False
-    done: bool = False
-    next_start: float = 0.0
-    crash_count: int = 0
-    pull_failures: int = 0
-    first_pull_failure: float = 0.0
-    container_id: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    readiness: ProbeTracker | None = None
-    liveness: ProbeTracker | None = None
-    startup: ProbeTracker | None = None
-    kill_reason: str | None = None
-    join_plan: Path | None = None  # how exec probes and hooks enter the running container
-    termination_log: Path | None = None
-
-    @property
-    def name(self) -> str:
-        return str(self.spec["name"])
-
-    @property
-    def image(self) -> str:
-        return str(self.spec.get("image", ""))
-
-    def view(self) -> ContainerView:
-        running = self.proc is not None
-        started = running and (self.startup is None or self.startup.result)
-        ready = started and (self.readiness is None or self.readiness.result)
-        return ContainerView(
-            name=self.name,
-            image=self.image,
-            state=self.state or {"waiting": {"reason": "ContainerCreating"}},
-            last_state=self.last_state,
-            ready=bool(ready),
-            started=bool(started),
-            restart_count=self.restart_count,
-            container_id=self.container_id,
-            image_id=f"devcluster://{self.image}" if self.ever_started else None,
-        )
-
-    def in_container(self) -> Callable[[list[str]], list[str]] | None:
-        """Wraps a command so that it runs inside this container (None while it does not run)."""
-        plan = self.join_plan
-        if self.proc is None or plan is None:
-            return None
-        return lambda command: podroot.launcher_argv(plan, *command)
-
-
-def _read_sync(fd: int, timeout: float = 30.0) -> str:
-    """What the launcher wrote before its exec ('' once the exec closed the pipe)."""
-    chunks = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        data = os.read(fd, 4096)
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks).decode(errors="replace")
 
 
 class PodWorker(threading.Thread):
@@ -149,15 +62,7 @@ class PodWorker(threading.Thread):
             for stale in (c.log_path, self.dir / f"{c.name}.previous.log"):
                 stale.unlink(missing_ok=True)
         self.volume_specs = podroot.pod_volumes(pod)
-        lookups = Lookups(
-            configmap=lambda ns, name: kubelet.api.get_or_none(f"/api/v1/namespaces/{ns}/configmaps/{name}"),
-            secret=lambda ns, name: kubelet.api.get_or_none(f"/api/v1/namespaces/{ns}/secrets/{name}"),
-            pvc=lambda ns, name: kubelet.api.get_or_none(
-                f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}"
-            ),
-            pv=lambda name: kubelet.api.get_or_none(f"/api/v1/persistentvolumes/{name}"),
-            token=self._token,
-        )
+        lookups = kubelet.lookups(pod)
         self.volumes = PodVolumes(
             self.kdir, pod, lookups, kubelet.attachments, kubelet.storage_dir, self.pod_ip, self.host_ip
         )
@@ -248,25 +153,6 @@ class PodWorker(threading.Thread):
         self._volumes_ok = True
         return True
 
-    def _token(self, sa: str, ttl: int, audiences: list[str]) -> str:
-        """A pod-bound token of ServiceAccount ``sa`` (TokenRequest API)."""
-        meta = self.pod["metadata"]
-        spec: dict[str, Any] = {"audiences": audiences, "expirationSeconds": ttl}
-        # Bound to the pod when the pod names its ServiceAccount (the ServiceAccount admission
-        # plugin, off here, would always have set it; the API refuses to bind a pod without it).
-        if self.pod["spec"].get("serviceAccountName"):
-            spec["boundObjectRef"] = {"kind": "Pod", "apiVersion": "v1", "name": meta["name"], "uid": self.uid}
-        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
-        try:
-            answer = self.kubelet.api.post(
-                f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", request
-            )
-        except ApiError as e:
-            if e.status == 404:  # the ServiceAccount controller makes "default" a moment after its namespace
-                raise LookupError(f'failed to fetch token: serviceaccounts "{sa}" not found') from e
-            raise
-        return str(answer["status"]["token"])
-
     # -- containers ---------------------------------------------------------------------------
     def _step(self, c: ContainerRuntime) -> None:
         now = time.monotonic()
@@ -281,32 +167,10 @@ class PodWorker(threading.Thread):
             return
         self._exited(c, rc, now)
 
-    def _pull_failed(self, c: ContainerRuntime, now: float) -> None:
-        if c.pull_failures == 0:
-            c.first_pull_failure = now
-            self._event("Pulling", f'Pulling image "{c.image}"', container=c.name)
-            self._event(
-                "Failed",
-                f'Failed to pull image "{c.image}": rpc error: code = NotFound desc = failed to pull and '
-                f'unpack image "{c.image}": not found (devcluster has no local command for this image)',
-                "Warning",
-                c.name,
-            )
-        c.pull_failures += 1
-        if now - c.first_pull_failure < 2.0:
-            message = (
-                f'rpc error: code = NotFound desc = failed to pull and unpack image "{c.image}": not found'
-            )
-            c.state = {"waiting": {"reason": "ErrImagePull", "message": message}}
-        else:
-            c.state = {
-                "waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{c.image}"'}
-            }
-
     def _start(self, c: ContainerRuntime, now: float) -> None:
         entry = images.resolve(self.kubelet.image_entries(), c.image)
         if entry is None:
-            self._pull_failed(c, now)
+            container.pull_failed(c, now, self._event)
             return
         cdir = self.kdir / "containers" / c.name
         try:
@@ -331,39 +195,13 @@ class PodWorker(threading.Thread):
             self._event("Pulled", f'Container image "{c.image}" already present on machine', container=c.name)
         c.ever_started = True
         c.env = env
-        cwd = c.spec.get("workingDir") or entry.workdir
-        root = cdir / "root"
-        root.mkdir(parents=True, exist_ok=True)
-        read_fd, write_fd = os.pipe()
-        try:
-            plan = podroot.start_plan(root, creds, cwd, argv, binds, write_fd)
-            (cdir / "plan.json").write_text(json.dumps(plan, indent=1))
-            c.proc = spawn(
-                podroot.launcher_argv(cdir / "plan.json"), c.log_path, env=env, pass_fds=(write_fd,)
-            )
-        except OSError as e:
-            c.proc = None
+        error = container.enter(c, cdir, creds, c.spec.get("workingDir") or entry.workdir, argv, binds, env)
+        if error or c.proc is None:
             stamp = now_iso()
-            self._exited_record(c, 128, "StartError", f"failed to start container: {e}", stamp, stamp, now)
+            message = f"failed to start container: {error}"
+            self._exited_record(c, 128, "StartError", message, stamp, stamp, now)
+            self._event("Failed", f"Error: {message}", "Warning", c.name)
             return
-        finally:
-            os.close(write_fd)
-        try:
-            error = _read_sync(read_fd)
-        finally:
-            os.close(read_fd)
-        if error:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                c.proc.wait(timeout=10)
-            c.proc = None
-            stamp = now_iso()
-            self._exited_record(
-                c, 128, "StartError", f"failed to start container: {error}", stamp, stamp, now
-            )
-            self._event("Failed", f"Error: failed to start container: {error}", "Warning", c.name)
-            return
-        c.join_plan = cdir / "join.json"
-        c.join_plan.write_text(json.dumps(podroot.join_plan(c.proc.pid, creds, cwd)))
         c.ticks = proc_start_ticks(c.proc.pid)
         c.container_id = f"devcluster://{self.uid[:8]}-{c.name}-{c.restart_count}-{c.proc.pid}"
         c.started_wall = now_iso()
@@ -380,18 +218,7 @@ class PodWorker(threading.Thread):
     def _env(
         self, c: ContainerRuntime, entry: images.ImageEntry, creds: security.Credentials
     ) -> dict[str, str]:
-        base = {
-            k: v for k, v in os.environ.items() if k in PASSTHROUGH_ENV or k.startswith(PASSTHROUGH_PREFIXES)
-        }
-        base["HOSTNAME"] = self.pod["metadata"]["name"]
-        # The kubernetes Service's variables, as every pod gets them (here: the apiserver itself),
-        # so in-cluster clients use the mounted service-account token.
-        api = urlparse(self.kubelet.server)
-        base |= {
-            "KUBERNETES_SERVICE_HOST": api.hostname or "127.0.0.1",
-            "KUBERNETES_SERVICE_PORT": str(api.port or 443),
-            "KUBERNETES_SERVICE_PORT_HTTPS": str(api.port or 443),
-        }
+        base = podenv.runtime_env(os.environ, self.pod["metadata"]["name"], self.kubelet.server)
         env = podenv.container_env(
             self.pod,
             c.spec,
@@ -435,47 +262,13 @@ class PodWorker(threading.Thread):
         self._kill_container(c, float(30 if grace is None else grace))
 
     def _kill_container(self, c: ContainerRuntime, grace: float) -> None:
-        """The kubelet's killContainer: preStop (within the grace period), then SIGTERM, then SIGKILL
-        when what is left of the grace period (at least 2 s) has run out."""
-        proc = c.proc
-        if proc is None:
-            return
-        started = time.monotonic()
-        hook = (c.spec.get("lifecycle") or {}).get("preStop")
-        if hook and grace > 0 and proc.poll() is None:
-            ok, why = run_hook(
-                hook, c.spec, self.pod_ip, self._http, c.env, c.in_container(), grace, lambda: self._gone
-            )
-            if not ok:
-                meta = self.pod["metadata"]
-                self._event(
-                    "FailedPreStopHook",
-                    f'PreStopHook failed: {why} (container "{c.name}" in pod "{meta["name"]}_{meta["namespace"]}")',
-                    "Warning",
-                    c.name,
-                )
-        left = max(grace - (time.monotonic() - started), MIN_GRACE_S)
-        signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + left
-        while time.monotonic() < deadline and not self._gone:
-            if proc.poll() is not None or not alive(proc.pid, c.ticks):
-                break
-            time.sleep(0.05)
-        signal_group(proc.pid, signal.SIGKILL)  # the group may hold children even when the leader exited
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
+        meta = self.pod["metadata"]
 
-    def _termination_message(self, c: ContainerRuntime, code: int) -> str | None:
-        """The termination-message file's content, else (FallbackToLogsOnError, failed exit) the log's tail."""
-        with contextlib.suppress(OSError):
-            if c.termination_log is not None:
-                data = c.termination_log.read_bytes()[:TERMINATION_MESSAGE_MAX]
-                if data:
-                    return data.decode(errors="replace")
-        if code != 0 and c.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
-            with contextlib.suppress(OSError):
-                return tail_message(c.log_path.read_bytes()) or None
-        return None
+        def hook_failed(why: str) -> None:
+            where = f'container "{c.name}" in pod "{meta["name"]}_{meta["namespace"]}"'
+            self._event("FailedPreStopHook", f"PreStopHook failed: {why} ({where})", "Warning", c.name)
+
+        container.kill(c, grace, self.pod_ip, self._http, lambda: self._gone, hook_failed)
 
     def _exited(self, c: ContainerRuntime, rc: int, now: float) -> None:
         assert c.proc is not None
@@ -483,9 +276,7 @@ class PodWorker(threading.Thread):
         signal_group(c.proc.pid, signal.SIGKILL)
         code = 128 - rc if rc < 0 else rc  # killed by signal N -> 128+N, as runtimes report it
         reason = "Completed" if code == 0 else "Error"
-        self._exited_record(
-            c, code, reason, self._termination_message(c, code), c.started_wall, now_iso(), now
-        )
+        self._exited_record(c, code, reason, c.termination_message(code), c.started_wall, now_iso(), now)
 
     def _exited_record(
         self, c: ContainerRuntime, code: int, reason: str, message: str | None, started: str, finished: str,
@@ -567,7 +358,7 @@ class PodWorker(threading.Thread):
             rc = c.proc.returncode if c.proc.returncode is not None else -signal.SIGKILL
             code = 128 - rc if rc < 0 else rc
             self.kubelet.registry.remove(f"pod:{self.key}/{c.name}")
-            message = self._termination_message(c, code)
+            message = c.termination_message(code)
             c.state = {
                 "terminated": {
                     "exitCode": code,
