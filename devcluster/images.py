@@ -31,9 +31,25 @@ class ImageDir:
 
 
 @dataclass(frozen=True)
+class PasswdEntry:
+    """A user of the image's /etc/passwd (and its primary group, in /etc/group)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    def line(self) -> str:
+        return f"{self.name}:x:{self.uid}:{self.gid}::{self.home}:/usr/sbin/nologin"
+
+
+ROOT_USER = PasswdEntry("root", 0, 0, "/root")
+
+
+@dataclass(frozen=True)
 class ImageEntry:
     """An image (or repository suffix): the command that stands in for its entrypoint, the image's
-    ENV, its USER (``uid``/``gid``), WORKDIR, the users of its /etc/passwd (uid -> home) and the
+    ENV, its USER (``uid``/``gid``), WORKDIR, the users its /etc/passwd adds to the host's, and the
     directories it owns. The host's files stand in for the rest of the image."""
 
     match: str  # "repo/suffix" (any registry, any tag) or a full "repo:tag" / "repo@digest"
@@ -42,7 +58,7 @@ class ImageEntry:
     uid: int = 0
     gid: int = 0
     workdir: str = "/"
-    homes: dict[int, str] = field(default_factory=lambda: {0: "/root"})
+    users: tuple[PasswdEntry, ...] = (ROOT_USER,)
     dirs: tuple[ImageDir, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,7 +69,7 @@ class ImageEntry:
             "uid": self.uid,
             "gid": self.gid,
             "workdir": self.workdir,
-            "homes": {str(k): v for k, v in self.homes.items()},
+            "users": [u.__dict__ for u in self.users],
             "dirs": [d.to_dict() for d in self.dirs],
         }
 
@@ -66,13 +82,13 @@ class ImageEntry:
             uid=int(d.get("uid", 0)),
             gid=int(d.get("gid", 0)),
             workdir=str(d.get("workdir") or "/"),
-            homes={int(k): str(v) for k, v in (d.get("homes") or {"0": "/root"}).items()},
+            users=tuple(PasswdEntry(**u) for u in d.get("users") or [ROOT_USER.__dict__]),
             dirs=tuple(ImageDir.from_dict(x) for x in d.get("dirs") or []),
         )
 
     def home(self, uid: int) -> str:
         """$HOME a runtime gives ``uid``: its /etc/passwd home in the image, "/" when it has none."""
-        return self.homes.get(uid, "/")
+        return next((u.home for u in self.users if u.uid == uid), "/")
 
 
 def split_image(image: str) -> tuple[str, str | None, str | None]:
@@ -117,10 +133,11 @@ def venv_python() -> str:
     return str(candidate) if candidate.exists() else sys.executable
 
 
-# What Dockerfile.server declares: USER 10001:10001, WORKDIR and HOME /home/omega (created by
-# useradd, owned by the user), and the ENV of its final stage that a local process can use.
+# What Dockerfile.server declares: USER 10001:10001 (user omega), WORKDIR and HOME /home/omega
+# (created by useradd, owned by the user), and the ENV of its final stage a local process can use.
 SERVER_UID = 10001
 SERVER_HOME = "/home/omega"
+OPERATOR_IMAGE_SUFFIX = "omega-vlm-operator"
 SERVER_ENV = {
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONUNBUFFERED": "1",
@@ -140,14 +157,31 @@ def server_entry(command: tuple[str, ...], match: str = SERVER_IMAGE_SUFFIX) -> 
         uid=SERVER_UID,
         gid=SERVER_UID,
         workdir=SERVER_HOME,
-        homes={0: "/root", SERVER_UID: SERVER_HOME},
+        users=(ROOT_USER, PasswdEntry("omega", SERVER_UID, SERVER_UID, SERVER_HOME)),
         dirs=(ImageDir(SERVER_HOME, SERVER_UID, SERVER_UID, 0o755),),
     )
 
 
+def operator_entry(command: tuple[str, ...], match: str = OPERATOR_IMAGE_SUFFIX) -> ImageEntry:
+    """The operator image as Dockerfile.operator builds it: USER 10001:10001 (omega, no home)."""
+    return ImageEntry(
+        match,
+        command,
+        {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
+        uid=SERVER_UID,
+        gid=SERVER_UID,
+        workdir="/",
+        users=(ROOT_USER, PasswdEntry("omega", SERVER_UID, SERVER_UID, "/nonexistent")),
+    )
+
+
 def default_entries() -> list[ImageEntry]:
-    """The built-in map: the omega-vlm server image runs ``python -m omega_server`` from ``.venv``."""
-    return [server_entry((venv_python(), "-m", "omega_server"))]
+    """The built-in map: the server image runs ``python -m omega_server`` from ``.venv``, the
+    operator image ``python -m omega_operator``."""
+    return [
+        server_entry((venv_python(), "-m", "omega_server")),
+        operator_entry((venv_python(), "-m", "omega_operator")),
+    ]
 
 
 def stand_in(match: str, command: tuple[str, ...], env: dict[str, str], uid: int | None = None) -> ImageEntry:
@@ -157,7 +191,7 @@ def stand_in(match: str, command: tuple[str, ...], env: dict[str, str], uid: int
     known = resolve(default_entries(), match)
     if known is not None and uid is None:
         return ImageEntry(
-            match, command, {**known.env, **env}, known.uid, known.gid, known.workdir, known.homes, known.dirs
+            match, command, {**known.env, **env}, known.uid, known.gid, known.workdir, known.users, known.dirs
         )
     return ImageEntry(match, command, dict(env), uid=uid or 0, gid=uid or 0)
 

@@ -1,7 +1,7 @@
 """What the launcher does for one container: its binds, working directory and user (plan builders).
 
 The plan is JSON for ``devcluster/launch.py``. Binds come in the order a runtime mounts them:
-the image's own directories (a fresh writable layer per container start), then the volume
+the image's own directories and passwd files (a fresh writable layer per container start), then the volume
 mounts sorted by depth (containerd's order), then the termination-message file.
 """
 
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from devcluster.apiproxy import SERVICE_NAMES
 from devcluster.images import ImageEntry
 from devcluster.security import Credentials
 from devcluster.volumes import SA_MOUNT, SA_VOLUME, HostVolume
@@ -129,11 +130,34 @@ def join_plan(pid: int, creds: Credentials, cwd: str) -> dict[str, Any]:
             "groups": list(creds.groups), "argv": []}  # fmt: skip
 
 
-def fresh_layer(container_dir: Path, image: ImageEntry) -> list[tuple[str, str]]:
-    """The image's own directories as a new writable layer (what the last start wrote is gone)."""
+def passwd_files(image: ImageEntry, host_passwd: str, host_group: str) -> tuple[str, str]:
+    """The image's /etc/passwd and /etc/group: the host's, plus the image's users and their groups."""
+    uids = {line.split(":")[2] for line in host_passwd.splitlines() if line.count(":") >= 6}
+    gids = {line.split(":")[2] for line in host_group.splitlines() if line.count(":") >= 3}
+    passwd = [u.line() for u in image.users if str(u.uid) not in uids]
+    group = [f"{u.name}:x:{u.gid}:" for u in image.users if str(u.gid) not in gids]
+    return (host_passwd.rstrip("\n") + "\n" + "".join(p + "\n" for p in passwd),
+            host_group.rstrip("\n") + "\n" + "".join(g + "\n" for g in group))  # fmt: skip
+
+
+def hosts_file(host_hosts: str, pod_ip: str, hostname: str, service_ip: str) -> str:
+    """The kubelet-managed /etc/hosts: the host's, the pod's own name, and the kubernetes Service."""
+    lines = [host_hosts.rstrip("\n"), f"{pod_ip}\t{hostname}", f"{service_ip}\t{' '.join(SERVICE_NAMES)}"]
+    return "\n".join(lines) + "\n"
+
+
+def fresh_layer(container_dir: Path, image: ImageEntry, hosts: str) -> list[tuple[str, str]]:
+    """The image's own directories, its /etc/passwd and /etc/group, and the pod's /etc/hosts, as a
+    new writable layer (what the last start wrote is gone)."""
     layer = container_dir / "layer"
     shutil.rmtree(layer, ignore_errors=True)
+    (layer / "etc").mkdir(parents=True)
+    passwd, group = passwd_files(image, Path("/etc/passwd").read_text(), Path("/etc/group").read_text())
+    files = {"passwd": passwd, "group": group, "hosts": hosts}
     out = []
+    for name, text in files.items():
+        (layer / "etc" / name).write_text(text)
+        out.append((str(layer / "etc" / name), f"/etc/{name}"))
     for d in image.dirs:
         host = layer / d.path.lstrip("/")
         host.mkdir(parents=True)

@@ -14,12 +14,14 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from devcluster import container, images, podenv, podroot, security
 from devcluster.apiclient import ApiError
+from devcluster.apiproxy import service_address
 from devcluster.container import ContainerRuntime
 from devcluster.nodes import now_iso
 from devcluster.podstatus import pod_status
@@ -177,7 +179,11 @@ class PodWorker(threading.Thread):
             creds = security.credentials(self.pod, c.spec, entry)
             env = self._env(c, entry, creds)
             argv = podenv.command_line(entry.command, c.spec, env)
-            layer = podroot.fresh_layer(cdir, entry)
+            hosts = podroot.hosts_file(
+                Path("/etc/hosts").read_text(), self.pod_ip, self.pod["metadata"]["name"],
+                service_address(self.kubelet.ipam.prefix),
+            )  # fmt: skip
+            layer = podroot.fresh_layer(cdir, entry, hosts)
             c.termination_log = podroot.fresh_termination_log(cdir)
             binds = podroot.binds(
                 self.pod, c.spec, self.volumes.ready, layer, str(c.termination_log),

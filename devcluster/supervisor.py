@@ -27,6 +27,7 @@ import httpx
 from devcluster import controlplane as cp
 from devcluster import launch, pki
 from devcluster.apiclient import Api
+from devcluster.apiproxy import ApiProxy, service_address
 from devcluster.kubelet import Ipam, Kubelet, KubeletConfig
 from devcluster.kubeletapi import KubeletServer
 from devcluster.nodeagent import NodeAgent
@@ -83,6 +84,7 @@ class Supervisor:
         self.state: dict[str, Any] = {"phase": "starting", "supervisor_pid": os.getpid()}
         self.kubelet: Kubelet | None = None
         self.kubelet_api: KubeletServer | None = None
+        self.api_proxy: ApiProxy | None = None
         self.registry.add("supervisor", os.getpid())
         self.threads: list[threading.Thread] = []
 
@@ -151,6 +153,9 @@ class Supervisor:
             layout.pods, node_ips, layout.pki / "apiserver.crt", layout.pki / "apiserver.key"
         )
         self.kubelet_api.start()
+        # The kubernetes Service (pods' /etc/hosts name it kubernetes.default.svc): port 443 of the pod range.
+        self.api_proxy = ApiProxy((service_address(prefix), 443), ("127.0.0.1", ports.apiserver))
+        self.api_proxy.start()
         agent = NodeAgent(api, nodes, node_ips)
         agent.register()
         kcfg = KubeletConfig(**self.config.get("kubelet", {}))
@@ -218,6 +223,8 @@ class Supervisor:
             self.kubelet.shutdown()
         if self.kubelet_api is not None:
             self.kubelet_api.stop()
+        if self.api_proxy is not None:
+            self.api_proxy.stop()
         for name in cp.PROCESSES:
             proc = self.procs.get(name)
             if proc is not None:

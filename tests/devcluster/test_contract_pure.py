@@ -142,3 +142,13 @@ def test_stand_in_for_a_known_image_keeps_its_user_and_directories() -> None:
     assert images.stand_in("r.io/other:1", ("true",), {}).uid == 0
     assert images.stand_in("r.io/other:1", ("true",), {}, uid=4242).gid == 4242
     assert images.ImageEntry.from_dict(entry.to_dict()) == entry
+
+
+def test_passwd_files_add_the_image_users_to_the_hosts() -> None:
+    host_passwd = "root:x:0:0:root:/root:/bin/bash\n"
+    host_group = "root:x:0:\n"
+    passwd, group = podroot.passwd_files(SERVER, host_passwd, host_group)
+    assert passwd == host_passwd + "omega:x:10001:10001::/home/omega:/usr/sbin/nologin\n"
+    assert group == host_group + "omega:x:10001:\n"
+    operator = images.stand_in("r.io/omega-vlm/omega-vlm-operator:1.0", ("true",), {})
+    assert (operator.uid, operator.home(10001)) == (10001, "/nonexistent")

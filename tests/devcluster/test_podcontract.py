@@ -161,16 +161,17 @@ def test_image_user_home_and_working_directory(devcluster: Cluster, ns: str) -> 
     """Without runAsUser the image's user runs (the server image: 10001), in its own writable HOME."""
     devcluster.add_image(SERVER_STAND_IN, [sys.executable, "-c"])
     script = (
-        "import os, time\n"
+        "import getpass, os, time\n"
         "open('written', 'w').write('x')\n"
         "st = os.stat('/home/omega')\n"
         "print('user', os.getuid(), os.getgid(), os.environ['HOME'], os.getcwd(), st.st_uid, os.stat('written').st_uid,"
-        " os.environ['HF_HOME'], flush=True)\n"
+        " os.environ['HF_HOME'], getpass.getuser(), flush=True)\n"
         "time.sleep(600)\n"
     )
     devcluster.apply(pod("imageuser", ns, [{"name": "server", "image": SERVER_STAND_IN, "args": [script]}]))
     line = log_line(devcluster, ns, "imageuser", "server", "user ")
-    assert line == "user 10001 10001 /home/omega /home/omega 10001 10001 /home/omega/.cache/huggingface"
+    # getuser(): the image's /etc/passwd knows its user (the host's does not).
+    assert line == "user 10001 10001 /home/omega /home/omega 10001 10001 /home/omega/.cache/huggingface omega"
     assert not Path("/home/omega").exists()  # the image's directory is the container's, not the host's
     devcluster.kubectl("delete", "pod", "imageuser", "-n", ns, "--wait=false")
 
