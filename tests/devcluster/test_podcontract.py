@@ -444,7 +444,7 @@ def test_pre_stop_runs_first_then_sigterm_with_the_rest_of_the_grace_period(
     assert t_prestop - start < 1.5
     assert 1.8 < t_term - t_prestop < 3.5  # SIGTERM after the 2 s hook
     # The process handles SIGTERM and runs on: SIGKILL when the 6 s (hook included) are spent.
-    assert 5.3 < last_alive - start < 7.5, seen
+    assert 5.3 < last_alive - start < 9.0, seen
     assert gone - start >= last_alive - start
 
 
@@ -458,6 +458,6 @@ def test_long_grace_period_is_not_capped(devcluster: Cluster, ns: str, tmp_path:
     assert not alive(pid)
     seen = _events(out)
     last_alive = max(t for w, t in seen if w == "alive")
-    assert 32.0 < last_alive - start < 35.0, seen  # more than the old caps (10 s in tests, 30 s)
+    assert 32.0 < last_alive - start < 37.0, seen  # more than the old caps (10 s in tests, 30 s)
     assert gone - start > 32.0
     assert os.path.exists(out / "events")
