@@ -24,7 +24,7 @@ from devcluster.procs import PidRegistry, alive, signal_group
 from devcluster.settings import bin_dir
 
 # Fast crash-loop back-off for test clusters (a kubelet uses 10 s, doubling up to 5 min).
-TEST_KUBELET = KubeletConfig(backoff_base_s=1.0, backoff_max_s=8.0, max_grace_s=10.0, lease_renew_s=3.0)
+TEST_KUBELET = KubeletConfig(backoff_base_s=1.0, backoff_max_s=8.0, lease_renew_s=3.0)
 
 
 class ClusterError(RuntimeError):
@@ -108,7 +108,7 @@ class Cluster:
         # Whatever an earlier run left behind (its supervisor was killed) goes first.
         PidRegistry(layout.pids).kill_all(2.0)
         # Fresh state each start: no etcd data, pods or pids from an earlier run.
-        for stale in (layout.etcd_data, layout.pods, layout.logs):
+        for stale in (layout.etcd_data, layout.pods, layout.kubelet, layout.storage, layout.logs):
             shutil.rmtree(stale, ignore_errors=True)
         for f in (layout.state_file, layout.pids, layout.kubeconfig):
             f.unlink(missing_ok=True)
@@ -246,16 +246,21 @@ class Cluster:
         return client.ApiClient(cfg)
 
     def add_image(
-        self, repository_suffix_or_image: str, command: list[str], env: dict[str, str] | None = None
+        self,
+        repository_suffix_or_image: str,
+        command: list[str],
+        env: dict[str, str] | None = None,
+        uid: int | None = None,
     ) -> None:
         """Teach the process kubelet to run an image as ``command`` (with ``env`` as the image's env).
 
         ``repository_suffix_or_image``: a repository suffix (``omega-vlm-server`` matches any
-        registry and tag) or a full image with tag/digest (matches only that image).
+        registry and tag) or a full image with tag/digest (matches only that image). The image's
+        user is ``uid`` (gid the same); by default root, or for an image the built-in table knows
+        (any omega-vlm-server) its user, directories and env, as that image is built.
         """
-        images.add(
-            self.layout.images, images.ImageEntry(repository_suffix_or_image, tuple(command), dict(env or {}))
-        )
+        entry = images.stand_in(repository_suffix_or_image, tuple(command), dict(env or {}), uid)
+        images.add(self.layout.images, entry)
 
     def pod_log(self, namespace: str, pod: str, container: str | None = None, previous: bool = False) -> str:
         """The output of a pod's container (the only one when ``container`` is None)."""

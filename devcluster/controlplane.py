@@ -91,6 +91,14 @@ class Layout:
     def pods(self) -> Path:
         return self.state / "pods"
 
+    @property
+    def kubelet(self) -> Path:
+        return self.state / "kubelet"
+
+    @property
+    def storage(self) -> Path:
+        return self.state / "storage"
+
 
 def etcd_argv(etcd: str, layout: Layout, ports: Ports) -> list[str]:
     client = f"http://127.0.0.1:{ports.etcd_client}"

@@ -1,4 +1,4 @@
-"""The process kubelet's image map: which local command an image runs as (pure functions)."""
+"""The process kubelet's image table: the local command an image runs, its env, user and own dirs (pure)."""
 
 from __future__ import annotations
 
@@ -14,19 +14,81 @@ SERVER_IMAGE_SUFFIX = "omega-vlm-server"
 
 
 @dataclass(frozen=True)
+class ImageDir:
+    """A directory the image itself holds (part of each container's writable layer): owner and mode."""
+
+    path: str
+    uid: int
+    gid: int
+    mode: int = 0o755
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "uid": self.uid, "gid": self.gid, "mode": self.mode}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageDir:
+        return cls(d["path"], int(d["uid"]), int(d["gid"]), int(d.get("mode", 0o755)))
+
+
+@dataclass(frozen=True)
+class PasswdEntry:
+    """A user of the image's /etc/passwd (and its primary group, in /etc/group)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    def line(self) -> str:
+        return f"{self.name}:x:{self.uid}:{self.gid}::{self.home}:/usr/sbin/nologin"
+
+
+ROOT_USER = PasswdEntry("root", 0, 0, "/root")
+
+
+@dataclass(frozen=True)
 class ImageEntry:
-    """An image (or repository suffix) and the command that stands in for its entrypoint."""
+    """An image (or repository suffix): the command that stands in for its entrypoint, the image's
+    ENV, its USER (``uid``/``gid``), WORKDIR, the users its /etc/passwd adds to the host's, and the
+    directories it owns. The host's files stand in for the rest of the image."""
 
     match: str  # "repo/suffix" (any registry, any tag) or a full "repo:tag" / "repo@digest"
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
+    uid: int = 0
+    gid: int = 0
+    workdir: str = "/"
+    users: tuple[PasswdEntry, ...] = (ROOT_USER,)
+    dirs: tuple[ImageDir, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"match": self.match, "command": list(self.command), "env": dict(self.env)}
+        return {
+            "match": self.match,
+            "command": list(self.command),
+            "env": dict(self.env),
+            "uid": self.uid,
+            "gid": self.gid,
+            "workdir": self.workdir,
+            "users": [u.__dict__ for u in self.users],
+            "dirs": [d.to_dict() for d in self.dirs],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImageEntry:
-        return cls(d["match"], tuple(d["command"]), dict(d.get("env") or {}))
+        return cls(
+            d["match"],
+            tuple(d["command"]),
+            dict(d.get("env") or {}),
+            uid=int(d.get("uid", 0)),
+            gid=int(d.get("gid", 0)),
+            workdir=str(d.get("workdir") or "/"),
+            users=tuple(PasswdEntry(**u) for u in d.get("users") or [ROOT_USER.__dict__]),
+            dirs=tuple(ImageDir.from_dict(x) for x in d.get("dirs") or []),
+        )
+
+    def home(self, uid: int) -> str:
+        """$HOME a runtime gives ``uid``: its /etc/passwd home in the image, "/" when it has none."""
+        return next((u.home for u in self.users if u.uid == uid), "/")
 
 
 def split_image(image: str) -> tuple[str, str | None, str | None]:
@@ -71,9 +133,67 @@ def venv_python() -> str:
     return str(candidate) if candidate.exists() else sys.executable
 
 
+# What Dockerfile.server declares: USER 10001:10001 (user omega), WORKDIR and HOME /home/omega
+# (created by useradd, owned by the user), and the ENV of its final stage a local process can use.
+SERVER_UID = 10001
+SERVER_HOME = "/home/omega"
+OPERATOR_IMAGE_SUFFIX = "omega-vlm-operator"
+SERVER_ENV = {
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+    "PORT": "8000",
+    "HOST": "0.0.0.0",
+    "HF_HOME": f"{SERVER_HOME}/.cache/huggingface",
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+}
+
+
+def server_entry(command: tuple[str, ...], match: str = SERVER_IMAGE_SUFFIX) -> ImageEntry:
+    """The omega-vlm server image as Dockerfile.server builds it, running ``command``."""
+    return ImageEntry(
+        match,
+        command,
+        dict(SERVER_ENV),
+        uid=SERVER_UID,
+        gid=SERVER_UID,
+        workdir=SERVER_HOME,
+        users=(ROOT_USER, PasswdEntry("omega", SERVER_UID, SERVER_UID, SERVER_HOME)),
+        dirs=(ImageDir(SERVER_HOME, SERVER_UID, SERVER_UID, 0o755),),
+    )
+
+
+def operator_entry(command: tuple[str, ...], match: str = OPERATOR_IMAGE_SUFFIX) -> ImageEntry:
+    """The operator image as Dockerfile.operator builds it: USER 10001:10001 (omega, no home)."""
+    return ImageEntry(
+        match,
+        command,
+        {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
+        uid=SERVER_UID,
+        gid=SERVER_UID,
+        workdir="/",
+        users=(ROOT_USER, PasswdEntry("omega", SERVER_UID, SERVER_UID, "/nonexistent")),
+    )
+
+
 def default_entries() -> list[ImageEntry]:
-    """The built-in map: the omega-vlm server image runs ``python -m omega_server`` from ``.venv``."""
-    return [ImageEntry(SERVER_IMAGE_SUFFIX, (venv_python(), "-m", "omega_server"))]
+    """The built-in map: the server image runs ``python -m omega_server`` from ``.venv``, the
+    operator image ``python -m omega_operator``."""
+    return [
+        server_entry((venv_python(), "-m", "omega_server")),
+        operator_entry((venv_python(), "-m", "omega_operator")),
+    ]
+
+
+def stand_in(match: str, command: tuple[str, ...], env: dict[str, str], uid: int | None = None) -> ImageEntry:
+    """An entry that runs ``command`` for ``match``. An image the built-in table knows (any
+    omega-vlm-server tag) keeps its user, dirs and env (``env`` on top); others run as root
+    unless ``uid`` (then also the gid) is given."""
+    known = resolve(default_entries(), match)
+    if known is not None and uid is None:
+        return ImageEntry(
+            match, command, {**known.env, **env}, known.uid, known.gid, known.workdir, known.users, known.dirs
+        )
+    return ImageEntry(match, command, dict(env), uid=uid or 0, gid=uid or 0)
 
 
 def load(path: Path) -> list[ImageEntry]:

@@ -10,14 +10,36 @@ import base64
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlparse
 
 Lookup = Callable[[str, str], dict[str, str] | None]  # (namespace, name) -> data, None when missing
+
+# Host environment a container process inherits (a container sees none of the host's; a local
+# process needs at least these to run, and OMP_NUM_THREADS keeps tiny models fast on small machines).
+PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+PASSTHROUGH_PREFIXES = ("HF_", "TRANSFORMERS_")
 
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)|\$\$")
 
 
 class ContainerConfigError(Exception):
     """The container cannot be configured yet (missing ConfigMap/Secret/key): CreateContainerConfigError."""
+
+
+def runtime_env(host_env: Mapping[str, str], pod_name: str, api_server: str) -> dict[str, str]:
+    """What every container gets before its image's env: a few host variables, HOSTNAME, and the
+    ``kubernetes`` Service's variables (here the apiserver's own address), with which in-cluster
+    clients use the mounted service-account token."""
+    env = {k: v for k, v in host_env.items() if k in PASSTHROUGH_ENV or k.startswith(PASSTHROUGH_PREFIXES)}
+    api = urlparse(api_server)
+    port = str(api.port or 443)
+    env |= {
+        "HOSTNAME": pod_name,
+        "KUBERNETES_SERVICE_HOST": api.hostname or "127.0.0.1",
+        "KUBERNETES_SERVICE_PORT": port,
+        "KUBERNETES_SERVICE_PORT_HTTPS": port,
+    }
+    return env
 
 
 def expand(value: str, env: Mapping[str, str]) -> str:

@@ -1,14 +1,20 @@
-"""Container probes (httpGet, tcpSocket, exec) and their success/failure bookkeeping."""
+"""Container probes (httpGet, tcpSocket, exec), their success/failure bookkeeping, and preStop hooks.
+
+``exec`` commands run inside the container when ``wrap`` is given (the launcher's join mode).
+"""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+Wrap = Callable[[list[str]], list[str]] | None
 
 
 def resolve_port(port: int | str, container: dict[str, Any]) -> int:
@@ -22,10 +28,16 @@ def resolve_port(port: int | str, container: dict[str, Any]) -> int:
 
 
 def run_probe(
-    probe: dict[str, Any], container: dict[str, Any], pod_ip: str, http: httpx.Client, env: dict[str, str]
+    probe: dict[str, Any],
+    container: dict[str, Any],
+    pod_ip: str,
+    http: httpx.Client,
+    env: dict[str, str],
+    wrap: Wrap = None,
+    timeout: float | None = None,
 ) -> tuple[bool, str]:
-    """Run one probe once; (success, why it failed)."""
-    timeout = float(probe.get("timeoutSeconds", 1))
+    """Run one probe (or hook handler) once; (success, why it failed)."""
+    timeout = float(probe.get("timeoutSeconds", 1)) if timeout is None else timeout
     try:
         if "httpGet" in probe:
             g = probe["httpGet"]
@@ -44,15 +56,38 @@ def run_probe(
             ):
                 return True, ""
         if "exec" in probe:
+            command = list(probe["exec"]["command"])
             r2 = subprocess.run(
-                probe["exec"]["command"], env=env, capture_output=True, timeout=timeout, check=False
+                wrap(command) if wrap else command, env=env, capture_output=True, timeout=timeout, check=False
             )
             if r2.returncode == 0:
                 return True, ""
-            return False, f"command exited {r2.returncode}: {r2.stdout.decode(errors='replace')[-200:]}"
+            out = (r2.stdout + r2.stderr).decode(errors="replace")[-200:]
+            return False, f"command {command!r} exited with {r2.returncode}: {out}"
     except (httpx.HTTPError, OSError, ValueError, subprocess.TimeoutExpired) as e:
         return False, f"{type(e).__name__}: {e}"
     return False, "unsupported probe handler"
+
+
+def run_hook(
+    hook: dict[str, Any],
+    container: dict[str, Any],
+    pod_ip: str,
+    http: httpx.Client,
+    env: dict[str, str],
+    wrap: Wrap,
+    timeout: float,
+    cancelled: Callable[[], bool],
+) -> tuple[bool, str]:
+    """A lifecycle hook (exec, httpGet, or sleep, which API servers before 1.29 drop), within ``timeout``."""
+    if "sleep" in hook:
+        deadline = time.monotonic() + min(float(hook["sleep"].get("seconds", 0)), timeout)
+        while time.monotonic() < deadline and not cancelled():
+            time.sleep(0.05)
+        return True, ""
+    if "exec" in hook or "httpGet" in hook:
+        return run_probe(hook, container, pod_ip, http, env, wrap, timeout=timeout)
+    return False, "unsupported lifecycle hook handler"
 
 
 @dataclass

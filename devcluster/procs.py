@@ -137,7 +137,11 @@ class PidRegistry:
 
 
 def spawn(
-    argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    argv: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.Popen:
     """Start ``argv`` in its own session (process group), stdout+stderr appended to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -151,4 +155,5 @@ def spawn(
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
+            pass_fds=pass_fds,
         )

@@ -25,14 +25,16 @@ from typing import Any, TextIO
 import httpx
 
 from devcluster import controlplane as cp
-from devcluster import pki
+from devcluster import launch, pki
 from devcluster.apiclient import Api
+from devcluster.apiproxy import ApiProxy, service_address
 from devcluster.kubelet import Ipam, Kubelet, KubeletConfig
 from devcluster.kubeletapi import KubeletServer
 from devcluster.nodeagent import NodeAgent
 from devcluster.nodes import NodeSpec
 from devcluster.procs import PidRegistry, spawn, stop_pid
 from devcluster.settings import bin_dir
+from devcluster.storage import Storage
 
 log = logging.getLogger("devcluster.supervisor")
 
@@ -82,6 +84,7 @@ class Supervisor:
         self.state: dict[str, Any] = {"phase": "starting", "supervisor_pid": os.getpid()}
         self.kubelet: Kubelet | None = None
         self.kubelet_api: KubeletServer | None = None
+        self.api_proxy: ApiProxy | None = None
         self.registry.add("supervisor", os.getpid())
         self.threads: list[threading.Thread] = []
 
@@ -150,6 +153,9 @@ class Supervisor:
             layout.pods, node_ips, layout.pki / "apiserver.crt", layout.pki / "apiserver.key"
         )
         self.kubelet_api.start()
+        # The kubernetes Service (pods' /etc/hosts name it kubernetes.default.svc): port 443 of the pod range.
+        self.api_proxy = ApiProxy((service_address(prefix), 443), ("127.0.0.1", ports.apiserver))
+        self.api_proxy.start()
         agent = NodeAgent(api, nodes, node_ips)
         agent.register()
         kcfg = KubeletConfig(**self.config.get("kubelet", {}))
@@ -164,7 +170,9 @@ class Supervisor:
             server,
             layout.pki / "ca.crt",
         )
-        for target in (agent.run, self.kubelet.run):
+        storage = Storage(api, layout.storage)
+        storage.ensure_class()
+        for target in (agent.run, self.kubelet.run, storage.run):
             t = threading.Thread(target=target, args=(self.stop,), daemon=True)
             t.start()
             self.threads.append(t)
@@ -215,6 +223,8 @@ class Supervisor:
             self.kubelet.shutdown()
         if self.kubelet_api is not None:
             self.kubelet_api.stop()
+        if self.api_proxy is not None:
+            self.api_proxy.stop()
         for name in cp.PROCESSES:
             proc = self.procs.get(name)
             if proc is not None:
@@ -233,6 +243,14 @@ def main(argv: list[str]) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The kubelet's mounts (memory-backed emptyDirs) live in a mount namespace of our own: the host
+    # never sees them and they go when the supervisor does. Pods' namespaces are made from it.
+    try:
+        launch.private_mount_namespace()
+    except OSError as e:
+        log.error("the process kubelet needs root (mount namespaces, bind mounts, setuid): %s", e)
+        write_json(cp.Layout(state_dir).state_file, {"phase": "failed", "error": f"needs root: {e}"})
+        return 1
     sup = Supervisor(state_dir)
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -187,8 +187,9 @@ def install(cluster: Cluster, name: str, namespace: str, tag: str, sets: list[st
     cluster.add_image(
         f"{OPERATOR_REPOSITORY}:{tag}",
         [sys.executable, "-m", "omega_operator"],
+        # No KUBECONFIG: the pods use their ServiceAccount's mounted token (in-cluster config), as
+        # in a real cluster; the operator pod's /tmp is an emptyDir, so a file there is not seen.
         env={
-            "KUBECONFIG": str(release.sa_kubeconfig),
             # `python` for the helm test pod's command.
             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         },
