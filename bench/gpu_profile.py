@@ -24,13 +24,13 @@ sys.path.insert(0, str(ROOT))  # bench.vlmbench: the model shapes
 
 def config_and_processor() -> tuple[Any, Any]:
     """Qwen2.5-VL-7B's transformers config (``bench/vlmbench/shapes.py``) and its processor, with the
-    small Qwen tokenizer of ``omega_server.tiny`` (the model's vocabulary stays 152064)."""
-    from omega_server import tiny
+    small Qwen tokenizer of ``omega_server.tiny_text`` (the model's vocabulary stays 152064)."""
+    from omega_server import tiny_text
 
     from bench.vlmbench import shapes
 
     shape = shapes.QWEN2_5_VL_7B
-    tok = tiny.build_tokenizer(tiny.QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
+    tok = tiny_text.build_tokenizer(tiny_text.QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
     return shapes.build_config(shape, tok), shapes.build_processor(shape, tok)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from omega_server.engine.detok import IncrementalText
 from omega_server.engine.types import SamplingParams
-from omega_server.tiny import build_tokenizer
+from omega_server.tiny_text import build_tokenizer
 
 EOS = "<|im_end|>"
 
