@@ -18,11 +18,6 @@ from omega_server.protocol import ChatCompletionChunk, ChunkChoice, Delta, Usage
 DONE = "data: [DONE]\n\n"
 
 
-def frame(body: ChatCompletionChunk) -> str:
-    """One ``data:`` frame of a chunk."""
-    return f"data: {body.model_dump_json(exclude_unset=True)}\n\n"
-
-
 def error_frame(err: APIError) -> str:
     """The frame that ends a stream whose generation failed: the OpenAI error body."""
     body = error_body(err.status, err.message, err.param, err.code)
@@ -38,18 +33,20 @@ class ChunkFrames:
         self.model = model
         self._usage: dict[str, Any] = {"usage": None} if include_usage else {}
 
+    def _frame(self, choices: list[ChunkChoice], **usage: Any) -> str:
+        body = ChatCompletionChunk(
+            id=self.id,
+            object="chat.completion.chunk",
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            **usage,
+        )
+        return f"data: {body.model_dump_json(exclude_unset=True)}\n\n"
+
     def _chunk(self, delta: Delta, finish: Literal["stop", "length"] | None = None) -> str:
         choice = ChunkChoice(index=0, delta=delta, logprobs=None, finish_reason=finish)
-        return frame(
-            ChatCompletionChunk(
-                id=self.id,
-                object="chat.completion.chunk",
-                created=self.created,
-                model=self.model,
-                choices=[choice],
-                **self._usage,
-            )
-        )
+        return self._frame([choice], **self._usage)
 
     def role(self) -> str:
         """The first chunk: the assistant role, no content yet."""
@@ -70,13 +67,4 @@ class ChunkFrames:
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
         )
-        return frame(
-            ChatCompletionChunk(
-                id=self.id,
-                object="chat.completion.chunk",
-                created=self.created,
-                model=self.model,
-                choices=[],
-                usage=usage,
-            )
-        )
+        return self._frame([], usage=usage)
