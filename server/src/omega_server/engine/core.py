@@ -42,7 +42,7 @@ from omega_server.engine.errors import (
     is_fatal,
 )
 from omega_server.engine.inputs import check_request, prefill_groups, prepare_inputs
-from omega_server.engine.load import start_runner
+from omega_server.engine.load import load_engine, start_runner
 from omega_server.engine.runner import Pending
 from omega_server.engine.sequence import Seq
 from omega_server.engine.types import (
@@ -88,8 +88,6 @@ class Engine:
     @classmethod
     def load(cls, config: EngineConfig) -> Engine:
         """Load model + processor, choose attention (flash -> sdpa fallback), warm up with an image."""
-        from omega_server.engine.load import load_engine
-
         return load_engine(config)
 
     # -- requests
