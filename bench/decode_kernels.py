@@ -1,12 +1,12 @@
 """The decode kernels of omega_server, side by side with transformers' paths, on the accelerator machine.
 
 1. MoE experts at the Omega17VLExp shape (128 experts, top 8, hidden 2048, intermediate 768, bf16):
-   transformers' ``grouped_mm`` experts vs ``omega_server.moe_decode.fused_experts`` (with a sweep of
+   transformers' ``grouped_mm`` experts vs ``omega_server.kernels.moe_decode.fused_experts`` (with a sweep of
    its block shapes), at 1-8 tokens. Checked first against a float32 reference.
 2. One-token attention at the Omega (32 query / 4 key-value heads) and Qwen2.5-VL-7B (28 / 4) shapes,
    head dim 128, a 1088-column slot cache with ragged lengths: transformers' ``sdpa`` (which copies the
    key/value heads when there is a mask), PyTorch's SDPA on the packed heads (``gqa_decode``'s
-   fallback) and ``omega_server.splitk_attention`` (what ``gqa_decode`` runs on a GPU).
+   fallback) and ``omega_server.kernels.splitk_attention`` (what ``gqa_decode`` runs on a GPU).
 
 Each variant is captured in a CUDA graph over several layers' worth of inputs (more bytes than the L2
 holds) and timed by its replays (``triton.testing.do_bench_cudagraph``, median). Prints a table per
@@ -43,7 +43,7 @@ def _emit(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def moe_rows(layers: int, tokens_list: list[int], sweep: bool) -> list[dict[str, Any]]:
-    from omega_server import moe_decode
+    from omega_server.kernels import moe_decode
     from transformers.integrations.moe import grouped_mm_experts_forward
     from transformers.models.qwen3_vl_moe.configuration_qwen3_vl_moe import Qwen3VLMoeTextConfig
     from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeTextExperts
@@ -144,7 +144,7 @@ def _reference(ex: Any, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> 
 
 
 def attention_rows(layers: int, batches: list[int], width: int) -> list[dict[str, Any]]:
-    from omega_server import gqa_decode, splitk_attention
+    from omega_server.kernels import gqa_decode, splitk_attention
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     rows: list[dict[str, Any]] = []

@@ -111,7 +111,8 @@ def main() -> int:
 
     from gpu_profile import build  # type: ignore[import-not-found]
     from omega_server import models
-    from omega_server.engine import EngineInfo, configure_sdpa_kernels
+    from omega_server.engine import EngineInfo
+    from omega_server.kernels import configure_sdpa_kernels
 
     configure_sdpa_kernels()
     if "--tiny-only" in sys.argv:
@@ -160,14 +161,17 @@ def probe_7b() -> int:
     """float32, one request at a time: each decode path vs generate(), and how far their logits differ."""
     import torch
     from gpu_profile import build  # type: ignore[import-not-found]
-    from omega_server import engine as E
+    from omega_server.engine import sampler
+    from omega_server.engine.inputs import prepare_inputs
+    from omega_server.engine.runner import Runner
+    from omega_server.engine.sequence import Seq
+    from omega_server.engine.static_runner import StaticRunner
+    from omega_server.kernels import configure_sdpa_kernels
 
-    E.configure_sdpa_kernels()
+    configure_sdpa_kernels()
     model, processor = build(torch.float32)
     req = requests(1, 32)[0]
-    prepared = E.prepare_inputs(
-        processor, req, [req.messages[0]["content"][0]["image"]], max_model_length=4096
-    )
+    prepared = prepare_inputs(processor, req, [req.messages[0]["content"][0]["image"]], max_model_length=4096)
     inputs = {k: v.to("cuda") for k, v in prepared.inputs.items()}
     with torch.inference_mode():
         out = model.generate(
@@ -180,17 +184,17 @@ def probe_7b() -> int:
             f"7B {next(model.parameters()).dtype}: logit std {scale:.4f}; top-2 gap per step: median {sorted(gaps)[16]:.4f} min {min(gaps):.5f}"
         )
         runners = {
-            "dynamic": E._Runner(model, processor),
-            "static": E._StaticRunner(model, processor, slots=4, width=2048, graphs=False),
-            "static+graphs": E._StaticRunner(model, processor, slots=4, width=2048, graphs=True),
+            "dynamic": Runner(model, processor),
+            "static": StaticRunner(model, processor, slots=4, width=2048, graphs=False),
+            "static+graphs": StaticRunner(model, processor, slots=4, width=2048, graphs=True),
         }
         first_logits = {}
         for name, runner in runners.items():
-            seq = E._Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None)
+            seq = Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None)
             runner.prefill(seq)
             toks = [seq.last_token]
-            # Every runner samples through _sample_device (the static one without _sample).
-            orig = runner._sample_device
+            # Every runner samples through sampler.sample_device (the dynamic one through sample).
+            orig = sampler.sample_device
             captured: list[torch.Tensor] = []
 
             def spy(
@@ -199,9 +203,12 @@ def probe_7b() -> int:
                 captured.append(logits.float().clone())
                 return orig(seqs, logits)
 
-            runner._sample_device = spy  # type: ignore[method-assign]
-            for _ in range(31):
-                toks.append(runner.decode()[0])
+            sampler.sample_device = spy  # type: ignore[assignment]
+            try:
+                for _ in range(31):
+                    toks.append(runner.decode()[0])
+            finally:
+                sampler.sample_device = orig  # type: ignore[assignment]
             runner.evict([])
             first_logits[name] = captured[0][0]
             diff = next((i for i, (a, b) in enumerate(zip(toks, ref, strict=False)) if a != b), None)

@@ -24,13 +24,13 @@ sys.path.insert(0, str(ROOT))  # bench.vlmbench: the model shapes
 
 def config_and_processor() -> tuple[Any, Any]:
     """Qwen2.5-VL-7B's transformers config (``bench/vlmbench/shapes.py``) and its processor, with the
-    small Qwen tokenizer of ``omega_server.tiny`` (the model's vocabulary stays 152064)."""
-    from omega_server import tiny
+    small Qwen tokenizer of ``omega_server.tiny_text`` (the model's vocabulary stays 152064)."""
+    from omega_server import tiny_text
 
     from bench.vlmbench import shapes
 
     shape = shapes.QWEN2_5_VL_7B
-    tok = tiny.build_tokenizer(tiny.QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
+    tok = tiny_text.build_tokenizer(tiny_text.QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
     return shapes.build_config(shape, tok), shapes.build_processor(shape, tok)
 
 
@@ -50,7 +50,11 @@ def build(dtype: Any = None) -> tuple[Any, Any]:
 
 def main() -> int:
     import torch
-    from omega_server import engine as E
+    from omega_server.engine import GenerationRequest, SamplingParams
+    from omega_server.engine.inputs import prepare_inputs
+    from omega_server.engine.runner import Runner
+    from omega_server.engine.sequence import Seq
+    from omega_server.engine.static_runner import StaticRunner
     from PIL import Image
 
     if len(sys.argv) > 1:  # dry run on a tiny checkpoint (CPU): python bench/gpu_profile.py DIR
@@ -64,23 +68,23 @@ def main() -> int:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     image = Image.new("RGB", (448, 448), (30, 90, 200))
     text = ("The quick brown fox jumps over the lazy dog. " * 8)[:230]
-    req = E.GenerationRequest(
+    req = GenerationRequest(
         messages=[
             {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}
         ],
-        params=E.SamplingParams(max_tokens=10_000, temperature=0.0, ignore_eos=True),
+        params=SamplingParams(max_tokens=10_000, temperature=0.0, ignore_eos=True),
     )
-    prepared = E.prepare_inputs(processor, req, [image], max_model_length=1 << 20)
+    prepared = prepare_inputs(processor, req, [image], max_model_length=1 << 20)
     print("prompt tokens", prepared.prompt_tokens, flush=True)
 
     def runner_ms(batch: int, steps: int = 48, static: bool = False) -> float:
         runner: Any = (
-            E._StaticRunner(model, processor, slots=16, width=1024, graphs=dev.type == "cuda")
+            StaticRunner(model, processor, slots=16, width=1024, graphs=dev.type == "cuda")
             if static
-            else E._Runner(model, processor)
+            else Runner(model, processor)
         )
         for _ in range(batch):
-            runner.prefill(E._Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None))
+            runner.prefill(Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None))
         for _ in range(4):
             runner.decode()
         sync()
@@ -104,8 +108,8 @@ def main() -> int:
     def profile(label: str) -> None:
         from torch.profiler import ProfilerActivity, profile
 
-        runner = E._Runner(model, processor)
-        runner.prefill(E._Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None))
+        runner = Runner(model, processor)
+        runner.prefill(Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None))
         for _ in range(3):
             runner.decode()
         sync()
@@ -145,11 +149,11 @@ def main() -> int:
                 seqs = []
                 for cls in ("dynamic", "static"):
                     r: Any = (
-                        E._StaticRunner(model, processor, slots=4, width=1024, graphs=dev.type == "cuda")
+                        StaticRunner(model, processor, slots=4, width=1024, graphs=dev.type == "cuda")
                         if cls == "static"
-                        else E._Runner(model, processor)
+                        else Runner(model, processor)
                     )
-                    seq = E._Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None)
+                    seq = Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None)
                     r.prefill(seq)
                     toks = [seq.last_token] + [r.decode()[0] for _ in range(31)]
                     seqs.append(toks)

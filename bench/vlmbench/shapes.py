@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omega_server import tiny
+from omega_server import tiny_text
 from omega_server.models import processor_class_without_video
 
-SPECIALS: tuple[str, ...] = tuple(tiny.QWEN_SPECIALS)
+SPECIALS: tuple[str, ...] = tuple(tiny_text.QWEN_SPECIALS)
 EOS = "<|im_end|>"
 PAD = "<|endoftext|>"
 
@@ -238,7 +238,7 @@ def word_vocab(size: int) -> dict[str, int]:
     No merges are defined, so text still tokenizes to one token per byte (prompt lengths are exact),
     while every id decodes to one to four printable characters.
     """
-    vocab = dict(tiny._byte_vocab())
+    vocab = dict(tiny_text.byte_vocab())
     if size < len(vocab):
         raise ValueError(f"a vocabulary needs at least {len(vocab)} entries, got {size}")
     letters = string.ascii_letters
@@ -322,7 +322,7 @@ def build_processor(shape: ModelShape, tokenizer: Any) -> Any:
     else:
         from transformers import Qwen2_5_VLProcessor as proc_cls  # type: ignore[assignment]
     return processor_class_without_video(proc_cls)(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=tiny.QWEN_CHAT_TEMPLATE
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=tiny_text.QWEN_CHAT_TEMPLATE
     )
 
 

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from omega_server.chat_request import parse_request, sampling_params, to_engine_messages
 from omega_server.engine import (
     EngineDeadError,
     EngineError,
@@ -15,7 +16,6 @@ from omega_server.engine import (
 )
 from omega_server.errors import APIError, from_engine_error
 from omega_server.images import ImageLimits, decode_image, parse_data_url
-from omega_server.serving import parse_request, sampling_params, to_engine_messages
 
 from tests.omega_server.live import data_url, png_bytes
 

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import torch
 from omega_server import attention, models
-from omega_server.engine import Engine, EngineConfig, GenerationRequest, SamplingParams, warm_up
+from omega_server.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
+from omega_server.engine.errors import describe_error
+from omega_server.engine.load import warm_up
 from PIL import Image
 
 pytestmark = pytest.mark.timeout(300)
@@ -185,9 +187,9 @@ def test_unknown_backend_rejected(tiny_checkpoint: Callable[[str], Path]) -> Non
 
 
 def test_describe_error_is_one_bounded_line() -> None:
-    assert attention.describe_error(ImportError("first line\nsecond")) == "ImportError: first line"
-    assert len(attention.describe_error(ValueError("x" * 2000))) == 500
-    assert attention.describe_error(RuntimeError()) == "RuntimeError"
+    assert describe_error(ImportError("first line\nsecond")) == "ImportError: first line"
+    assert len(describe_error(ValueError("x" * 2000))) == 500
+    assert describe_error(RuntimeError()) == "RuntimeError"
 
 
 def test_status_dict_shape() -> None:

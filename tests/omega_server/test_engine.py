@@ -391,20 +391,22 @@ def test_static_slot_cache_with_eager_attention_and_cancellation(
 
 
 def test_flash_backend_keeps_dynamic_cache(engine: Engine) -> None:
-    from omega_server.engine import _make_runner, _Runner, _StaticRunner
+    from omega_server.engine.load import make_runner
+    from omega_server.engine.runner import Runner
+    from omega_server.engine.static_runner import StaticRunner
 
     static = EngineConfig(model_path="unused", kv_cache="static")
-    assert type(_make_runner(static, engine._loaded, "flash_attention_2")) is _Runner
-    assert isinstance(_make_runner(static, engine._loaded, "sdpa"), _StaticRunner)
+    assert type(make_runner(static, engine._loaded, "flash_attention_2")) is Runner
+    assert isinstance(make_runner(static, engine._loaded, "sdpa"), StaticRunner)
     assert (
-        type(_make_runner(EngineConfig(model_path="unused"), engine._loaded, "sdpa")) is _Runner
+        type(make_runner(EngineConfig(model_path="unused"), engine._loaded, "sdpa")) is Runner
     )  # auto on CPU
     with pytest.raises(ValueError, match="kv_cache must be"):
-        _make_runner(EngineConfig(model_path="unused", kv_cache="paged"), engine._loaded, "sdpa")
+        make_runner(EngineConfig(model_path="unused", kv_cache="paged"), engine._loaded, "sdpa")
 
 
 def test_bucket_sizes() -> None:
-    from omega_server.kvslots import bucket
+    from omega_server.engine.kvslots import bucket
 
     assert [bucket(n, 16) for n in (1, 2, 3, 5, 16, 17)] == [1, 2, 4, 8, 16, 16]
     assert bucket(300, 8192, floor=256) == 512 and bucket(10, 8192, floor=256) == 256
@@ -413,21 +415,60 @@ def test_bucket_sizes() -> None:
 def test_static_cache_failing_its_warm_up_falls_back_to_dynamic(
     tiny_checkpoint: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import omega_server.engine as engine_module
+    import omega_server.engine.load as load_module
+    from omega_server.engine.static_runner import StaticRunner
 
-    real = engine_module._warm_runner
+    real = load_module.warm_runner
 
     def warm(runner: Any, loaded: Any) -> None:
-        if isinstance(runner, engine_module._StaticRunner):
+        if isinstance(runner, StaticRunner):
             raise RuntimeError("out of memory while allocating the slot cache")
         real(runner, loaded)
 
-    monkeypatch.setattr(engine_module, "_warm_runner", warm)
+    monkeypatch.setattr(load_module, "warm_runner", warm)
     eng = Engine.load(
         EngineConfig(model_path=str(tiny_checkpoint("llava")), attn_impl="sdpa", kv_cache="static")
     )
     try:
         assert eng.info.kv_cache == "dynamic" and eng.info.cuda_graphs is False
         assert len(run_concurrently(eng, [chat(0, max_tokens=3)])[0]) == 3
+    finally:
+        eng.shutdown()
+
+
+def test_a_device_error_in_a_decode_step_ends_the_running_streams(
+    tiny_checkpoint: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sticky device error stops the engine; the requests in the batch get EngineDeadError, not silence."""
+    eng = Engine.load(EngineConfig(model_path=str(tiny_checkpoint("llava")), attn_impl="sdpa"))
+    real = eng._runner.launch
+    steps = [0]
+
+    def launch() -> Any:
+        steps[0] += 1
+        if steps[0] == 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real()
+
+    monkeypatch.setattr(eng._runner, "launch", launch)
+
+    async def main() -> tuple[list[StepOutput], BaseException | None]:
+        got: list[StepOutput] = []
+        try:
+            async with asyncio.timeout(60):
+                async for out in eng.stream(eng.prepare(chat(0, max_tokens=50))):
+                    got.append(out)
+        except EngineDeadError as exc:
+            return got, exc
+        return got, None
+
+    try:
+        got, err = asyncio.run(main())
+        assert (
+            isinstance(err, EngineDeadError) and "device error" in err.message and "CUDA error" in err.message
+        )
+        assert 1 <= len(got) < 50 and not got[-1].finished
+        eng._thread.join(30)  # the worker stops the engine after failing the batch
+        assert not eng.alive and eng.stats.errors_total == 1
     finally:
         eng.shutdown()

@@ -9,16 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-from omega_server.engine import (
-    Engine,
-    EngineConfig,
-    SamplingParams,
-    StepOutput,
-    _Seq,
-    _StaticRunner,
-    collate,
-    prefill_groups,
-)
+from omega_server.engine import Engine, EngineConfig, StepOutput
+from omega_server.engine.inputs import collate, prefill_groups
+from omega_server.engine.sequence import Seq
+from omega_server.engine.static_runner import StaticRunner
 
 from tests.omega_server.test_engine import chat, reference
 
@@ -29,8 +23,8 @@ def static_engine(path: Path, **kw: Any) -> Engine:
     return Engine.load(EngineConfig(model_path=str(path), attn_impl="sdpa", kv_cache="static", **kw))
 
 
-def seq_of(engine: Engine, req: Any, sink: list[Any] | None = None) -> _Seq:
-    return _Seq(
+def seq_of(engine: Engine, req: Any, sink: list[Any] | None = None) -> Seq:
+    return Seq(
         prepared=engine.prepare(req), loop=None, queue=None, emit=(sink.append if sink is not None else print)
     )
 
@@ -42,7 +36,7 @@ def test_batched_prefill_then_pipelined_steps_equal_generate(
     """Ragged prompts (different lengths and image sizes) prefilled in one pass; steps queued two deep."""
     eng = static_engine(tiny_checkpoint(arch), max_batch_size=4)
     try:
-        runner = _StaticRunner(eng._loaded.model, eng._loaded.processor, slots=4, width=512, graphs=False)
+        runner = StaticRunner(eng._loaded.model, eng._loaded.processor, slots=4, width=512, graphs=False)
         reqs = [chat(i, max_tokens=6) for i in (0, 1, 3)]
         seqs = [seq_of(eng, r) for r in reqs]
         with torch.inference_mode():
@@ -82,7 +76,7 @@ def test_engine_prefills_waiting_requests_together(tiny_checkpoint: Callable[[st
             return emit
 
         seqs = [
-            _Seq(prepared=eng.prepare(r), loop=None, queue=None, emit=emitter(i)) for i, r in enumerate(reqs)
+            Seq(prepared=eng.prepare(r), loop=None, queue=None, emit=emitter(i)) for i, r in enumerate(reqs)
         ]
         before = eng.stats.prefill_passes
         with eng._cond:  # the worker cannot take any until all four wait
@@ -118,46 +112,13 @@ def test_prefill_groups_respect_keys_and_the_token_budget(tiny_checkpoint: Calla
         eng.shutdown()
 
 
-def test_batched_sampling_rows_are_independent(tiny_checkpoint: Callable[[str], Path]) -> None:
-    """Greedy rows take the argmax, a tiny top-p is greedy too, seeded rows reproduce, all in one call."""
-    eng = static_engine(tiny_checkpoint("qwen2_5_vl"), max_batch_size=2)
-    try:
-        runner = eng._runner
-        torch.manual_seed(0)
-        logits = torch.randn(4, 50)
-
-        def seqs(seed: int) -> list[_Seq]:
-            out = []
-            for params in (
-                SamplingParams(max_tokens=1, temperature=0.0),
-                SamplingParams(max_tokens=1, temperature=1.0, top_p=1e-6),
-                SamplingParams(max_tokens=1, temperature=2.0, top_p=0.95, seed=seed),
-                SamplingParams(max_tokens=1, temperature=2.0),
-            ):
-                s = _Seq(prepared=eng.prepare(chat(0)), loop=None, queue=None, emit=print)
-                s.prepared.params = params
-                s.generator = torch.Generator().manual_seed(seed) if params.seed is not None else None
-                out.append(s)
-            return out
-
-        draws = [runner._sample(seqs(7), logits) for _ in range(2)]
-        argmax = logits.argmax(-1).tolist()
-        for d in draws:
-            assert d[:2] == argmax[:2]
-            assert all(0 <= t < 50 for t in d)
-        assert draws[0][2] == draws[1][2]  # same seed, same draw
-        assert len({tuple(runner._sample(seqs(s), logits))[2] for s in range(20)}) > 1
-    finally:
-        eng.shutdown()
-
-
 def test_a_decode_step_reads_the_device_once(
     tiny_checkpoint: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Queuing a step reads nothing back to the host (eager MoE forward included); waiting reads once."""
     eng = static_engine(tiny_checkpoint("qwen3_vl_moe"), max_batch_size=4)
     try:
-        runner = _StaticRunner(eng._loaded.model, eng._loaded.processor, slots=4, width=512, graphs=False)
+        runner = StaticRunner(eng._loaded.model, eng._loaded.processor, slots=4, width=512, graphs=False)
         seqs = [seq_of(eng, chat(i, temperature=0.8 * i, seed=i)) for i in (0, 1)]
         reads: list[str] = []
         for name in ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy"):
@@ -187,7 +148,7 @@ def test_a_failed_batched_prefill_falls_back_to_one_by_one(
     try:
         calls: list[int] = []
 
-        def broken(seqs: list[_Seq]) -> None:
+        def broken(seqs: list[Seq]) -> None:
             calls.append(len(seqs))
             raise RuntimeError("no memory for this batch")
 
@@ -203,7 +164,7 @@ def test_a_failed_batched_prefill_falls_back_to_one_by_one(
                 if isinstance(item, BaseException) or item.finished:
                     done.release()
 
-            seqs.append(_Seq(prepared=eng.prepare(r), loop=None, queue=None, emit=emit))
+            seqs.append(Seq(prepared=eng.prepare(r), loop=None, queue=None, emit=emit))
         with eng._cond:
             for s in seqs:
                 eng._submit(s)

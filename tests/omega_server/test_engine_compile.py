@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo.utils as dynamo_utils
-from omega_server.engine import Engine, EngineConfig, _StaticRunner
+from omega_server.engine import Engine, EngineConfig
+from omega_server.engine.static_runner import StaticRunner
 
 from tests.omega_server.test_engine import chat, run_concurrently, tokens
 
@@ -48,7 +49,7 @@ def test_compiled_decode_step_gives_the_same_greedy_tokens(
             outs[compiled] = [tokens(o) for o in run_concurrently(eng, reqs)]
             if compiled:
                 runner = eng._runner
-                assert isinstance(runner, _StaticRunner)
+                assert isinstance(runner, StaticRunner)
                 with torch.inference_mode():  # every batch size, the full one (= slots) too
                     for batch in (1, 2, 3, 2):
                         runner.graphs.prepare(batch, runner.width)

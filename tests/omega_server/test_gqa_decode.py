@@ -1,4 +1,4 @@
-"""One-token SDPA on the unexpanded key/value heads (omega_server.gqa_decode) computes transformers' sdpa."""
+"""One-token SDPA on the unexpanded key/value heads (omega_server.kernels.gqa_decode) computes transformers' sdpa."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omega_server import gqa_decode
-from omega_server.engine import Engine, EngineConfig, _Seq, _StaticRunner
+from omega_server.engine import Engine, EngineConfig
+from omega_server.engine.sequence import Seq
+from omega_server.engine.static_runner import StaticRunner
+from omega_server.kernels import gqa_decode
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -98,8 +100,8 @@ def test_static_decode_logits_equal_with_and_without_packing(
         logits = {}
         for packed in (True, False):
             gqa_decode.install(packed)
-            runner = _StaticRunner(eng._loaded.model, eng._loaded.processor, slots=2, width=256, graphs=False)
-            seqs = [_Seq(prepared=eng.prepare(chat(i)), loop=None, queue=None, emit=print) for i in (0, 2)]
+            runner = StaticRunner(eng._loaded.model, eng._loaded.processor, slots=2, width=256, graphs=False)
+            seqs = [Seq(prepared=eng.prepare(chat(i)), loop=None, queue=None, emit=print) for i in (0, 2)]
             steps: list[torch.Tensor] = []
             step = runner.graphs.run
 

@@ -1,4 +1,4 @@
-"""The fused MoE decode experts (omega_server.moe_decode): the real Triton kernels, run by Triton's
+"""The fused MoE decode experts (omega_server.kernels.moe_decode): the real Triton kernels, run by Triton's
 interpreter on the CPU (the GPU run is bench/moe_kernels.py on the accelerator machine).
 
 Triton reads ``TRITON_INTERPRET`` when the kernels are defined, so these checks run in a child
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from omega_server import moe_decode
 from omega_server.engine import Engine, EngineConfig
+from omega_server.kernels import moe_decode
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ KERNEL_CHECK = """
 import copy, json, torch
 from transformers.models.qwen3_vl_moe.configuration_qwen3_vl_moe import Qwen3VLMoeTextConfig
 from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeTextExperts
-from omega_server import moe_decode
+from omega_server.kernels import moe_decode
 
 assert moe_decode.available(torch.device("cpu"))  # the interpreter runs the kernels on the CPU
 cfg = Qwen3VLMoeTextConfig(hidden_size=72, moe_intermediate_size=40, num_experts=16,
@@ -101,7 +101,7 @@ from tests.omega_server.test_engine import chat, reference
 path = sys.argv[1]
 eng = Engine.load(EngineConfig(model_path=path, attn_impl="sdpa", kv_cache="static", max_batch_size=2))
 calls = {"fused": 0}
-import omega_server.moe_decode as md
+import omega_server.kernels.moe_decode as md
 original = md.fused_experts
 def counting(*a, **k):
     calls["fused"] += 1
@@ -174,6 +174,6 @@ def test_engine_with_fast_decode_off_keeps_transformers_paths(tiny_checkpoint: C
         assert eng.info.experts_implementation == "grouped_mm"
     finally:
         eng.shutdown()
-        from omega_server import gqa_decode
+        from omega_server.kernels import gqa_decode
 
         gqa_decode.install(True)

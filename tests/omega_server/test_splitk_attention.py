@@ -1,11 +1,11 @@
-"""Split-K one-token attention (omega_server.splitk_attention): the real Triton kernels, run by Triton's
+"""Split-K one-token attention (omega_server.kernels.splitk_attention): the real Triton kernels, run by Triton's
 interpreter on the CPU, against PyTorch's SDPA on the repeated heads."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from omega_server import splitk_attention
+from omega_server.kernels import splitk_attention
 
 from tests.omega_server.test_moe_decode import interpreted
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(600)
 CHECK = """
 import json, torch
 from torch.nn import functional as F
-from omega_server import gqa_decode, splitk_attention
+from omega_server.kernels import gqa_decode, splitk_attention
 from types import SimpleNamespace
 
 def reference(q, k, v, mask, scale):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from omega_server import moe_decode, splitk_attention
+from omega_server.kernels import moe_decode, splitk_attention
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 

@@ -1,136 +1,47 @@
 """`create_app(settings, engine=None)`: the FastAPI app, and a lifespan that loads the engine.
 
+The settings cross into the house here, once: `engine_config` makes the engine's `EngineConfig`,
+`http_config` the HTTP layer's `HttpConfig`; no module below this one sees `Settings`.
+
 Without an engine the lifespan loads one in a background thread, so `/live` answers and `/health`
 says 503 "loading" meanwhile. A load failure marks the state failed and calls `on_fatal(line)`
-(`__main__` then prints it and exits non-zero).
+(`__main__` then prints it and exits non-zero). Nothing here imports torch: the engine is imported
+when it is loaded.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from omega_server import __version__
-from omega_server.errors import APIError, error_body, install_error_handlers
-from omega_server.metrics import Metrics
+from omega_server.engine.types import EngineConfig
+from omega_server.errors import install_error_handlers
+from omega_server.http_config import HttpConfig
+from omega_server.images import ImageLimits
+from omega_server.middleware import ApiAccounting
 from omega_server.routes import openai as openai_routes
 from omega_server.routes import ops
-from omega_server.serving import ARRIVAL
 from omega_server.settings import Settings
 from omega_server.state import ServerState
 
 log = logging.getLogger("omega_server")
 
 
-def _too_large_message(limit: int) -> str:
-    return f"Request body is larger than the limit of {limit} bytes (MAX_REQUEST_BYTES)."
-
-
-class BodyTooLarge(APIError):
-    """Raised into the app by the body read that passes the limit (the 413 has been sent already)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, _too_large_message(limit), headers={"Connection": "close"})
-
-
-class ApiAccounting:
-    """ASGI middleware for /v1/*: refuses bodies over the limit (413), counts statuses and durations.
-
-    The limit holds from the `Content-Length` header when there is one, and otherwise (a chunked
-    body) on the bytes received: the message that passes the limit gets the 413 at once, with
-    `Connection: close`, and the app's read fails with `BodyTooLarge` (its own answer is dropped),
-    so the rest of the body is never read.
-
-    Durations run to the last body byte, so streamed answers are timed in full. The arrival time
-    (`time.perf_counter()`, once the request head is parsed) is left in the scope under `ARRIVAL`,
-    where the chat route starts its Server-Timing clock.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.max_body = max_body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
-        scope[ARRIVAL] = time.perf_counter()
-        start = time.monotonic()
-        status = [500]
-        started = [False]  # the app's answer has begun
-        refused = [False]  # the 413 went out, from the bytes received
-        received = [0]
-
-        async def counting_send(message: Message) -> None:
-            if refused[0]:
-                return  # the 413 went out already; the app's own answer to the failed read is dropped
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                started[0] = True
-            await send(message)
-
-        async def limited_receive() -> Message:
-            if refused[0]:
-                raise BodyTooLarge(self.max_body)
-            message = await receive()
-            if message["type"] == "http.request":
-                received[0] += len(message.get("body", b""))
-                if received[0] > self.max_body:
-                    if not started[0]:
-                        await self._too_large(counting_send)
-                    refused[0] = True
-                    raise BodyTooLarge(self.max_body)
-            return message
-
-        length = dict(scope.get("headers") or []).get(b"content-length", b"")
-        try:
-            if length.isdigit() and int(length) > self.max_body:
-                await self._too_large(counting_send)
-            else:
-                # `limited_receive` sends the 413 before it raises: nothing is left to answer.
-                with contextlib.suppress(BodyTooLarge):
-                    await self.app(scope, limited_receive, counting_send)
-        finally:
-            self.metrics.requests.labels(status=str(status[0])).inc()
-            self.metrics.request_duration.observe(time.monotonic() - start)
-
-    async def _too_large(self, send: Send) -> None:
-        body = json.dumps(error_body(413, _too_large_message(self.max_body))).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
-def _load_engine(settings: Settings) -> Any:
+def _load_engine(config: EngineConfig) -> Any:
     """Load the engine (blocking); imported here so the HTTP layer starts without torch."""
     from omega_server.engine import Engine
 
-    return Engine.load(engine_config(settings))
+    return Engine.load(config)
 
 
-def engine_config(settings: Settings) -> Any:
+def engine_config(settings: Settings) -> EngineConfig:
     """The engine's configuration from the server's settings (the one place that maps them)."""
-    from omega_server.engine import EngineConfig
-
     return EngineConfig(
         model_path=settings.model_path,
         attn_impl=settings.attn_impl,
@@ -146,6 +57,26 @@ def engine_config(settings: Settings) -> Any:
     )
 
 
+def http_config(settings: Settings) -> HttpConfig:
+    """The HTTP layer's configuration from the server's settings (the one place that maps them)."""
+    return HttpConfig(
+        model_name=settings.model_name,
+        attn_impl=settings.attn_impl,
+        max_batch_size=settings.max_batch_size,
+        max_model_length=settings.max_model_length,
+        default_max_tokens=settings.default_max_tokens,
+        max_images_per_request=settings.max_images_per_request,
+        api_key=settings.api_key,
+        images=ImageLimits(
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            fetch_timeout=settings.image_fetch_timeout,
+            allow_urls=settings.allow_image_urls,
+            allow_private=settings.allow_private_image_urls,
+        ),
+    )
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -156,7 +87,7 @@ def create_app(
     on_fatal: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """The server app. With `engine` given, it serves that engine at once (its lifecycle stays the caller's)."""
-    state = ServerState(settings)
+    state = ServerState(http_config(settings))
     owns_engine = engine is None
 
     @asynccontextmanager
@@ -167,7 +98,7 @@ def create_app(
 
             def load() -> None:
                 try:
-                    loaded = _load_engine(settings)
+                    loaded = _load_engine(engine_config(settings))
                 except BaseException as exc:
                     detail = (
                         str(exc)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from omega_server import models
+from omega_server.engine.errors import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,6 @@ class AttentionChoice:
     backend: str  # model.config._attn_implementation
     flash_attn: FlashAttnStatus
     flash_load_failures: int  # 1 when a flash attempt failed and we fell back, else 0
-
-
-def describe_error(exc: BaseException) -> str:
-    """``"ImportError: message"``, first line only, bounded, for /health and logs."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    out = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return out[:500]
 
 
 def flash_attn_version() -> str | None:

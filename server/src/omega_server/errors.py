@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from omega_server.engine import (
+from omega_server.engine.errors import (
     EngineDeadError,
     EngineError,
     InvalidRequestError,

@@ -1,7 +1,7 @@
 """Image inputs of chat requests: base64 `data:` URLs and http(s) URLs, decoded to RGB PIL images.
 
-Limits (bytes, pixels, fetch timeout) come from the settings. Every failure is an `APIError(400)`
-whose `param` points at the offending `image_url.url`.
+Limits (bytes, pixels, fetch timeout) are an `ImageLimits` (`app.http_config` makes it from the
+settings). Every failure is an `APIError(400)` whose `param` points at the offending `image_url.url`.
 
 Unless `ALLOW_PRIVATE_IMAGE_URLS` is set, an http(s) URL is fetched only when every address its
 host resolves to is public (`refused_address`): the request then goes to one of the addresses that

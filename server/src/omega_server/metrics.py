@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,6 +18,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from omega_server.engine.types import EngineStats
 
 # `*_created` series only double the exposition; dashboards do not use them.
 disable_created_metrics()
@@ -32,18 +33,14 @@ _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 class _LiveGauges(Collector):
     """Gauges read at scrape time: queue depth (engine stats) and GPU memory (torch, if loaded)."""
 
-    def __init__(self, stats: Callable[[], Any | None], devices: Callable[[], list[str]]) -> None:
+    def __init__(self, stats: Callable[[], EngineStats | None], devices: Callable[[], list[str]]) -> None:
         self._stats = stats
         self._devices = devices
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         depth = GaugeMetricFamily("omega_server_queue_depth", "Requests waiting for the engine.")
         stats = self._stats()
-        if stats is not None:
-            value = stats.get("queue_depth") if isinstance(stats, dict) else getattr(stats, "queue_depth", 0)
-            depth.add_metric([], float(value or 0))
-        else:
-            depth.add_metric([], 0.0)
+        depth.add_metric([], float(stats.queue_depth) if stats is not None else 0.0)
         yield depth
         mem = GaugeMetricFamily(
             "omega_server_gpu_memory_allocated_bytes",
@@ -73,7 +70,7 @@ class Metrics:
 
     def __init__(
         self,
-        stats: Callable[[], Any | None] = lambda: None,
+        stats: Callable[[], EngineStats | None] = lambda: None,
         devices: Callable[[], list[str]] = list,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)

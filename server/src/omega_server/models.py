@@ -148,12 +148,6 @@ def _rewrite_alias(obj: Any, src: str, dst: str) -> Any:
     return obj
 
 
-def declared_model_type(path: Path) -> str:
-    """The model_type config.json declares (before aliasing)."""
-    raw = json.loads((path / "config.json").read_text())
-    return str(raw.get("model_type", ""))
-
-
 def canonical_model_type(model_type: str, architectures: list[str] | None = None) -> str:
     """Upstream model_type for a declared model_type (and architectures), applying the aliases."""
     if model_type in MODEL_TYPE_ALIASES:

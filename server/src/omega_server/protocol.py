@@ -116,11 +116,10 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
-    system_fingerprint: str | None = None
 
 
 class Delta(BaseModel):
-    """Incremental message content of a stream chunk."""
+    """Incremental message content of a stream chunk: the role in the first chunk, then content."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
@@ -131,12 +130,16 @@ class ChunkChoice(BaseModel):
 
     index: int = 0
     delta: Delta
-    finish_reason: Literal["stop", "length"] | None = None
     logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
 
 
 class ChatCompletionChunk(BaseModel):
-    """Streaming response frame (`object: chat.completion.chunk`)."""
+    """Streaming response frame (`object: chat.completion.chunk`).
+
+    Frames are written with ``exclude_unset``: a field is on the wire when it was given (``usage``
+    only with ``stream_options.include_usage``; a delta's ``role`` only in the first chunk).
+    """
 
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
@@ -144,7 +147,6 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
-    system_fingerprint: str | None = None
 
 
 class ModelCard(BaseModel):

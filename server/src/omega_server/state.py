@@ -1,60 +1,27 @@
-"""The app's runtime state: load phase, the engine once loaded, metrics, and the /health body."""
+"""The app's runtime state: the load phase, the engine once loaded, its chat service and metrics.
+
+``health()`` gives the /health body of this state (built by ``health.health_body``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from typing import Any, Literal
+from typing import Any
 
-from omega_server import __version__
 from omega_server.errors import APIError
+from omega_server.health import Phase, health_body
+from omega_server.http_config import HttpConfig
 from omega_server.metrics import Metrics
 from omega_server.serving import ChatService
-from omega_server.settings import Settings
-
-Phase = Literal["loading", "ready", "failed", "dead"]
-FLASH = ("auto", "flash_attention_2")
-
-
-def info_get(info: Any, key: str, default: Any = None) -> Any:
-    """A field of the engine's info (a mapping or an object)."""
-    if info is None:
-        return default
-    if isinstance(info, dict):
-        return info.get(key, default)
-    return getattr(info, key, default)
-
-
-def decode_report(info: Any) -> dict[str, Any]:
-    """`decode` of /health: the decode path the engine really runs (null fields before it loads).
-
-    ``kv_cache`` static|dynamic, ``cuda_graphs``, ``compiled`` (torch.compile), ``gqa_decode`` (one-token
-    attention on the unexpanded key/value heads), ``experts`` (a MoE model's experts path, e.g.
-    ``omega_fused_decode`` or ``grouped_mm``; null for a dense model).
-    """
-    return {
-        "kv_cache": info_get(info, "kv_cache"),
-        "cuda_graphs": info_get(info, "cuda_graphs"),
-        "compiled": info_get(info, "compiled"),
-        "gqa_decode": info_get(info, "gqa_decode"),
-        "experts": info_get(info, "experts_implementation"),
-    }
-
-
-def flash_report(info: Any) -> dict[str, Any] | None:
-    """`flash_attn` of /health: `{available, loaded, version, error}`."""
-    flash = info_get(info, "flash_attn")
-    if flash is None:
-        return None
-    return {k: info_get(flash, k) for k in ("available", "loaded", "version", "error")}
 
 
 class ServerState:
     """Everything the routes need; `app.state.omega` holds one."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, config: HttpConfig) -> None:
+        self.config = config
         self.started = int(time.time())
         self.engine: Any | None = None
         self.error: str | None = None
@@ -68,11 +35,7 @@ class ServerState:
         return self.engine.stats if self.engine is not None else None
 
     def _devices(self) -> list[str]:
-        return (
-            [str(d) for d in info_get(self.engine.info, "devices", []) or []]
-            if self.engine is not None
-            else []
-        )
+        return [str(d) for d in self.engine.info.devices] if self.engine is not None else []
 
     @property
     def phase(self) -> Phase:
@@ -92,15 +55,12 @@ class ServerState:
             self.engine = engine
             engine.batch_observer = self.metrics.batch_size.observe
             info = engine.info
-            requested = str(info_get(info, "attn_requested", self.settings.attn_impl))
-            flash = flash_report(info) or {}
-            failures = info_get(info, "flash_load_failures")
-            if failures is None:  # engines that do not count: infer from the report
-                failures = int(requested in FLASH and not flash.get("loaded") and bool(flash.get("error")))
             self.metrics.record_engine_info(
-                backend=str(info_get(info, "attn")), requested=requested, flash_failures=int(failures)
+                backend=str(info.attn),
+                requested=str(info.attn_requested),
+                flash_failures=info.flash_load_failures,
             )
-            self._chat = ChatService(self.settings, engine, self.metrics)
+            self._chat = ChatService(self.config, engine, self.metrics)
             self._phase = "ready"
             return True
 
@@ -127,27 +87,9 @@ class ServerState:
         )
 
     def health(self) -> dict[str, Any]:
-        """The /health body of DESIGN.md 3.2 (same keys in every phase)."""
-        phase = self.phase
+        """The /health body of DESIGN.md 3.2 (same keys in every phase): ``health.health_body``."""
         info = self.engine.info if self.engine is not None else None
-        s = self.settings
-        return {
-            "status": phase,
-            "ready": phase == "ready",
-            "attn": info_get(info, "attn"),
-            "attn_requested": info_get(info, "attn_requested", s.attn_impl),
-            "flash_attn": flash_report(info),
-            "model": s.model_name,
-            "model_type": info_get(info, "model_type"),
-            "dtype": str(info_get(info, "dtype")) if info is not None else None,
-            "devices": [str(d) for d in info_get(info, "devices", []) or []],
-            "device_names": [str(d) for d in info_get(info, "device_names", []) or []],
-            "batch": {"max_batch_size": info_get(info, "max_batch_size", s.max_batch_size)},
-            "max_model_length": info_get(info, "max_model_length", s.max_model_length),
-            "decode": decode_report(info),
-            "version": __version__,
-            "error": self.error if phase != "dead" else (self.error or "the engine stopped"),
-        }
+        return health_body(self.phase, info, self.config, self.error)
 
     async def close(self, shutdown_engine: bool = True) -> None:
         """Stop serving: release the HTTP client and (when it is ours) shut the engine down."""

@@ -7,9 +7,10 @@ import secrets
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from omega_server.chat_request import parse_request
 from omega_server.errors import APIError
 from omega_server.protocol import ModelCard, ModelList
-from omega_server.serving import ARRIVAL, StageClock, parse_request
+from omega_server.serving import ARRIVAL, StageClock
 from omega_server.state import ServerState
 
 
@@ -20,7 +21,7 @@ def _state(request: Request) -> ServerState:
 
 async def require_api_key(request: Request) -> None:
     """Check `Authorization: Bearer <API_KEY>` when an API key is configured."""
-    key = _state(request).settings.api_key
+    key = _state(request).config.api_key
     if key is None:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -45,7 +46,7 @@ async def list_models(request: Request) -> ModelList:
     """The one served model."""
     state = _state(request)
     card = ModelCard(
-        id=state.settings.model_name, created=state.started, max_model_len=state.settings.max_model_length
+        id=state.config.model_name, created=state.started, max_model_len=state.config.max_model_length
     )
     return ModelList(data=[card])
 

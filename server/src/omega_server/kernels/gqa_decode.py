@@ -14,9 +14,13 @@ attention; only the copies are gone. Where Triton kernels run (a GPU), the packe
 ``splitk_attention`` (flash-decoding: the columns split over many thread blocks); elsewhere, and for
 shapes the kernel does not take, to PyTorch's SDPA on the packed query.
 
-``install()`` registers this as the process's ``sdpa`` attention: any call with one query token and
-grouped heads takes the packed path; every other call (prefill, the vision tower, dropout, a
-position bias) goes to transformers' own SDPA function unchanged.
+transformers looks attention functions up by name in one process-wide table, so ``install()``
+registers ``decode_attention`` as the process's ``sdpa`` function, and each model decides for
+itself: ``enable(model, on)`` marks its attention modules (``kernels.install`` does it for every
+loaded model), and a module marked off goes to transformers' own SDPA function. For a marked-on (or
+unmarked) module, a call with one query token and grouped heads takes the packed path; every other
+call (prefill, the vision tower, dropout, a position bias) goes to transformers' own function
+unchanged.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from omega_server import splitk_attention
+from omega_server.kernels import splitk_attention
 
 _ORIGINAL: Any = None
+
+#: the attribute ``enable`` sets on a model's attention modules (absent: packed, as before any marking)
+ENABLED = "omega_gqa_decode"
 
 
 def pack_query(query: torch.Tensor, groups: int) -> torch.Tensor:
@@ -59,7 +66,8 @@ def decode_attention(
     """transformers' attention interface (same arguments and output as its ``sdpa`` function)."""
     groups = int(getattr(module, "num_key_value_groups", 1) or 1)
     packable = (
-        query.shape[2] == 1
+        getattr(module, ENABLED, True)
+        and query.shape[2] == 1
         and groups > 1
         and key.shape[1] * groups == query.shape[1]
         and dropout == 0.0
@@ -122,9 +130,16 @@ def _original() -> Any:
     return _ORIGINAL
 
 
+def enable(model: Any, on: bool) -> None:
+    """Mark ``model``'s attention modules: packed one-token attention (``on``) or transformers' own."""
+    for module in model.modules():
+        if hasattr(module, "num_key_value_groups"):
+            setattr(module, ENABLED, on)
+
+
 def install(enabled: bool = True) -> None:
     """Make ``decode_attention`` the process's ``sdpa`` attention function, or (``enabled=False``)
-    give ``sdpa`` back to transformers' own function. Idempotent."""
+    give ``sdpa`` back to transformers' own function. Idempotent. Which models pack is ``enable``'s."""
     from transformers.modeling_utils import AttentionInterface
 
     AttentionInterface.register("sdpa", decode_attention if enabled else _original())

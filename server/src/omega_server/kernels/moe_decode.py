@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from omega_server.tritonrt import available, tl, triton
+from omega_server.kernels.tritonrt import available, tl, triton
 
 log = logging.getLogger(__name__)
 

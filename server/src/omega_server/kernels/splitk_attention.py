@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from omega_server.tritonrt import available, tl, triton
+from omega_server.kernels.tritonrt import available, tl, triton
 
 if triton is not None:
     NEG = tl.constexpr(-1.0e30)  # scores are clamped here: a masked column's weight is exp(NEG - max) = 0

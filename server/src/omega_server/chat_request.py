@@ -1,0 +1,229 @@
+"""A chat-completion body -> the engine's ``GenerationRequest``, refusing what this server cannot honour.
+
+The request's validation, in order: ``parse_request`` reads the body into ``protocol``'s models (the
+shapes and bounds of the OpenAI API); ``to_generation_request`` refuses, by name, features the server
+does not have and requests over its limits (checked before any image is fetched), then builds the
+engine's request: sampling parameters and HF-format messages with their images decoded. What is left
+to the engine is what only it can know: the prompt's length in tokens (``PromptTooLongError``); its
+own request check (``engine.inputs.check_request``, for callers that build engine requests
+themselves) passes everything built here. Every refusal is an ``APIError`` naming the field at fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from omega_server.engine.types import GenerationRequest, SamplingParams
+from omega_server.errors import APIError, describe_validation_error
+from omega_server.http_config import HttpConfig
+from omega_server.protocol import ChatCompletionRequest, ChatMessage, ImageURLPart, TextPart
+
+MAX_STOP_SEQUENCES = 16
+MAX_CHARS_PER_TOKEN = 32  # generous: real tokenizers average 3-5 characters per token
+
+#: ``load_image(url, param)``: the decoded image behind a request's image URL
+ImageLoader = Callable[[str, str], Awaitable[Any]]
+
+
+def parse_request(raw: bytes) -> ChatCompletionRequest:
+    """Parse a chat-completion body, whatever its Content-Type (curl -d sends form encoding).
+
+    Malformed JSON and schema errors become `APIError(400)` with a one-line message and `param`.
+    """
+    if not raw.strip():
+        raise APIError(400, "Request body is required (a JSON object).", code="invalid_value")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting bombs
+        if isinstance(exc, RecursionError):
+            detail = "nested too deeply"
+        elif isinstance(exc, json.JSONDecodeError):
+            detail = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        else:
+            detail = str(exc)
+        raise APIError(400, f"Malformed JSON body: {detail}.", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "Request body must be a JSON object.", code="invalid_value")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        message, param = describe_validation_error(exc.errors())
+        raise APIError(400, message, param=param, code="invalid_value") from None
+
+
+async def to_generation_request(
+    req: ChatCompletionRequest, config: HttpConfig, load_image: ImageLoader
+) -> GenerationRequest:
+    """Check a parsed request against this server and build the engine's request (images decoded).
+
+    Without ``max_tokens`` the budget is 1 here; the chat service widens it once the prompt length is
+    known (``default_max_tokens``, capped by the room left in ``max_model_length``).
+    """
+    check_supported(req, config.model_name, config.max_model_length)
+    params = sampling_params(req, 1)
+    images = count_images(req.messages)
+    if images > config.max_images_per_request:
+        raise APIError(
+            400,
+            f"Too many images: {images}; at most {config.max_images_per_request} per request.",
+            param="messages",
+            code="too_many_images",
+        )
+    chars = text_length(req.messages)
+    limit = config.max_model_length * MAX_CHARS_PER_TOKEN
+    if chars > limit:
+        # Refuse before tokenizing: no tokenizer makes fewer tokens than this from so much text.
+        raise APIError(
+            400,
+            f"The prompt text has {chars} characters, more than can fit in MAX_MODEL_LENGTH="
+            f"{config.max_model_length} tokens (at most {limit} characters).",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    messages = await to_engine_messages(req.messages, load_image)
+    return GenerationRequest(messages=messages, params=params)
+
+
+def check_supported(req: ChatCompletionRequest, served_model: str, max_model_length: int) -> None:
+    """Refuse what this server cannot honour, with a message that says what to change."""
+    if req.model is not None and req.model != served_model:
+        raise APIError(
+            404,
+            f"The model {req.model!r} does not exist; this server serves {served_model!r}.",
+            param="model",
+            code="model_not_found",
+        )
+    if not req.messages:
+        raise APIError(
+            400, "'messages' must contain at least one message.", param="messages", code="invalid_value"
+        )
+    if req.n not in (None, 1):
+        raise APIError(
+            400, f"n={req.n} is not supported: this server returns exactly one choice (n=1).", param="n"
+        )
+    if req.logprobs or req.top_logprobs:
+        raise APIError(400, "logprobs are not supported by this server.", param="logprobs")
+    if req.tools:
+        raise APIError(400, "Tool calling is not supported by this server.", param="tools")
+    if req.tool_choice not in (None, "none"):
+        raise APIError(400, "tool_choice is not supported by this server.", param="tool_choice")
+    if req.response_format and req.response_format.get("type", "text") != "text":
+        raise APIError(400, "Only response_format type 'text' is supported.", param="response_format")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(req, name):
+            raise APIError(
+                400, f"{name} is not supported by this server (use 0 or leave it out).", param=name
+            )
+    max_tokens = requested_max_tokens(req)
+    if max_tokens is not None and max_tokens >= max_model_length:
+        name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        raise APIError(
+            400,
+            f"{name}={max_tokens} is too large: prompt plus output must fit in the model's context length "
+            f"of {max_model_length} tokens (MAX_MODEL_LENGTH).",
+            param=name,
+            code="context_length_exceeded",
+        )
+
+
+def requested_max_tokens(req: ChatCompletionRequest) -> int | None:
+    """`max_completion_tokens` (the newer name) or `max_tokens`."""
+    return req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+
+
+def stop_sequences(stop: str | list[str] | None) -> tuple[str, ...]:
+    """`stop` as a tuple of non-empty strings."""
+    if stop is None:
+        return ()
+    items = [stop] if isinstance(stop, str) else list(stop)
+    if len(items) > MAX_STOP_SEQUENCES:
+        raise APIError(400, f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.", param="stop")
+    if any(not s for s in items):
+        raise APIError(400, "Stop sequences must be non-empty strings.", param="stop")
+    return tuple(items)
+
+
+def sampling_params(req: ChatCompletionRequest, default_max_tokens: int) -> SamplingParams:
+    """The engine's sampling parameters for a request (OpenAI defaults: temperature 1, top_p 1).
+
+    A temperature too small to sample with is passed on as it is: the sampler treats it as greedy
+    (``engine.sampler.SAMPLING_EPS``).
+    """
+    max_tokens = requested_max_tokens(req)
+    return SamplingParams(
+        max_tokens=max_tokens if max_tokens is not None else default_max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        stop=stop_sequences(req.stop),
+        seed=req.seed,
+    )
+
+
+def text_length(messages: list[ChatMessage]) -> int:
+    """Characters of text in the whole conversation."""
+    total = 0
+    for m in messages:
+        if isinstance(m.content, str):
+            total += len(m.content)
+        elif m.content:
+            total += sum(len(p.text) for p in m.content if isinstance(p, TextPart))
+    return total
+
+
+def count_images(messages: list[ChatMessage]) -> int:
+    """Image parts in the whole conversation."""
+    return sum(
+        1 for m in messages if isinstance(m.content, list) for p in m.content if isinstance(p, ImageURLPart)
+    )
+
+
+async def to_engine_messages(messages: list[ChatMessage], load_image: ImageLoader) -> list[dict[str, Any]]:
+    """OpenAI messages -> HF chat format (`{"role", "content": [{"type": "text"|"image", ...}]}`).
+
+    Images are loaded concurrently through `load_image(url, param)`.
+    """
+    out: list[dict[str, Any]] = []
+    pending: list[tuple[dict[str, Any], str, str]] = []  # (part to fill, url, param)
+    for i, msg in enumerate(messages):
+        role = "system" if msg.role == "developer" else msg.role
+        parts: list[dict[str, Any]] = []
+        content = msg.content
+        if isinstance(content, str):
+            if content:
+                parts.append({"type": "text", "text": content})
+        elif content:
+            for j, part in enumerate(content):
+                if isinstance(part, TextPart):
+                    if part.text:
+                        parts.append({"type": "text", "text": part.text})
+                else:
+                    param = f"messages.{i}.content.{j}.image_url.url"
+                    if role != "user":
+                        raise APIError(
+                            400, f"Images are only allowed in user messages (messages.{i}).", param=param
+                        )
+                    entry: dict[str, Any] = {"type": "image", "image": None}
+                    parts.append(entry)
+                    pending.append((entry, part.image_url.url, param))
+        if not parts:
+            raise APIError(
+                400,
+                f"messages.{i}.content must not be empty.",
+                param=f"messages.{i}.content",
+                code="invalid_value",
+            )
+        out.append({"role": role, "content": parts})
+    if pending:
+        results = await asyncio.gather(
+            *(load_image(url, param) for _, url, param in pending), return_exceptions=True
+        )
+        for (entry, _, _), result in zip(pending, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            entry["image"] = result
+    return out

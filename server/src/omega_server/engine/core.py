@@ -1,0 +1,346 @@
+"""The engine: a bounded queue, admission into the running batch, the decode loop, failures, death.
+
+``Engine.load(config)`` (``load.load_engine``) loads model + processor, picks the attention backend
+and warms up. ``prepare()`` turns a chat into model inputs (validation errors are typed),
+``stream()`` queues it and yields ``StepOutput`` deltas.
+
+How generation runs: one worker thread owns the model. Waiting requests are prefilled (their images
+and exact prompts) and then join the running batch between decode steps. Every decode step is one
+forward pass for all running sequences (up to ``max_batch_size``), each with its own sampling
+parameters, seed, stop strings and token budget; sampling runs on the device for the whole batch.
+Finished or cancelled sequences leave between steps. Greedy outputs equal ``model.generate()``'s.
+
+On the static cache several waiting requests are prefilled in one forward pass (right-padded, up to
+``max_prefill_tokens``), and decode steps are pipelined one deep: step k+1 is queued on the device,
+its input tokens fed from step k's sampling there, before the host reads step k's tokens (one
+non-blocking copy into pinned memory) and streams them. On the dynamic cache each request is
+prefilled alone and its cache rows are left-padded to the batch's length.
+
+A failed forward pass takes one path (``_fail``): count it, evict the rows, and either fail those
+requests (the engine keeps serving) or, after a device error, fail them and stop the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import torch
+
+from omega_server import models
+from omega_server.engine import sampler
+from omega_server.engine.detok import IncrementalText
+from omega_server.engine.errors import (
+    EngineDeadError,
+    EngineError,
+    QueueFullError,
+    describe_error,
+    is_fatal,
+)
+from omega_server.engine.inputs import check_request, prefill_groups, prepare_inputs
+from omega_server.engine.load import load_engine, start_runner
+from omega_server.engine.runner import Pending
+from omega_server.engine.sequence import Seq
+from omega_server.engine.types import (
+    EngineConfig,
+    EngineInfo,
+    EngineStats,
+    GenerationRequest,
+    PreparedRequest,
+    StepOutput,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """A loaded model serving generation requests; see the module docstring.
+
+    Public surface: ``load``, ``info``, ``prepare``, ``stream``, ``generate_sync``, ``stats``,
+    ``batch_observer``, ``alive``, ``shutdown``. Thread-safe; ``stream`` must be iterated on an
+    asyncio event loop.
+    """
+
+    def __init__(self, config: EngineConfig, loaded: models.LoadedModel, info: EngineInfo) -> None:
+        self.config = config
+        self.info = info
+        self.stats = EngineStats()
+        self.batch_observer: Callable[[int], None] | None = None
+        self.alive = True
+        self._loaded = loaded
+        self._processor = loaded.processor
+        self._prep_lock = threading.Lock()  # tokenizers/processors are not safe to share across threads
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[Seq] = collections.deque()
+        self._stopping = False
+        self._dead_reason = ""
+        self._runner = start_runner(config, loaded, info)
+        self._pending: Pending | None = None  # the decode step queued on the device, not yet read
+        self._runner.stats = self.stats
+        self._runner.observer = self._observe
+        self._thread = threading.Thread(target=self._work, name="omega-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def load(cls, config: EngineConfig) -> Engine:
+        """Load model + processor, choose attention (flash -> sdpa fallback), warm up with an image."""
+        return load_engine(config)
+
+    # -- requests
+
+    def prepare(self, req: GenerationRequest) -> PreparedRequest:
+        """Apply the chat template and the processor. Raises InvalidRequestError / PromptTooLongError."""
+        images = check_request(req, self.config.max_images_per_request)
+        return prepare_inputs(
+            self._processor,
+            req,
+            images,
+            max_model_length=self.config.max_model_length,
+            lock=self._prep_lock,
+        )
+
+    async def stream(self, prepared: PreparedRequest) -> AsyncGenerator[StepOutput, None]:
+        """Queue the request and yield its deltas; the last has ``finished=True``.
+
+        Raises QueueFullError (at the first iteration) when the queue is full, EngineDeadError when the
+        engine stopped. Closing or cancelling the iterator cancels the generation.
+        """
+        if not self.alive:
+            raise EngineDeadError(self._dead_message())
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        seq = Seq(prepared=prepared, loop=asyncio.get_running_loop(), queue=queue)
+        self._submit(seq)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    return
+        finally:
+            if not seq.done:
+                seq.cancelled = True
+                with self._cond:
+                    self._cond.notify_all()
+
+    def _submit(self, seq: Seq) -> None:
+        with self._cond:
+            if not self.alive:
+                raise EngineDeadError(self._dead_message())
+            if len(self._waiting) >= self.config.max_queue:
+                raise QueueFullError(
+                    f"the server is busy: {len(self._waiting)} requests are queued (MAX_QUEUE={self.config.max_queue})",
+                    retry_after=1.0,
+                )
+            self._waiting.append(seq)
+            self.stats.requests_total += 1
+            self.stats.queue_depth = len(self._waiting)
+            self._cond.notify_all()
+
+    def generate_sync(self, prepared: PreparedRequest, timeout: float | None = None) -> list[StepOutput]:
+        """Run one request to completion from a plain thread (tests, tools); returns all its deltas."""
+        items: list[Any] = []
+        done = threading.Event()
+
+        def emit(item: Any) -> None:
+            items.append(item)
+            if isinstance(item, BaseException) or item.finished:
+                done.set()
+
+        seq = Seq(prepared=prepared, loop=None, queue=None, emit=emit)
+        self._submit(seq)
+        if not done.wait(timeout):
+            seq.cancelled = True
+            raise TimeoutError("generation did not finish in time")
+        if isinstance(items[-1], BaseException):
+            raise items[-1]
+        return items
+
+    def shutdown(self) -> None:
+        """Stop the worker; queued and running requests end with EngineDeadError."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+        self._die("the engine was shut down")
+
+    # -- worker
+
+    def _observe(self, n: int) -> None:
+        if self.batch_observer is not None:
+            self.batch_observer(n)
+
+    def _dead_message(self) -> str:
+        return f"the engine is not running: {self._dead_reason or 'stopped'}"
+
+    def _die(self, reason: str) -> None:
+        with self._cond:
+            if self.alive:
+                self.alive = False
+                self._dead_reason = reason
+            pending = list(self._waiting)
+            self._waiting.clear()
+            self.stats.queue_depth = 0
+        err = EngineDeadError(self._dead_message())
+        for seq in pending + self._runner.seqs:
+            if not seq.done:
+                seq.done = True
+                seq.send(err)
+        self._runner.evict([])
+        self.stats.running = 0
+
+    def _work(self) -> None:
+        runner = self._runner
+        try:
+            with torch.inference_mode():
+                while True:
+                    admitted: list[Seq] = []
+                    with self._cond:
+                        while (
+                            not self._stopping
+                            and not self._waiting
+                            and not runner.seqs
+                            and self._pending is None
+                        ):
+                            self._cond.wait()
+                        if self._stopping:
+                            return
+                        free = self.config.max_batch_size - len(runner.seqs)
+                        while free > 0 and self._waiting:
+                            seq = self._waiting.popleft()
+                            if seq.cancelled:
+                                seq.done = True
+                                continue
+                            admitted.append(seq)
+                            free -= 1
+                        self.stats.queue_depth = len(self._waiting)
+                    self._admit_all(admitted)
+                    self._drop_finished()
+                    if runner.seqs or self._pending is not None:
+                        self._step()
+                    self.stats.running = len(runner.seqs)
+        except Exception as exc:  # a bug or an unrecoverable device error: fail everything, loudly
+            log.exception("engine worker crashed")
+            self._die(f"worker crashed: {describe_error(exc)}")
+
+    def _fail(self, seqs: list[Seq], exc: Exception, what: str) -> None:
+        """The one failure path: count it, evict ``seqs``' rows, end their requests, re-raise if fatal.
+
+        After a device error (``is_fatal``) the requests get EngineDeadError and the exception goes on
+        to stop the engine; otherwise they get a ``generation_failed`` error and the engine goes on.
+        """
+        self.stats.errors_total += 1
+        failed = {id(s) for s in seqs}
+        self._runner.evict([i for i, s in enumerate(self._runner.seqs) if id(s) not in failed])
+        fatal = is_fatal(exc)
+        if fatal:
+            err: EngineError = EngineDeadError(f"device error: {describe_error(exc)}")
+        else:
+            log.warning("%s failed: %s", what, describe_error(exc))
+            err = EngineError(f"generation failed: {describe_error(exc)}", code="generation_failed")
+        for seq in seqs:
+            seq.done = True
+            seq.send(err)
+        if fatal:
+            raise exc
+
+    def _admit_all(self, seqs: list[Seq]) -> None:
+        """Prefill newly admitted sequences, in batches where the runner can, and join them."""
+        runner = self._runner
+        limit = self.config.max_prefill_tokens
+        if not runner.batch_prefill or limit <= 0 or len(seqs) < 2:
+            for seq in seqs:
+                self._admit(seq)
+            return
+        for group in prefill_groups(seqs, limit):
+            if len(group) == 1:
+                self._admit(group[0])
+                continue
+            try:
+                for seq in group:
+                    self._start(seq)
+                runner.prefill_batch(group)
+            except Exception as exc:
+                if is_fatal(exc):
+                    self._fail(group, exc, "batched prefill")
+                # one bad request must not fail the others: prefill them one by one
+                ids = {id(s) for s in group}
+                runner.evict([i for i, s in enumerate(runner.seqs) if id(s) not in ids])
+                log.warning("batched prefill failed (%s); prefilling one by one", describe_error(exc))
+                for seq in group:
+                    self._admit(seq)
+                continue
+            for seq in group:
+                self._after_token(seq, seq.last_token)
+
+    def _start(self, seq: Seq) -> None:
+        """A sequence's sampler and text state, made when it is admitted (a generator only for a seed)."""
+        runner = self._runner
+        params = seq.prepared.params
+        seq.generator = sampler.generator(params.seed, runner.device)
+        seq.text = IncrementalText(runner.tokenizer, runner.eos_ids, params)
+
+    def _admit(self, seq: Seq) -> None:
+        try:
+            self._start(seq)
+            self._runner.prefill(seq)
+        except Exception as exc:
+            self._fail([seq], exc, "prefill")
+            return
+        self._after_token(seq, seq.last_token)
+
+    def _step(self) -> None:
+        """One decode step, pipelined one deep on runners that can (the static slot cache).
+
+        The next step is queued on the device first; then the host reads the previous step's tokens
+        (one device->host copy) and does its bookkeeping (detokenization, stop checks, streaming)
+        while the device runs the queued step. A sequence that finished at step k still has a row in
+        step k+1: that token is dropped, and the row is freed before step k+2.
+        """
+        runner = self._runner
+        pending, self._pending = self._pending, None
+        try:
+            launched = runner.launch() if runner.seqs else None
+            if not runner.pipelined:
+                pending, launched = launched, None
+            tokens = pending.wait() if pending is not None else []
+        except Exception as exc:
+            self._fail(list(runner.seqs), exc, "decode step")
+            return
+        self._pending = launched
+        if pending is not None:
+            for s, t in zip(pending.seqs, tokens, strict=True):
+                if not (s.done or s.cancelled):
+                    self._after_token(s, t)
+        self._drop_finished()
+
+    def _drop_finished(self) -> None:
+        runner = self._runner
+        keep = [i for i, s in enumerate(runner.seqs) if not (s.done or s.cancelled)]
+        for s in runner.seqs:
+            if s.cancelled:
+                s.done = True
+        runner.evict(keep)
+
+    def _after_token(self, seq: Seq, token: int) -> None:
+        """Record a sampled token: its text (``detok``), the finish checks, and the delta sent out."""
+        self.stats.completion_tokens_total += 1
+        text = seq.text
+        assert text is not None
+        delta, finish = text.add(token)
+        seq.done = finish is not None
+        seq.send(
+            StepOutput(
+                text=delta,
+                token_ids=[token],
+                finished=seq.done,
+                finish_reason=finish,
+                prompt_tokens=seq.prepared.prompt_tokens,
+                completion_tokens=len(text.token_ids),
+            )
+        )

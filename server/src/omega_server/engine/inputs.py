@@ -1,0 +1,173 @@
+"""Model inputs: a chat's shape checked, the chat template and processor applied, prompts batched.
+
+``check_request`` is the engine API's contract for callers that build ``GenerationRequest``s
+themselves (the HTTP layer refuses all of it earlier, with its own messages). ``prepare_inputs``
+applies the chat template and the processor and refuses a prompt that does not fit. ``collate`` and
+``prefill_groups`` put several prepared requests into one prefill forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from omega_server.engine.errors import InvalidRequestError, PromptTooLongError, describe_error
+from omega_server.engine.types import GenerationRequest, PreparedRequest
+
+if TYPE_CHECKING:
+    from omega_server.engine.sequence import Seq
+
+ROLES = ("system", "user", "assistant")
+
+# per-token inputs (batch, length): right-padded when prompts are batched; every other tensor is
+# concatenated along dim 0 (image patches, grids, pixel batches), in request order
+TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+
+
+def check_request(req: GenerationRequest, max_images: int) -> list[Any]:
+    """Check the chat shape and sampling parameters; return the images in order."""
+    from PIL import Image
+
+    p = req.params
+    if not isinstance(p.max_tokens, int) or p.max_tokens < 1:
+        raise InvalidRequestError(
+            f"max_tokens must be a positive integer, got {p.max_tokens!r}", param="max_tokens"
+        )
+    if not (isinstance(p.temperature, (int, float)) and math.isfinite(p.temperature) and p.temperature >= 0):
+        raise InvalidRequestError(f"temperature must be >= 0, got {p.temperature!r}", param="temperature")
+    if not (isinstance(p.top_p, (int, float)) and 0 < p.top_p <= 1):
+        raise InvalidRequestError(f"top_p must be in (0, 1], got {p.top_p!r}", param="top_p")
+    if any(not isinstance(s, str) or not s for s in p.stop):
+        raise InvalidRequestError("stop strings must be non-empty strings", param="stop")
+    # torch.Generator.manual_seed takes [-2**63, 2**64); outside it would raise on the worker thread.
+    if p.seed is not None and not (isinstance(p.seed, int) and -(2**63) <= p.seed < 2**64):
+        raise InvalidRequestError(f"seed must be a 64-bit integer, got {p.seed!r}", param="seed")
+    if not isinstance(req.messages, list) or not req.messages:
+        raise InvalidRequestError("messages must be a non-empty list", param="messages")
+    images: list[Any] = []
+    has_content = False
+    for i, msg in enumerate(req.messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+            role = msg.get("role") if isinstance(msg, dict) else None
+            raise InvalidRequestError(
+                f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}",
+                param=f"messages.{i}.role",
+            )
+        content = msg.get("content")
+        if isinstance(content, str):
+            has_content = has_content or bool(content)
+            continue
+        if not isinstance(content, list):
+            raise InvalidRequestError(
+                f"messages[{i}].content must be a list of parts", param=f"messages.{i}.content"
+            )
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                has_content = has_content or bool(part["text"])
+            elif kind == "image" and isinstance(part.get("image"), Image.Image):
+                images.append(part["image"])
+                has_content = True
+            else:
+                raise InvalidRequestError(
+                    f"messages[{i}].content[{j}]: unsupported part type {kind!r}",
+                    param=f"messages.{i}.content.{j}.type",
+                )
+    if not has_content:
+        raise InvalidRequestError("messages have no content", param="messages")
+    if len(images) > max_images:
+        raise InvalidRequestError(f"too many images: {len(images)} (at most {max_images})", param="messages")
+    return images
+
+
+def prepare_inputs(
+    processor: Any,
+    req: GenerationRequest,
+    images: list[Any],
+    *,
+    max_model_length: int,
+    lock: threading.Lock | None = None,
+) -> PreparedRequest:
+    """Chat template + processor for one checked request (all processor outputs are kept)."""
+    messages = [_normalize_message(m) for m in req.messages]
+    try:
+        with lock or contextlib.nullcontext():
+            text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+            if images:
+                kwargs["images"] = [_rgb(im) for im in images]
+            batch = processor(**kwargs)
+    except Exception as exc:
+        raise InvalidRequestError(
+            f"could not process the request: {describe_error(exc)}", param="messages"
+        ) from exc
+    inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    prompt_tokens = int(inputs["input_ids"].shape[1])
+    max_tokens = req.params.max_tokens
+    if prompt_tokens + max_tokens > max_model_length:
+        raise PromptTooLongError(
+            f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}: {prompt_tokens + max_tokens} "
+            f"is more than this model's maximum length (MAX_MODEL_LENGTH={max_model_length})",
+            param="max_tokens" if prompt_tokens < max_model_length else "messages",
+        )
+    return PreparedRequest(inputs=inputs, prompt_tokens=prompt_tokens, params=req.params)
+
+
+def _rgb(image: Any) -> Any:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _normalize_message(msg: dict[str, Any]) -> dict[str, Any]:
+    content = msg["content"]
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    return {"role": msg["role"], "content": content}
+
+
+def collate_key(inputs: dict[str, torch.Tensor]) -> tuple[Any, ...]:
+    """Requests with equal keys can share a prefill: same input names and same trailing shapes."""
+    return tuple(
+        sorted((k, () if k in TOKEN_KEYS else tuple(v.shape[1:]), str(v.dtype)) for k, v in inputs.items())
+    )
+
+
+def collate(items: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """One batch of model inputs from several requests' inputs (each of batch 1), right-padded."""
+    longest = max(int(x["input_ids"].shape[1]) for x in items)
+    out: dict[str, torch.Tensor] = {}
+    for key in items[0]:
+        parts = [x[key] for x in items]
+        if key in TOKEN_KEYS:
+            fill = pad_id if key == "input_ids" else 0
+            parts = [
+                torch.cat([p, p.new_full((p.shape[0], longest - p.shape[1]), fill)], dim=1) for p in parts
+            ]
+        out[key] = torch.cat(parts, dim=0)
+    mask = torch.cat(
+        [torch.arange(longest)[None] < int(x["input_ids"].shape[1]) for x in items], dim=0
+    ).long()
+    out["attention_mask"] = mask
+    return out
+
+
+def prefill_groups(seqs: list[Seq], max_tokens: int) -> list[list[Seq]]:
+    """Split admitted sequences into prefill batches: equal ``collate_key``, padded size <= max_tokens."""
+    groups: list[list[Seq]] = []
+    open_groups: dict[tuple[Any, ...], list[Seq]] = {}
+    for seq in seqs:
+        key = collate_key(seq.prepared.inputs)
+        group = open_groups.get(key)
+        n = int(seq.prepared.inputs["input_ids"].shape[1])
+        if group is not None:
+            longest = max(n, *(int(s.prepared.inputs["input_ids"].shape[1]) for s in group))
+            if longest * (len(group) + 1) <= max_tokens:
+                group.append(seq)
+                continue
+        group = [seq]
+        open_groups[key] = group
+        groups.append(group)
+    return groups

@@ -1,0 +1,181 @@
+"""The static-cache runner: decoding over preallocated slots, CUDA graphs, torch.compile, pipelining.
+
+Prefill is the dynamic runner's (one sequence, or several right-padded in one pass:
+``prefill_batch``); each prefilled cache is then copied into a free slot of the ``kvslots.SlotCache``.
+A decode step reads and writes only fixed buffers, so on a GPU it is replayed as a CUDA graph per
+(batch, width) bucket (``kvslots.GraphRunner``), and it can be queued before the previous step's
+tokens are read (``launch`` / ``Pending.wait``). Only for attention backends that take a 4D mask
+(sdpa, eager) on one device.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from omega_server.engine import kvslots, sampler
+from omega_server.engine.inputs import collate
+from omega_server.engine.runner import Pending, Runner
+from omega_server.engine.sequence import Seq
+
+log = logging.getLogger(__name__)
+
+
+class StaticRunner(Runner):
+    """Decoding over a preallocated slot cache (``kvslots``), replayed as CUDA graphs on a GPU."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        slots: int,
+        width: int,
+        graphs: bool,
+        compile_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(model, processor)
+        self.width = width
+        self.slot_cache = kvslots.SlotCache(slots, width, self.device, self.mrope)
+        self.graphs = kvslots.GraphRunner(self._static_forward, graphs and self.device.type == "cuda")
+        # the model call of one decode step; torch.compile'd when asked (the slicing and the slot
+        # cache's view stay outside, so the compiled code sees tensors and one fixed width)
+        self.compiled = compile_options is not None
+        self._step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = self._model_step
+        if compile_options is not None:
+            import torch._dynamo as dynamo
+
+            # one graph per batch shape (and none per width); the default limit of 8 is too low
+            limit = "recompile_limit" if hasattr(dynamo.config, "recompile_limit") else "cache_size_limit"
+            setattr(dynamo.config, limit, max(getattr(dynamo.config, limit), 64))
+            self._step = torch.compile(self._model_step, fullgraph=False, **compile_options)
+        cuda = self.device.type == "cuda"
+        # two host buffers: step k+1's tokens are copied while the host still reads step k's
+        self._host = [torch.zeros(slots, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+        self._flip = 0
+
+    batch_prefill = True
+    pipelined = True
+
+    def _static_forward(self, batch: int, width: int) -> torch.Tensor:
+        sc = self.slot_cache
+        assert sc.mask is not None
+        sc.view = (batch, width)
+        position_ids = sc.position_ids[:, :batch] if self.mrope else sc.position_ids[:batch]
+        if self.compiled:  # (3, slots, 1)[:, :batch] is contiguous only at batch == slots: always a
+            # fresh contiguous copy (not a view at one batch only), or that batch compiles again
+            position_ids = position_ids.clone(memory_format=torch.contiguous_format)
+        return self._step(sc.input_ids[:batch], sc.mask[:batch, :, :, :width], position_ids)
+
+    def _model_step(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        kwargs: dict[str, Any] = {self.cache_kw: self.slot_cache}
+        if self.logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=True,
+            return_dict=True,
+            **kwargs,
+        )
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
+
+    def precompile(self) -> None:
+        """Compile (and on a GPU capture) the decode step for every batch bucket now.
+
+        Idle slots attend to column 0 only, so these passes write garbage nowhere a sequence reads.
+        """
+        sc = self.slot_cache
+        batches = sorted({kvslots.bucket(n, sc.slots) for n in range(1, sc.slots + 1)})
+        if not self.graphs.use_graphs:
+            batches = [1, *([2] if sc.slots > 1 else [])]  # eager: batch 1, then the dynamic shape
+        for batch in batches:
+            one = time.perf_counter()
+            self.graphs.prepare(batch, self.width)
+            log.info("decode step compiled for batch %d in %.1f s", batch, time.perf_counter() - one)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _merge(self, seq: Seq, cache: Any, row: int) -> None:
+        layers = [(layer.keys[row : row + 1], layer.values[row : row + 1]) for layer in cache.layers]
+        sc = self.slot_cache
+        if not sc.allocated:
+            sc.allocate(layers, self.model.dtype)
+        sc.load(len(self.seqs), layers, seq.next_pos, seq.rope_delta, seq.last_token, seq.cache_len)
+        self.seqs.append(seq)
+
+    def prefill_batch(self, seqs: list[Seq]) -> None:
+        """Prefill several sequences (their images too) in one forward pass, then load each into a slot.
+
+        The prompts are right-padded to the longest: under the causal mask a real token never sees
+        the padding after it, so each row computes what it would alone. Only the real columns of
+        each row's cache are copied into its slot; the logits are taken at each row's last token.
+        """
+        lengths = [int(s.prepared.inputs["input_ids"].shape[1]) for s in seqs]
+        pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
+        inputs = self._to_device(collate([s.prepared.inputs for s in seqs], pad_id))
+        last = sorted({n - 1 for n in lengths})
+        keep = torch.tensor(last, device=self.device)
+        out, cache = self._prefill_pass(len(seqs), inputs, keep)
+        if self.logits_to_keep:  # (batch, len(last), vocab)
+            cols = torch.tensor([last.index(n - 1) for n in lengths], device=self.device)
+        else:  # (batch, longest, vocab)
+            cols = torch.tensor([n - 1 for n in lengths], device=self.device)
+        logits = out.logits[torch.arange(len(seqs), device=self.device), cols]
+        deltas = self._rope_deltas(len(seqs))
+        self._join(seqs, lengths, deltas, sampler.sample(seqs, logits), cache)
+
+    def evict(self, keep: list[int]) -> None:
+        sc = self.slot_cache
+        if keep == list(range(len(self.seqs))):
+            return
+        if sc.allocated:
+            for new, old in enumerate(keep):
+                if new != old:
+                    sc.move(old, new, self.seqs[old].cache_len)
+            for slot in range(len(keep), len(self.seqs)):
+                sc.reset(slot)
+        self.seqs = [self.seqs[i] for i in keep]
+
+    def decode(self) -> list[int]:
+        return self.launch().wait()
+
+    def launch(self) -> Pending:
+        """Queue a decode step without waiting for it: inputs, graph replay, sampling and the feedback
+        of the sampled tokens into the next step's inputs all stay on the device; the tokens are then
+        copied (non-blocking) into a pinned host buffer, with an event to wait on."""
+        seqs = list(self.seqs)
+        n = len(seqs)
+        sc = self.slot_cache
+        need = max(s.cache_len for s in seqs) + 1
+        if self.graphs.use_graphs:
+            batch, width = kvslots.bucket(n, sc.slots), kvslots.bucket(need, self.width, floor=256)
+        else:
+            batch, width = n, need
+        if self.compiled:  # one width: a width per bucket would compile every batch shape again
+            width = self.width
+        sc.prepare_step(n)
+        logits = self.graphs.run(batch, width)
+        self._count_pass(n)
+        sc.finish_step(n)
+        for s in seqs:
+            s.cache_len += 1
+            s.next_pos += 1
+        sampled = sampler.sample_device(seqs, logits[:n])
+        sc.set_tokens(n, sampled)
+        host = self._host[self._flip]
+        self._flip ^= 1
+        host[:n].copy_(sampled, non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        return Pending(seqs, host=host, event=event)

@@ -1,0 +1,132 @@
+"""The engine's public data types: requests, sampling parameters, outputs, config, info and stats.
+
+No torch at import: the HTTP layer builds requests and reads outputs, info and stats from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling. ``temperature`` at or below ``sampler.SAMPLING_EPS`` is greedy decoding."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False  # benchmarks: always generate max_tokens
+
+
+@dataclass
+class GenerationRequest:
+    """A chat in HF format: ``{"role", "content": [{"type": "text", "text"} | {"type": "image", "image": PIL}]}``."""
+
+    messages: list[dict[str, Any]]
+    params: SamplingParams
+
+
+@dataclass
+class PreparedRequest:
+    """Model inputs (on CPU) for one request, made by ``Engine.prepare``."""
+
+    inputs: dict[str, torch.Tensor]
+    prompt_tokens: int
+    params: SamplingParams
+
+
+@dataclass
+class StepOutput:
+    """One streamed delta. The last item of a stream has ``finished=True`` and a ``finish_reason``."""
+
+    text: str
+    token_ids: list[int]
+    finished: bool
+    finish_reason: str | None  # "stop" | "length" | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class EngineConfig:
+    """Engine settings (the server maps its environment onto these: ``app.engine_config``)."""
+
+    model_path: str
+    attn_impl: str = "auto"
+    dtype: str = "auto"
+    max_batch_size: int = 4
+    max_model_length: int = 8192
+    max_queue: int = 64
+    device: str = "auto"
+    served_model_name: str | None = None
+    max_images_per_request: int = 8
+    # "dynamic" (DynamicCache, any backend), "static" (slot cache; sdpa/eager only) or "auto"
+    # (static with CUDA graphs on a GPU with sdpa/eager, dynamic otherwise)
+    kv_cache: str = "auto"
+    cuda_graphs: bool = True  # replay static-cache decode steps as CUDA graphs (GPU only)
+    # static cache: waiting requests are prefilled together, up to this many (padded) prompt tokens
+    # per forward pass; 0 prefills one request at a time
+    max_prefill_tokens: int = 8192
+    # static cache: torch.compile the decode step (opt-in). The compiled step is warmed up (compiled)
+    # and, on a GPU, captured in the engine's own CUDA graphs for every batch bucket at load time; it
+    # decodes at one width (max_model_length), so each batch shape compiles once.
+    compile: bool = False
+    compile_backend: str = "inductor"  # "eager"/"aot_eager" check the plumbing without inductor
+    compile_mode: str | None = None  # e.g. "max-autotune-no-cudagraphs"; never "reduce-overhead"
+    # None: automatic (batch 1 static, the first other batch marks the batch dim dynamic); False: one
+    # static compile per batch bucket
+    compile_dynamic: bool | None = None
+    # decode kernels (bench/README.md, run 7): one-token SDPA on the unexpanded key/value heads
+    # (``kernels.gqa_decode``), and on a GPU with Triton the fused experts for MoE layers at small
+    # batch (``kernels.moe_decode``); False keeps transformers' own paths
+    fast_decode: bool = True
+
+
+@dataclass
+class EngineInfo:
+    """What the engine runs; /health is built from it."""
+
+    attn: str  # the backend really in use (model.config._attn_implementation)
+    attn_requested: str
+    flash_attn: dict[str, Any]  # {available, loaded, version, error}
+    dtype: str  # "torch.bfloat16"
+    devices: list[str]
+    device_names: list[str]
+    model_type: str  # as the checkpoint declares it
+    max_batch_size: int
+    max_model_length: int
+    served_model_name: str = ""
+    resolved_model_type: str = ""
+    architecture: str = ""
+    model_path: str = ""
+    load_seconds: float = 0.0
+    flash_load_failures: int = 0
+    kv_cache: str = "dynamic"  # the decode path in use: dynamic | static
+    cuda_graphs: bool = False
+    compiled: bool = False  # the static decode step runs through torch.compile
+    compile_seconds: float = 0.0  # compiling (and capturing) the decode step at load time
+    gqa_decode: bool = False  # one-token attention packs the grouped heads (no key/value copies)
+    # MoE models: the experts path (omega_fused_decode, grouped_mm, ...); None for a dense model
+    experts_implementation: str | None = None
+
+
+@dataclass
+class EngineStats:
+    """Counters (read without locking; ints are updated by the worker thread)."""
+
+    forward_passes: int = 0
+    requests_batched_total: int = 0  # requests that shared at least one forward pass with another
+    max_batch_seen: int = 0
+    queue_depth: int = 0
+    running: int = 0
+    prefill_passes: int = 0
+    decode_passes: int = 0
+    requests_total: int = 0
+    completion_tokens_total: int = 0
+    errors_total: int = 0
