@@ -245,6 +245,41 @@ def _processor_class_name(path: Path, model_type: str) -> str | None:
     return None
 
 
+def _expose_pil_image_processor(model_type: str) -> None:
+    """Let the auto classes find a family's PIL image processor when torchvision is missing.
+
+    transformers 5.17 (the locked release, the accelerator machine's) declares some PIL image
+    processors (Idefics3's, SmolVLM's) as needing torchvision, so its lazy module hands the auto
+    classes a placeholder and ``AutoProcessor`` refuses the checkpoint, although the PIL module itself
+    imports and runs without torchvision. The real class is put on the family's module, where the
+    auto classes look it up. Nothing happens when torchvision is installed or the family has no PIL
+    processor.
+    """
+    import importlib
+
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        return
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+
+    pil_name = (IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {}).get("pil")
+    if not isinstance(pil_name, str):
+        return
+    module_name = model_type_to_module_name(model_type)
+    try:
+        family = importlib.import_module(f"transformers.models.{module_name}")
+        pil_module = importlib.import_module(
+            f"transformers.models.{module_name}.image_processing_pil_{module_name}"
+        )
+        real = getattr(pil_module, pil_name)
+    except (ImportError, AttributeError):
+        return
+    if isinstance(real, type) and not getattr(real, "is_dummy", False):
+        setattr(family, pil_name, real)
+
+
 def load_processor(path: Path, model_type: str) -> Any:
     """Load the checkpoint's processor; without a video processor when that cannot load.
 
@@ -254,6 +289,7 @@ def load_processor(path: Path, model_type: str) -> Any:
     import transformers
     from transformers import AutoProcessor
 
+    _expose_pil_image_processor(model_type)
     name = _processor_class_name(path, model_type)
     aliased = name is not None and not hasattr(transformers, name)
     if aliased:
