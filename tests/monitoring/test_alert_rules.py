@@ -145,8 +145,9 @@ def test_devcluster_prometheus_loads_the_charts_rules_and_the_flash_alert_fired(
     assert (
         loaded["OmegaVLMQueueSaturated"]["duration"] == 300 and chart["OmegaVLMQueueSaturated"]["for"] == "5m"
     )
-    # ALERTS has the firing alert for the test's OmegaVLM at some point of the fallback.
+    # ALERTS has the firing alert for the test's OmegaVLM at some point of the fallback ...
     ns, name = monitored.namespace, monitored.name
+    assert monitored.ovlm["status"]["attention"]["fallback"]["reason"] == "FlashAttentionLoadFailed"
     fired = monitored.prom.query_range(
         f'ALERTS{{alertname="OmegaVLMFlashAttentionDegraded", alertstate="firing", namespace="{ns}", omegavlm="{name}"}}',
         monitored.start,
