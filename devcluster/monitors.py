@@ -39,6 +39,10 @@ OPERATOR_PORT_NAME = "metrics"
 
 def render(helm: Path, values: tuple[str, ...] = (), chart: Path | None = None) -> list[dict[str, Any]]:
     """``helm template`` the chart's monitoring objects, all enabled, plus ``--set`` ``values``."""
+    if not helm.is_file():
+        raise RuntimeError(
+            f"helm not found at {helm}: `make setup` (python -m devcluster.helm install) puts it there"
+        )
     sets = [
         "monitoring.podMonitor.enabled=true",
         "monitoring.serviceMonitor.enabled=true",

@@ -22,7 +22,9 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -291,8 +293,8 @@ def start(
     api_server: str,
     ca_file: Path,
     helm: Path,
-    spawn: Any,
-    wait: Any,
+    spawn: Callable[[str, list[str]], subprocess.Popen[bytes]],
+    wait: Callable[[str, Callable[[], bool], float, subprocess.Popen[bytes]], None],
     stop: threading.Event,
 ) -> str:
     """The supervisor's part: prepare the files, start pod discovery, ``spawn(name, argv)``

@@ -239,3 +239,8 @@ def test_add_target_needs_a_prometheus(tmp_path: Path) -> None:
     assert json.loads((prom.Files.of(tmp_path).targets / "op.json").read_text()) == [entry]
     prom.remove_target(tmp_path, "op")
     assert not (prom.Files.of(tmp_path).targets / "op.json").exists()
+
+
+def test_rendering_without_helm_says_how_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="make setup"):
+        monitors.render(tmp_path / "no-helm")
