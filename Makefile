@@ -1,5 +1,5 @@
 # omega-vlm: one virtual environment (.venv), two packages (operator/, server/) and devcluster.
-#   make demo   install everything, start the local control plane, show the system at work
+#   make demo   install everything, start the local control plane (with Prometheus), show the system at work
 #   make test   install everything (venv, packages, control-plane binaries), lint, run every test
 SHELL := /bin/bash
 PYTHON ?= python3.11

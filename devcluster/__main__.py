@@ -12,6 +12,7 @@ from pathlib import Path
 from devcluster import build as build_mod
 from devcluster.cluster import Cluster, ClusterError, running_pids
 from devcluster.controlplane import Layout
+from devcluster.prometheus import DEMO_PROMETHEUS
 from devcluster.settings import KUBE_RELEASE, default_state_dir
 
 
@@ -23,7 +24,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
-        c = Cluster.start(args.state_dir, pod_prefix=42)
+        c = Cluster.start(
+            args.state_dir, pod_prefix=42, prometheus=DEMO_PROMETHEUS if args.prometheus else None
+        )
     except ClusterError as e:
         print(str(e), file=sys.stderr)
         return 1
@@ -68,7 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     for module in args.with_modules:
         importlib.import_module(module)  # registers its steps with devcluster.demo.step
-    return run_demo()
+    return run_demo(prometheus=DEMO_PROMETHEUS if args.prometheus else None)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -94,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         "--keep-tree", action="store_true", help="keep the source tree and Go cache after the build"
     )
     b.set_defaults(fn=cmd_build)
-    sub.add_parser("up", help="start the cluster; returns when ready").set_defaults(fn=cmd_up)
+    u = sub.add_parser("up", help="start the cluster; returns when ready")
+    u.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run Prometheus (Debian's), scraping the operator and the server pods (README: Monitoring)",
+    )
+    u.set_defaults(fn=cmd_up)
     sub.add_parser("down", help="stop everything").set_defaults(fn=cmd_down)
     sub.add_parser("status", help="report the cluster's state").set_defaults(fn=cmd_status)
     d = sub.add_parser("demo", help="start the cluster and show it at work (leaves it running)")
@@ -105,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="MODULE",
         help="import MODULE first: its @devcluster.demo.step functions run after the built-in steps",
+    )
+    d.add_argument(
+        "--prometheus",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the cluster with Prometheus (default: on; it has no effect on a running cluster)",
     )
     d.set_defaults(fn=cmd_demo)
     lg = sub.add_parser("logs", help="output of a pod's container: logs NAMESPACE/POD")

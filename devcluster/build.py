@@ -24,8 +24,10 @@ BUILD_PACKAGES = ("golang-github-modern-go-reflect2-dev", "make", "gcc", "rsync"
 
 
 def runtime_packages() -> tuple[str, ...]:
-    """What a running cluster needs: etcd, and Debian's kubectl when the machine has none."""
-    return ("etcd-server",) if shutil.which("kubectl") else ("etcd-server", "kubernetes-client")
+    """What a running cluster needs: etcd, Prometheus (``up --prometheus``; promtool comes with it),
+    and Debian's kubectl when the machine has none."""
+    packages = ("etcd-server", "prometheus")
+    return packages if shutil.which("kubectl") else (*packages, "kubernetes-client")
 
 
 REFLECT2_SRC = Path("/usr/share/gocode/src/github.com/modern-go/reflect2")

@@ -21,6 +21,8 @@ from devcluster.controlplane import PROCESSES, Layout
 from devcluster.kubelet import KubeletConfig
 from devcluster.nodes import DEFAULT_NODES, NodeSpec
 from devcluster.procs import PidRegistry, alive, signal_group
+from devcluster.prometheus import PROCESS as PROMETHEUS
+from devcluster.prometheus import PrometheusConfig
 from devcluster.settings import bin_dir
 
 # Fast crash-loop back-off for test clusters (a kubelet uses 10 s, doubling up to 5 min).
@@ -64,11 +66,14 @@ class Cluster:
         owner_pid: int | None = None,
         pod_prefix: int | None = None,
         timeout: float = 90.0,
+        prometheus: PrometheusConfig | None = None,
     ) -> Cluster:
         """Start a cluster in ``state_dir`` (a fresh temp folder when None) and wait until it is ready.
 
         ``owner_pid``: the cluster stops by itself when that process dies (test sessions).
         ``pod_prefix``: preferred ``a`` of the 127.a.x.y pod range (another free one is taken if busy).
+        ``prometheus``: also run Prometheus, scraping what the chart's monitors select
+        (:mod:`devcluster.prometheus`); its URL is :attr:`prometheus_url`.
         """
         if not build.is_built():
             raise ClusterError(
@@ -76,7 +81,15 @@ class Cluster:
             )
         if state_dir is None:
             state_dir = Path(tempfile.mkdtemp(prefix="devcluster-"))
-        args = (Path(state_dir), tuple(nodes), kubelet or KubeletConfig(), owner_pid, pod_prefix, timeout)
+        args = (
+            Path(state_dir),
+            tuple(nodes),
+            kubelet or KubeletConfig(),
+            owner_pid,
+            pod_prefix,
+            timeout,
+            prometheus,
+        )
         try:
             return cls._start_once(*args)
         except ClusterError as e:
@@ -95,6 +108,7 @@ class Cluster:
         owner_pid: int | None,
         pod_prefix: int | None,
         timeout: float,
+        prom: PrometheusConfig | None = None,
     ) -> Cluster:
         layout = Layout(Path(state_dir).resolve())
         existing = cls._read_state(layout)
@@ -120,6 +134,7 @@ class Cluster:
             "pod_prefix": pod_prefix,
             "bin_dir": str(bin_dir()),
             "etcd": shutil.which("etcd") or "/usr/bin/etcd",
+            "prometheus": prom.to_dict() if prom else None,
         }
         (layout.state / "config.json").write_text(json.dumps(config, indent=1))
         if not layout.images.exists():
@@ -217,6 +232,12 @@ class Cluster:
         """``127.<a>``: every pod address of this cluster starts with it."""
         return str(self.info["pod_prefix"])
 
+    @property
+    def prometheus_url(self) -> str | None:
+        """``http://127.0.0.1:<port>`` of the cluster's Prometheus (None when started without)."""
+        url = self.info.get("prometheus")
+        return str(url) if url else None
+
     def pids(self) -> dict[str, int]:
         """Running processes of this cluster by name (control plane, supervisor, pod containers)."""
         return {k: v[0] for k, v in PidRegistry(self.layout.pids).alive_items().items()}
@@ -311,6 +332,8 @@ class Cluster:
             f"kubeconfig: {self.kubeconfig}",
             f"pod range:  {self.pod_prefix}.x.y",
         ]
+        if self.prometheus_url:
+            lines.append(f"prometheus: {self.prometheus_url}")
         for name, pid in sorted(self.pids().items()):
             if name.startswith("pod:"):  # pod:<ns>/<pod>/<uid>/<container>
                 ns, pod, _uid, container = name[4:].split("/")
@@ -321,7 +344,7 @@ class Cluster:
 
 def _is_extra(name: str) -> bool:
     """A registered process that is not the cluster's own (supervisor, control plane, pod containers)."""
-    return name != "supervisor" and name not in PROCESSES and not name.startswith("pod:")
+    return name not in ("supervisor", PROMETHEUS) and name not in PROCESSES and not name.startswith("pod:")
 
 
 def running_pids(state_dir: Path) -> dict[str, int]:

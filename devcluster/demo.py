@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import httpx
 
 from devcluster.cluster import Cluster, ClusterError
+from devcluster.prometheus import PrometheusConfig
 from devcluster.settings import default_state_dir
 
 
@@ -129,10 +130,14 @@ def _banner(title: str) -> None:
     print(f"\n==> {title}\n", flush=True)
 
 
+#: (PromQL, what it shows): printed with the Prometheus URL at the end of the demo; later parts add theirs.
+QUERIES: list[tuple[str, str]] = [("up", "every scrape target (1 = scraped)")]
+
+
 def usage(c: Cluster) -> str:
-    """How to use and stop the running cluster."""
+    """How to use and stop the running cluster (and its Prometheus, with queries to paste)."""
     py = shlex.quote(sys.executable)
-    return (
+    text = (
         "devcluster is running and stays up.\n"
         f"  export KUBECONFIG={c.kubeconfig}\n"
         "  kubectl get nodes -L nvidia.com/gpu.product\n"
@@ -141,10 +146,25 @@ def usage(c: Cluster) -> str:
         f"  {py} -m devcluster down        # stop everything\n"
         f"  logs: {c.layout.logs}"
     )
+    if not c.prometheus_url:
+        return (
+            text
+            + "\n(no Prometheus: `python -m devcluster down`, then `make demo` starts the cluster with one)"
+        )
+    width = max(len(q) for q, _ in QUERIES)
+    queries = "\n".join(f"  {q:<{width}}  # {what}" for q, what in QUERIES)
+    return (
+        f"{text}\n\nPrometheus runs with the cluster (`devcluster down` stops it): {c.prometheus_url}/graph\n"
+        f"Paste into its expression box (or: curl -s {c.prometheus_url}/api/v1/query --data-urlencode 'query=...'):\n"
+        f"{queries}"
+    )
 
 
-def run_demo(steps: list[Step] | None = None) -> int:
-    """Start (or reuse) the cluster in ``.devcluster``, run the steps, leave it running."""
+def run_demo(steps: list[Step] | None = None, prometheus: PrometheusConfig | None = None) -> int:
+    """Start (or reuse) the cluster in ``.devcluster``, run the steps, leave it running.
+
+    ``prometheus``: start a new cluster with Prometheus (a running one is reused as it is).
+    """
     state = default_state_dir()
     t0 = time.monotonic()
     try:
@@ -154,7 +174,7 @@ def run_demo(steps: list[Step] | None = None) -> int:
         _banner(
             "Starting devcluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, process kubelet)"
         )
-        cluster = Cluster.start(state, pod_prefix=42)
+        cluster = Cluster.start(state, pod_prefix=42, prometheus=prometheus)
         print(f"ready in {time.monotonic() - t0:.1f} s: {cluster.server}", flush=True)
     if steps is None:
         import devcluster.demo_omega  # noqa: F401  (registers the omega-vlm steps after these)

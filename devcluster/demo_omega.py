@@ -11,6 +11,9 @@ Registered after devcluster's own steps (``devcluster.demo.run_demo`` imports th
 5. send a real chat completion with an image to the sdpa pod;
 6. print how to go on.
 
+With Prometheus (``make demo`` starts it), step 3 registers the operator for scraping and step 4
+shows the fallback in Prometheus's series and alerts (:mod:`devcluster.demo_prometheus`).
+
 Every step is also a plain function taking the namespace and settings as arguments, so a test can
 run the same loop in its own namespace with a namespaced operator.
 """
@@ -33,6 +36,7 @@ from typing import Any
 import httpx
 import yaml
 
+from devcluster import demo_prometheus, monitors, prometheus
 from devcluster.cluster import Cluster
 from devcluster.demo import show, step
 from devcluster.procs import PidRegistry, alive, signal_group, spawn
@@ -131,6 +135,7 @@ def stop_operator(c: Cluster, grace_s: float = 10.0) -> int | None:
         if alive(pid, ticks):
             signal_group(pid, signal.SIGKILL)
     registry.remove(OPERATOR)
+    prometheus.remove_target(c.state_dir, OPERATOR)
     return pid
 
 
@@ -210,6 +215,9 @@ def start_operator(
         f"/healthz on :{liveness_port}, /metrics on :{metrics_port}\n"
         f"registered as '{OPERATOR}' with the cluster: `python -m devcluster down` stops it\n"
     )
+    # Scraped by the cluster's Prometheus as the chart's ServiceMonitor would scrape its Service.
+    if prometheus.add_target(c.state_dir, OPERATOR, monitors.operator_entry(f"127.0.0.1:{metrics_port}")):
+        _say(f"Prometheus ({c.prometheus_url}) scrapes its /metrics (job {monitors.OPERATOR_SERVICE})\n")
     return proc.pid, metrics_port
 
 
@@ -506,9 +514,11 @@ def _step_operator(c: Cluster) -> None:
     "omega-vlm 4/6: an OmegaVLM with attention: auto; flash-attn cannot load here, the operator rolls back to sdpa"
 )
 def _step_fallback(c: Cluster) -> None:
+    demo_prometheus.announce(c)
     seen = apply_and_fall_back(c, NAMESPACE, _state["model"])
     show_fallback(c, NAMESPACE, seen)
     show_operator_metrics(_state["metrics_port"])
+    demo_prometheus.show_fallback(c, NAMESPACE, NAME)
 
 
 @step("omega-vlm 5/6: a chat completion with an image, served by the sdpa pod")

@@ -1,4 +1,4 @@
-"""The detached supervisor of one cluster: control plane, node agent and process kubelet.
+"""The detached supervisor of one cluster: control plane, node agent, process kubelet (and Prometheus).
 
 ``python -m devcluster.supervisor STATE_DIR`` reads ``config.json`` there, starts etcd, the
 apiserver, the controller manager and the scheduler on free loopback ports, registers the nodes,
@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import httpx
 
 from devcluster import controlplane as cp
-from devcluster import launch, pki
+from devcluster import helm, launch, pki, prometheus
 from devcluster.apiclient import Api
 from devcluster.apiproxy import ApiProxy, service_address
 from devcluster.kubelet import Ipam, Kubelet, KubeletConfig
@@ -200,6 +200,13 @@ class Supervisor:
             return all(n.name in ready for n in nodes)
 
         self._wait("nodes Ready", nodes_ready, 30)
+        if self.config.get("prometheus"):  # `up --prometheus`: devcluster/prometheus.py
+            cfg = prometheus.PrometheusConfig.from_dict(self.config["prometheus"])
+            ca = layout.pki / "ca.crt"
+            url = prometheus.start(
+                cfg, layout.state, api, server, ca, helm.default_path(), self._spawn, self._wait, self.stop
+            )
+            self._set(prometheus=url)
         self._set(phase="ready", started_in_s=round(time.monotonic() - t0, 2))
         log.info("cluster ready in %.1f s: %s", time.monotonic() - t0, server)
 
@@ -225,7 +232,7 @@ class Supervisor:
             self.kubelet_api.stop()
         if self.api_proxy is not None:
             self.api_proxy.stop()
-        for name in cp.PROCESSES:
+        for name in (prometheus.PROCESS, *cp.PROCESSES):  # Prometheus first: a client of the apiserver
             proc = self.procs.get(name)
             if proc is not None:
                 stop_pid(proc.pid, 5.0, None, proc)

@@ -58,6 +58,7 @@ def prepared(devcluster: Cluster) -> Iterator[Cluster]:
         [
             _stub_crd("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
             _stub_crd("monitoring.coreos.com", "PodMonitor", "podmonitors"),
+            _stub_crd("monitoring.coreos.com", "PrometheusRule", "prometheusrules"),
             _stub_crd("kopf.dev", "KopfPeering", "kopfpeerings"),
             _stub_crd("kopf.dev", "ClusterKopfPeering", "clusterkopfpeerings", scope="Cluster"),
         ]

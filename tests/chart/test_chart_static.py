@@ -20,7 +20,11 @@ VALUE_IDS = ["defaults", *[p.name for p in CI_VALUES]]
 K8S_VERSIONS = ["1.25.0", kubernetes_validate.latest_version()]
 # Kinds that Kubernetes' own schemas do not cover: prometheus-operator's and kopf's (checked for
 # shape only), and ours (checked against the CRD's openAPIV3Schema instead).
-MONITORING = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
+MONITORING = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),  # its rules: tests/monitoring/test_alert_rules.py
+}
 KOPF = {("kopf.dev/v1", "KopfPeering"), ("kopf.dev/v1", "ClusterKopfPeering")}
 
 
