@@ -8,19 +8,16 @@ from pathlib import Path
 import pytest
 
 from bench.vlmbench.results import (
-    README_BEGIN,
-    README_END,
     REQUIRED_KEYS,
     check_row,
     device_slug,
     make_row,
-    markdown_table,
     read_rows,
-    replace_between_markers,
     results_path,
     write_rows,
 )
 from bench.vlmbench.stats import RequestTiming, summarize
+from bench.vlmbench.table import README_BEGIN, README_END, markdown_table, replace_between_markers
 
 
 def _row(**kw: object) -> dict[str, object]:
@@ -115,7 +112,7 @@ def test_cli_merge_and_table_update_the_readme(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_decode_path_column() -> None:
-    from bench.vlmbench.results import decode_path
+    from bench.vlmbench.table import decode_path
 
     assert decode_path({"driver": "generate"}) == "generate()"
     assert decode_path({"driver": "engine"}) == "dynamic"
