@@ -107,11 +107,15 @@ async def _one(client: Any, url: str, body: bytes, timing: RequestTiming, header
         timing.error = f"{type(exc).__name__}: {exc}"
 
 
-async def warm_up(client: Any, base_url: str, headers: dict[str, str], n: int) -> None:
-    """``n`` concurrent ``GET /v1/models``: opens up to ``n`` kept-alive connections and runs the
-    client's first-request work; failures are ignored (the measured requests will report them)."""
+async def warm_up(
+    client: Any, base_url: str, headers: dict[str, str], n: int, path: str = "/v1/models"
+) -> None:
+    """``n`` concurrent ``GET path``: opens up to ``n`` kept-alive connections and runs the client's
+    first-request work; failures are ignored (the measured requests will report them). The path must
+    answer without closing the connection (transformers serve's ``/v1/models`` fails and closes it:
+    its peer cells warm up on ``/health``)."""
     await asyncio.gather(
-        *(client.get(base_url + "/v1/models", headers=headers) for _ in range(n)), return_exceptions=True
+        *(client.get(base_url + path, headers=headers) for _ in range(n)), return_exceptions=True
     )
 
 
@@ -185,8 +189,9 @@ async def run(spec: dict[str, Any]) -> list[RequestTiming]:
 
 async def run_cell(spec: dict[str, Any]) -> tuple[list[RequestTiming], dict[str, Any]]:
     """Run one cell as ``spec`` says: url, model, scenario (``Scenario.to_dict``), concurrency,
-    time_limit_s, seed, and optionally max_tokens (all requests), api_key, warm_up (default true) and
-    keep_text (keep each answer's content). Returns the timings and ``meta`` (e.g. ``burst_at``)."""
+    time_limit_s, seed, and optionally max_tokens (all requests), api_key, warm_up (default true),
+    warm_up_path (default ``/v1/models``) and keep_text (keep each answer's content). Returns the timings
+    and ``meta`` (e.g. ``burst_at``)."""
     import httpx
 
     scenario = spec_scenario(spec)
@@ -204,7 +209,7 @@ async def run_cell(spec: dict[str, Any]) -> tuple[list[RequestTiming], dict[str,
     meta: dict[str, Any] = {"requests": len(bodies), "schedule": scenario.schedule}
     async with httpx.AsyncClient(timeout=httpx.Timeout(None, connect=30.0), limits=limits) as client:
         if spec.get("warm_up", True):
-            await warm_up(client, base_url, headers, in_flight)
+            await warm_up(client, base_url, headers, in_flight, str(spec.get("warm_up_path") or "/v1/models"))
 
         async def send(i: int) -> None:
             await _one(client, url, bodies[i][1], timings[i], headers)

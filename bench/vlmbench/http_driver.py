@@ -99,6 +99,7 @@ def http_cell(
     max_tokens: int | None = None,
     api_key: str | None = None,
     warm_up: bool = True,
+    warm_up_path: str = "/v1/models",
     keep_text: bool = False,
 ) -> tuple[list[RequestTiming], dict[str, Any]]:
     """Run one HTTP cell of ``scenario`` through the client process; returns the request timings and the
@@ -116,6 +117,7 @@ def http_cell(
         "max_tokens": max_tokens,
         "api_key": api_key,
         "warm_up": warm_up,
+        "warm_up_path": warm_up_path,
         "keep_text": keep_text,
     }
     proc = subprocess.run(

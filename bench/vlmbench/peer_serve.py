@@ -149,6 +149,7 @@ def run_serve(ctx: RunContext, shape: shapes.ModelShape, model: Any, weights: ro
             time_limit_s=120,
             seed=ctx.seeds(1),
             max_tokens=4,
+            warm_up_path="/health",
         )
         for conc in cfg.peer_serve_concurrency:
             remaining = ctx.clock.remaining()
@@ -165,6 +166,7 @@ def run_serve(ctx: RunContext, shape: shapes.ModelShape, model: Any, weights: ro
                 time_limit_s=limit,
                 seed=ctx.seeds(conc),
                 max_tokens=tokens,
+                warm_up_path="/health",
             )
             fields = {**base, "attn": str(model.config._attn_implementation), "time_limit_s": round(limit, 1)}
             log_row(cfg.log, tag, ctx.add(peer_row(ctx, shape, "peer_http", conc, timings, weights, fields)))

@@ -4,7 +4,7 @@ loaded engine of their own, sized for them (``engine_size``).
 Each cell: an untimed warm-up wave (4 output tokens, its own images) at the number of requests the cell
 keeps in flight, then the measured cell through the client process. Rows have ``driver: http``,
 ``scenario`` (the workload's name), ``workload`` (its sizes) and the workload's own measures:
-``ttft_by_group`` (prefix: first sight of an image vs a repeat), ``burst`` (ITL of the running streams
+``ttft_by_group`` (prefix: ``stats.prefix_ttft``), ``burst`` (ITL of the running streams
 before vs during the arrivals), ``json_valid`` (answers that parse and fit the schema's top level). A
 request the server refuses is recorded, not raised: the row's ``first_error`` is ``HTTP 400: ...``.
 """
@@ -26,7 +26,7 @@ from bench.vlmbench.scenarios import (
     slots_needed,
 )
 from bench.vlmbench.standard import error_row, fit_prompt, log_row
-from bench.vlmbench.stats import burst_metrics, group_ttft, summarize
+from bench.vlmbench.stats import burst_metrics, prefix_ttft, summarize
 from bench.vlmbench.workload import noise_image
 
 
@@ -100,10 +100,16 @@ def run_cells(
         health = server.health()
         for name, conc in cells:
             scenario = cfg.scenario(name)
-            if (
-                scenario.prompt_tokens is not None
-            ):  # fit the filler so the prompt has exactly that many tokens
-                chars = fit_prompt(engine, scenario.image_size, scenario.prompt_tokens, scenario.instruction)
+            if scenario.prompt_tokens is not None:  # fit the filler: exactly that many prompt tokens
+                try:
+                    chars = fit_prompt(
+                        engine, scenario.image_size, scenario.prompt_tokens, scenario.instruction
+                    )
+                except ValueError as exc:
+                    ctx.add(
+                        error_row(ctx, shape.name, backend, "http", conc, {**common, "scenario": name}, exc)
+                    )
+                    continue
                 scenario = scenario.with_(text_chars=chars)
             companion = companion_of(scenario)
             for variant in [companion, scenario] if companion is not None else [scenario]:
@@ -159,7 +165,10 @@ def _cell(
     from bench.vlmbench.http_driver import http_cell
 
     in_flight = slots_needed(scenario, conc)
-    warm = scenario.with_(schedule="wave", burst_requests=0, distinct_images=None)
+    # the warm-up shares nothing with the cell (no instruction, its own images): no prefix cache warms
+    warm = scenario.with_(
+        schedule="wave", burst_requests=0, distinct_images=None, system_chars=0, question=False
+    )
     http_cell(
         server.url,
         model=shape.name,
@@ -195,9 +204,8 @@ def _cell(
         burst = burst_metrics(timings, meta.get("burst_at"))
         out["burst"] = burst
         out["complete"] = metrics.errors == 0 and burst["burst_first_tokens"] == scenario.burst_requests
-    by_group = group_ttft(timings)
-    if by_group and scenario.schedule != "burst":
-        out["ttft_by_group"] = by_group
+    if scenario.distinct_images:
+        out["ttft_by_group"] = prefix_ttft(timings)
     if scenario.response_format is not None:
         from bench.vlmbench.scenarios import json_conforms
 

@@ -202,13 +202,14 @@ def slots_needed(scenario: Scenario, concurrency: int) -> int:
 
 
 def groups(scenario: Scenario, concurrency: int) -> list[str]:
-    """Each request's group: ``running``/``burst`` (burst), ``first``/``repeat`` (the first request that
-    shows an image set, or a later one), else empty."""
+    """Each request's group: ``running``/``burst`` (burst); ``first:K``/``repeat:K`` (the first request
+    that shows image set K, or a later one: see ``stats.prefix_ttft``); else empty."""
     n = request_count(scenario, concurrency)
     if scenario.schedule == "burst":
         return ["running"] * concurrency + ["burst"] * scenario.burst_requests
     if scenario.distinct_images:
-        return ["first" if i < scenario.distinct_images else "repeat" for i in range(n)]
+        k = scenario.distinct_images
+        return [f"{'first' if i < k else 'repeat'}:{i % k}" for i in range(n)]
     return [""] * n
 
 

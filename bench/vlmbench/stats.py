@@ -205,22 +205,6 @@ def server_timing_p50(timings: Sequence[RequestTiming]) -> dict[str, float] | No
     return {name: round(percentile(values, 50) or 0.0, 2) for name, values in stages.items()}
 
 
-def group_ttft(timings: Sequence[RequestTiming]) -> dict[str, dict[str, float | int | None]] | None:
-    """TTFT p50/p95 (ms) and count per request group; None when no request has a group."""
-    names = sorted({t.group for t in timings if t.group})
-    if not names:
-        return None
-    out: dict[str, dict[str, float | int | None]] = {}
-    for name in names:
-        values = [v for t in timings if t.group == name and (v := t.ttft()) is not None]
-        out[name] = {
-            "requests": sum(1 for t in timings if t.group == name),
-            "ttft_p50_ms": _ms(percentile(values, 50)),
-            "ttft_p95_ms": _ms(percentile(values, 95)),
-        }
-    return out
-
-
 def burst_metrics(timings: Sequence[RequestTiming], burst_at: float | None) -> dict[str, float | int | None]:
     """What a burst of arrivals does to the streams already running.
 
@@ -264,3 +248,40 @@ def burst_metrics(timings: Sequence[RequestTiming], burst_at: float | None) -> d
         "burst_ttft_p50_ms": _ms(percentile(burst_ttfts, 50)),
         "burst_ttft_p95_ms": _ms(percentile(burst_ttfts, 95)),
     }
+
+
+def prefix_ttft(timings: Sequence[RequestTiming]) -> dict[str, dict[str, float | int | None]] | None:
+    """TTFT by what a prefix cache could have done for the request (groups ``first:K`` / ``repeat:K``):
+
+    - ``first``: the first request that showed image set K (nothing to reuse but the shared instruction);
+    - ``repeat_after_first``: a later one, sent after the first request of K had its first token (its
+      prefill done: a prefix cache holds that KV by then);
+    - ``repeat_concurrent``: a later one sent while the first of K was still in prefill.
+
+    None when no request has such a group.
+    """
+    firsts: dict[str, float | None] = {}
+    for t in timings:
+        kind, _, key = t.group.partition(":")
+        if kind == "first" and key:
+            firsts[key] = t.first
+    if not firsts:
+        return None
+    classes: dict[str, list[RequestTiming]] = {"first": [], "repeat_after_first": [], "repeat_concurrent": []}
+    for t in timings:
+        kind, _, key = t.group.partition(":")
+        if kind == "first":
+            classes["first"].append(t)
+        elif kind == "repeat":
+            done = firsts.get(key)
+            after = done is not None and done <= t.submitted
+            classes["repeat_after_first" if after else "repeat_concurrent"].append(t)
+    out: dict[str, dict[str, float | int | None]] = {}
+    for name, members in classes.items():
+        values = [v for t in members if (v := t.ttft()) is not None]
+        out[name] = {
+            "requests": len(members),
+            "ttft_p50_ms": _ms(percentile(values, 50)),
+            "ttft_p95_ms": _ms(percentile(values, 95)),
+        }
+    return out
