@@ -121,7 +121,8 @@ def _resolved(model: Any) -> dict[str, Any]:
         "use_cuda_graph",
         "use_async_batching",
     )
-    return {k: getattr(cfg, k) for k in keys if cfg is not None and hasattr(cfg, k)}
+    values = {k: getattr(cfg, k) for k in keys if cfg is not None and hasattr(cfg, k)}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}  # as JSON has it
 
 
 def generate_batch_cell(

@@ -130,3 +130,59 @@ def test_select_rows() -> None:
     assert [r["model"] for r in select_rows(rows, ["versions.git=x2"])] == ["b", "c"]
     assert [r["model"] for r in select_rows(rows, ["model=a|c"])] == ["a", "c"]
     assert [r["model"] for r in select_rows(rows, [], complete_only=True)] == ["a", "c"]
+
+
+def test_older_rows_keep_the_issue_7_columns() -> None:
+    """No optional column for rows without its data: the H100 tables come out as they always did."""
+    from bench.vlmbench.table import TABLE_COLUMNS, table_columns
+
+    assert table_columns([_row(), _row(driver="http")]) == list(TABLE_COLUMNS)
+
+
+def test_ours_over_the_peer_in_the_same_cell() -> None:
+    from bench.vlmbench.table import peer_ratio, sort_rows
+
+    wl = {"workload": {"prompt_tokens": 512, "output_tokens": 512}, "scenario": "standard"}
+    dev = {"versions": {"device": "NVIDIA H200"}}
+    bw = {"bandwidth": {"datasheet_bytes_per_s": 4.8e12, "copy_bytes_per_s": 4.31e12}}
+    ours = _row(driver="http", **wl, **dev, **bw)
+    ours["output_tokens_per_s"] = 300.0
+    peer = _row(driver="peer", backend="paged|sdpa", **wl, **dev, **bw)
+    peer["output_tokens_per_s"] = 25.0
+    serve = _row(driver="peer_http", **wl, **dev)
+    serve["output_tokens_per_s"] = 8.0
+    other_device = _row(driver="peer", **wl, versions={"device": "NVIDIA H100 80GB HBM3"})
+    other_cell = _row(driver="peer", concurrency=64, **wl, **dev)
+    vision = {**ours, "scenario": "vision4x1024"}
+    rows = [ours, peer, serve, other_device, other_cell, vision]
+    assert peer_ratio(ours, rows, "peer") == pytest.approx(12.0)
+    assert peer_ratio(ours, rows, "peer_http") == pytest.approx(37.5)
+    assert peer_ratio(peer, rows, "peer") is None and peer_ratio(vision, rows, "peer") is None
+    table = markdown_table(rows).splitlines()
+    head = [c.strip() for c in table[0].split("|")]
+    for title in ("workload", "vs peer", "vs serve", "BW TB/s sheet/copy"):
+        assert title in head
+    first = [c.strip() for c in table[2].split("|")]
+    assert first[head.index("vs peer")] == "12.0x" and first[head.index("vs serve")] == "37.5x"
+    assert first[head.index("BW TB/s sheet/copy")] == "4.80/4.31"
+    ordered = sort_rows(rows)  # per workload: ours first, then the peers
+    assert ordered[0] is ours and ordered[-1] is vision
+    assert {r["driver"] for r in ordered[1:-1]} == {"peer", "peer_http"}
+
+
+def test_results_file_names_carry_the_device_and_tag() -> None:
+    assert results_path("out", "NVIDIA H200", "2026-12-04") == Path("out/h200-2026-12-04.json")
+    assert results_path("out", "NVIDIA H200", "2026-12-04", "issue16 peer") == Path(
+        "out/h200-2026-12-04-issue16-peer.json"
+    )
+
+
+def test_versions_name_the_commit_and_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.vlmbench.results import source_digest, versions
+
+    monkeypatch.setenv("BENCH_COMMIT", "deadbee")
+    v = versions()
+    assert v["git"] == "deadbee" and v["git_source"] == "BENCH_COMMIT"
+    assert v["source_digest"] == source_digest() and len(v["source_digest"]) == 12
+    assert {"torch", "transformers", "triton", "flash_attn", "device"} <= set(v)
+    assert v["triton"] == "3.6.0" and v["device"] == "cpu"
