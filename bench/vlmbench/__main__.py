@@ -151,6 +151,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("files", nargs="+", type=Path)
     t.add_argument("--readme", type=Path, default=None, help="also write it between the README's markers")
     t.add_argument(
+        "--section",
+        default=None,
+        help="the README's markers of this section (e.g. h200), not the H100 history's",
+    )
+    t.add_argument(
         "--where",
         action="append",
         default=[],
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         table = markdown_table(rows)
         print(table)
         if args.readme is not None:
-            args.readme.write_text(replace_between_markers(args.readme.read_text(), table))
+            args.readme.write_text(replace_between_markers(args.readme.read_text(), table, args.section))
         return 0
     if args.cmd == "plot":
         from bench.vlmbench.plot import plot

@@ -13,8 +13,8 @@ What transformers 5.17 does with a VLM: ``GenerationState.use_continuous_batchin
 batching for text-only models only, so a VLM is served by ``model.generate()`` one request at a time
 (the row's ``decode_path`` says ``sequential generate()``); concurrent requests queue. A cell therefore
 caps each request at ``peer_serve_tokens`` output tokens and has the cell's time limit.
-Needs fastapi, uvicorn, pydantic and openai (``transformers.utils.is_serve_available``); without them
-the cell is a row that says so.
+Needs fastapi, uvicorn, pydantic and openai (``transformers.utils.is_serve_available``; openai 3.x also
+imports httpx2); without them the cell is a row that says why.
 """
 
 from __future__ import annotations
@@ -138,8 +138,9 @@ def run_serve(ctx: RunContext, shape: shapes.ModelShape, model: Any, weights: ro
     scenario = standard_scenario(
         cfg.workload, fit_chars(processor, cfg.workload.image_size, cfg.workload.prompt_tokens)
     )
-    server = TransformersServe(model, processor, shape.name, cfg.peer_cb_config)
+    server: TransformersServe | None = None
     try:
+        server = TransformersServe(model, processor, shape.name, cfg.peer_cb_config)
         server.wait_ready()
         http_cell(
             server.url,
@@ -174,4 +175,5 @@ def run_serve(ctx: RunContext, shape: shapes.ModelShape, model: Any, weights: ro
         cfg.log(f"{tag} failed: {type(exc).__name__}: {exc}")
         ctx.add(error_row(ctx, shape.name, "default", "peer_http", 1, {"scenario": "standard", **base}, exc))
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()

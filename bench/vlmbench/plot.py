@@ -67,8 +67,10 @@ def plot(rows: Sequence[dict[str, Any]], out_dir: Path, prefix: str = "") -> lis
             ttft = [(p[0], p[2]) for p in points if p[2] is not None]
             if ttft and name != "roofline":
                 ax_ttft.plot([c for c, _ in ttft], [v for _, v in ttft], label=name, **style)
+        ticks = sorted({p[0] for points in lines.values() for p in points})
         for ax, title in ((ax_rate, "output tok/s (all requests)"), (ax_ttft, "TTFT p50 (ms)")):
             ax.set_xscale("log", base=2)
+            ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.set_yscale("log")
             ax.set_xlabel("concurrency")
             ax.set_title(title)

@@ -73,9 +73,10 @@ def run(cfg: RunConfig) -> list[dict[str, Any]]:
     ctx = start(cfg)
     for name in cfg.models:
         shape = shapes.get_shape(name)
-        started = time.perf_counter()
-        ckpt = shapes.write_checkpoint(shape, cfg.workdir / shape.name)
-        cfg.log(f"[{shape.name}] weightless checkpoint in {time.perf_counter() - started:.1f} s: {ckpt}")
+        if cfg.backends:  # our engine loads it; the peer builds its model from the config alone
+            started = time.perf_counter()
+            ckpt = shapes.write_checkpoint(shape, cfg.workdir / shape.name)
+            cfg.log(f"[{shape.name}] weightless checkpoint in {time.perf_counter() - started:.1f} s: {ckpt}")
         for backend in cfg.backends:
             if cfg.standard and (cfg.cells is None or cfg.cells):
                 _phase(ctx, shape, ckpt, backend, "standard")

@@ -112,7 +112,8 @@ def run_cells(
             else:
                 if driver == "http" and server is None:
                     server = server_for(engine, ckpt, shape, backend, cfg.dtype)
-                    extra["health_attn"] = server.health().get("attn")
+                    common = {**common, "health": server.health()}  # slots, capacity, attention: as served
+                    extra["health_attn"] = common["health"].get("attn")
                 if driver not in warmed:  # untimed: the first request through each path
                     _drive(ctx, driver, engine, server, shape, scenario, 1, 4, 120.0)
                     warmed.add(driver)

@@ -196,11 +196,20 @@ def sort_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     )
 
 
-def replace_between_markers(text: str, block: str) -> str:
-    """Put ``block`` between the results markers of ``text`` (appending the markers when absent)."""
-    wrapped = f"{README_BEGIN}\n{block.rstrip()}\n{README_END}"
-    if README_BEGIN in text and README_END in text:
-        start = text.index(README_BEGIN)
-        end = text.index(README_END) + len(README_END)
+def markers(section: str | None = None) -> tuple[str, str]:
+    """The README's begin/end markers: ``<!-- results:begin -->`` (the H100 history), or
+    ``<!-- results:<section>:begin -->`` for a section of its own (e.g. ``h200``)."""
+    if not section:
+        return README_BEGIN, README_END
+    return f"<!-- results:{section}:begin -->", f"<!-- results:{section}:end -->"
+
+
+def replace_between_markers(text: str, block: str, section: str | None = None) -> str:
+    """Put ``block`` between the (section's) results markers of ``text`` (appending them when absent)."""
+    begin, end_marker = markers(section)
+    wrapped = f"{begin}\n{block.rstrip()}\n{end_marker}"
+    if begin in text and end_marker in text:
+        start = text.index(begin)
+        end = text.index(end_marker) + len(end_marker)
         return text[:start] + wrapped + text[end:]
     return text.rstrip() + "\n\n" + wrapped + "\n"

@@ -94,6 +94,10 @@ def test_readme_markers_are_replaced_in_place() -> None:
     twice = replace_between_markers(once + "\ntail\n", "| b |")
     assert "| a |" not in twice and "| b |" in twice and twice.rstrip().endswith("tail")
     assert twice.count(README_END) == 1
+    h200 = replace_between_markers(twice, "| h200 |", section="h200")
+    assert "| b |" in h200 and "<!-- results:h200:begin -->\n| h200 |\n<!-- results:h200:end -->" in h200
+    again = replace_between_markers(h200, "| h200 again |", section="h200")
+    assert "| b |" in again and "| h200 |" not in again and again.count("results:h200:begin") == 1
 
 
 def test_cli_merge_and_table_update_the_readme(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
