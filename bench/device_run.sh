@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# Run the issue-7 benchmark on the accelerator machine (bare image: torch, transformers, httpx there).
+# Run the bench on the accelerator machine (bare image: torch, transformers, httpx there), in one call:
+# the GPU and versions, the device-to-device copy bandwidth, then what the arguments select, each part in
+# its own process under --deadline: the standard cells per backend (--cells / --no-standard), the extra
+# workloads (--workloads), the peer (--peer generate_batch,serve). One results JSON comes out, merged:
+# $OUT/<device>-<date>[-<tag>].json (h200-... on the H200), with log.txt and gpu.txt.
 #
 # Needs, carried with the working tree (git-ignored, see bench/README.md):
-#   .carry/wheels/*.whl                          the server's missing deps (fastapi, uvicorn, pydantic...)
+#   .carry/wheels/*.whl     the server's missing deps (fastapi, uvicorn, pydantic, ...); for the
+#                           transformers-serve peer also openai, jiter, distro, sniffio
 #   .carry/flash_attn-2.8.3.post2-cp312.tar.xz   the flash-attn wheel's contents, xz-packed (15 MB, not 60)
-# Usage: bash bench/device_run.sh [python -m bench.vlmbench run arguments...]
-# Results, log and versions go to $OUT (or ./bench-out).
+# Usage: BENCH_COMMIT=<hash> bash bench/device_run.sh [python -m bench.vlmbench run arguments...]
+# (the device's copy of .git is from the session's start: BENCH_COMMIT says which commit this is)
+# Environment: OUT (default ./bench-out), PY (default python3), WORKDIR (default /tmp/vlmbench).
 set -uo pipefail
 OUT="${OUT:-$PWD/bench-out}"
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=8
-PY=python3
-SITE=/tmp/vlmbench-site
-FLASH=/tmp/vlmbench-flash
+PY="${PY:-python3}"
+WORKDIR="${WORKDIR:-/tmp/vlmbench}"
+mkdir -p "$OUT" "$WORKDIR"
+export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
+SITE="$WORKDIR/site"
+FLASH="$WORKDIR/flash"
 rm -rf "$SITE" "$FLASH"
 mkdir -p "$SITE" "$FLASH"
 if compgen -G ".carry/wheels/*.whl" >/dev/null; then
@@ -22,7 +29,11 @@ FLASH_TAR=$(ls .carry/flash_attn-*.tar.xz 2>/dev/null | head -1)
 if [ -n "$FLASH_TAR" ]; then
   $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$FLASH_TAR" "$FLASH" || exit 1
 fi
-export PYTHONPATH="$FLASH:$SITE:$PWD/server/src:$PWD"
-nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm --format=csv | tee -a "$OUT/gpu.txt"
-$PY -c "import torch, transformers, flash_attn; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, 'flash_attn', flash_attn.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"
-$PY -m bench.vlmbench run --isolate --out "$OUT" --workdir /tmp/vlmbench "$@" 2>&1 | tee -a "$OUT/log.txt"
+export PYTHONPATH="$FLASH:$SITE:$PWD/server/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+{
+  nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm --format=csv 2>&1 || true
+  $PY -c "import json; from bench.vlmbench.results import versions; print(json.dumps(versions()))" 2>&1
+  $PY -m bench.vlmbench bandwidth 2>&1
+} | tee -a "$OUT/gpu.txt"
+$PY -m bench.vlmbench run --isolate --out "$OUT" --workdir "$WORKDIR" "$@" 2>&1 | tee -a "$OUT/log.txt"
+exit "${PIPESTATUS[0]}"

@@ -1,20 +1,24 @@
-"""``python -m bench.vlmbench run ...`` (the benchmark) and ``... table FILES`` (markdown from results).
+"""``python -m bench.vlmbench run ...`` (the benchmark), ``table FILES`` (markdown), ``plot FILES`` (PNGs),
+``merge FILES`` and ``bandwidth`` (the GPU's datasheet and copy bandwidth).
 
 Run on the accelerator machine from the repository root with ``server/src`` importable, e.g.:
 
-    PYTHONPATH=server/src:. python -m bench.vlmbench run --models omega17_vl_exp,qwen2_5_vl_7b \\
-        --backends sdpa,flash_attention_2 --drivers engine,http --concurrency 1,4,16,64 --out bench/results
+    PYTHONPATH=server/src:. python -m bench.vlmbench run --models omega17_vl_exp \\
+        --backends sdpa,flash_attention_2 --cells http:1,http:4,http:64 \\
+        --workloads vision4x1024,vision1x1792 --peer generate_batch,serve --out bench/results
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
 from pathlib import Path
 
-from bench.vlmbench.results import markdown_table, read_rows, replace_between_markers, select_rows, write_rows
+from bench.vlmbench.results import read_rows, select_rows, write_rows
+from bench.vlmbench.table import markdown_table, replace_between_markers, sort_rows
 
 
 def _ints(text: str) -> list[int]:
@@ -32,6 +36,23 @@ def _cells(text: str) -> list[tuple[str, int]]:
         if driver not in ("engine", "http", "generate") or not conc.isdigit():
             raise argparse.ArgumentTypeError(f"cells are driver:concurrency, got {item!r}")
         out.append((driver, int(conc)))
+    return out
+
+
+def _workloads(text: str) -> list[tuple[str, int]]:
+    """``vision4x1024,prefix:16,json_schema:1`` -> cells; a name alone takes its default concurrencies."""
+    from bench.vlmbench.scenarios import get_scenario
+
+    out: list[tuple[str, int]] = []
+    for item in _names(text):
+        name, _, conc = item.partition(":")
+        try:
+            scenario = get_scenario(name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if conc and not conc.isdigit():
+            raise argparse.ArgumentTypeError(f"workloads are name[:concurrency], got {item!r}")
+        out.extend([(name, int(conc))] if conc else [(name, c) for c in scenario.default_concurrency])
     return out
 
 
@@ -57,6 +78,48 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--max-batch-size", type=int, default=None, help="engine MAX_BATCH_SIZE (default: max conc)"
     )
+    r.add_argument(
+        "--max-model-length",
+        type=int,
+        default=None,
+        help="engine MAX_MODEL_LENGTH (default: what the cells need)",
+    )
+    r.add_argument("--no-standard", dest="standard", action="store_false", help="skip the standard cells")
+    r.add_argument(
+        "--workloads",
+        type=_workloads,
+        default=[],
+        help="extra workloads over HTTP, name[:concurrency]: vision4x1024, vision1x1792, prefix, burst, json_schema",
+    )
+    r.add_argument(
+        "--peer",
+        type=_names,
+        default=[],
+        help="peers, once per model: generate_batch (continuous batching), serve",
+    )
+    r.add_argument(
+        "--peer-concurrency", type=_ints, default=None, help="default: the standard cells' concurrencies"
+    )
+    r.add_argument("--peer-serve-concurrency", type=_ints, default=[1, 4])
+    r.add_argument(
+        "--peer-tokens", type=int, default=64, help="output tokens per request in a generate_batch cell"
+    )
+    r.add_argument(
+        "--peer-serve-tokens", type=int, default=32, help="output tokens per request over transformers serve"
+    )
+    r.add_argument(
+        "--peer-cb-config",
+        type=json.loads,
+        default=None,
+        help="ContinuousBatchingConfig fields as JSON (default: its own)",
+    )
+    r.add_argument(
+        "--bandwidth", type=float, default=None, help="roofline bandwidth, bytes/s (default: datasheet)"
+    )
+    r.add_argument(
+        "--copy-gib", type=float, default=2.0, help="buffer of the copy measured at the start, GiB"
+    )
+    r.add_argument("--tag", default="", help="results file <device>-<date>-<tag>.json")
     r.add_argument("--device", default="auto")
     r.add_argument("--dtype", default="bfloat16")
     r.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -88,6 +151,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("files", nargs="+", type=Path)
     t.add_argument("--readme", type=Path, default=None, help="also write it between the README's markers")
     t.add_argument(
+        "--section",
+        default=None,
+        help="the README's markers of this section (e.g. h200), not the H100 history's",
+    )
+    t.add_argument(
         "--where",
         action="append",
         default=[],
@@ -95,6 +163,15 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--complete-only", action="store_true", help="leave out cells cut by their time limit")
     t.add_argument("--sorted", action="store_true", help="order by model, backend, concurrency, driver")
+    p = sub.add_parser("plot", help="output tok/s and TTFT p50 against concurrency, PNG per device and model")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--prefix", default="", help="file name prefix")
+    p.add_argument("--where", action="append", default=[], help="KEY=VALUE filter on rows (repeatable)")
+    p.add_argument("--complete-only", action="store_true")
+    b = sub.add_parser("bandwidth", help="print the GPU's datasheet bandwidth and a measured copy (JSON)")
+    b.add_argument("--copy-gib", type=float, default=2.0)
+    b.add_argument("--reps", type=int, default=10)
     return ap
 
 
@@ -109,21 +186,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "table":
         rows = select_rows(read_rows(args.files), args.where, args.complete_only)
         if args.sorted:
-            order = {"generate": 0, "engine": 1, "http": 2}
-            rows.sort(key=lambda r: (r["model"], r["backend"], r["concurrency"], order.get(r["driver"], 9)))
+            rows = sort_rows(rows)
         table = markdown_table(rows)
         print(table)
         if args.readme is not None:
-            args.readme.write_text(replace_between_markers(args.readme.read_text(), table))
+            args.readme.write_text(replace_between_markers(args.readme.read_text(), table, args.section))
+        return 0
+    if args.cmd == "plot":
+        from bench.vlmbench.plot import plot
+
+        for path in plot(
+            select_rows(read_rows(args.files), args.where, args.complete_only), args.out, args.prefix
+        ):
+            print(path)
+        return 0
+    if args.cmd == "bandwidth":
+        from bench.vlmbench.bandwidth import measure
+        from bench.vlmbench.run import _device_name
+
+        name, device = _device_name("auto")
+        size = int(args.copy_gib * (1 << 30)) if device == "cuda" else 64 << 20
+        print(json.dumps(measure(name, device, size, args.reps), indent=2))
         return 0
 
     command = " ".join(
         shlex.quote(a) for a in [sys.executable, "-m", "bench.vlmbench", *(argv or sys.argv[1:])]
     )
-    if args.isolate and len(args.models) * len(args.backends) > 1:
+    if args.isolate and len(args.models) * (len(args.backends) + bool(args.peer)) > 1:
         return _isolated(args, command)
 
-    from bench.vlmbench.run import RunConfig, run
+    from bench.vlmbench.context import RunConfig
+    from bench.vlmbench.run import run
     from bench.vlmbench.workload import Workload
 
     def log(line: str) -> None:
@@ -146,8 +239,20 @@ def main(argv: list[str] | None = None) -> int:
         dtype=args.dtype,
         command=os.environ.get("VLMBENCH_COMMAND", command),
         max_batch_size=args.max_batch_size,
+        max_model_length=args.max_model_length,
         results_file=args.results_file,
+        tag=args.tag,
         cells=args.cells,
+        standard=args.standard,
+        workloads=args.workloads,
+        peer=args.peer,
+        peer_concurrency=args.peer_concurrency,
+        peer_serve_concurrency=args.peer_serve_concurrency,
+        peer_tokens=args.peer_tokens,
+        peer_serve_tokens=args.peer_serve_tokens,
+        peer_cb_config=args.peer_cb_config,
+        bandwidth=args.bandwidth,
+        copy_bytes=int(args.copy_gib * (1 << 30)),
         profile_batches=args.profile,
         compile=args.compile,
         fast_decode=args.fast_decode,
@@ -160,12 +265,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _child_argv(
-    args: argparse.Namespace, model: str, backend: str, part: Path, deadline: float | None
+    args: argparse.Namespace, model: str, backend: str | None, part: Path, deadline: float | None
 ) -> list[str]:
+    """The arguments of one child: (model, backend) for our engine, or (model, None) for the peer."""
     out = [
         "run",
         f"--models={model}",
-        f"--backends={backend}",
+        f"--backends={backend or ''}",
         f"--drivers={','.join(args.drivers)}",
         f"--concurrency={','.join(map(str, args.concurrency))}",
         f"--prompt-tokens={args.prompt_tokens}",
@@ -178,7 +284,27 @@ def _child_argv(
         f"--out={args.out}",
         f"--workdir={args.workdir}",
         f"--results-file={part}",
+        f"--copy-gib={args.copy_gib}",
     ]
+    if backend is None:  # the peer's child
+        out += [f"--peer={','.join(args.peer)}", "--no-standard"]
+        out += [f"--peer-serve-concurrency={','.join(map(str, args.peer_serve_concurrency))}"]
+        out += [f"--peer-tokens={args.peer_tokens}", f"--peer-serve-tokens={args.peer_serve_tokens}"]
+        concs = args.peer_concurrency or sorted(
+            {c for d, c in args.cells if d in ("engine", "http")} if args.cells else set(args.concurrency)
+        )
+        out.append(f"--peer-concurrency={','.join(map(str, concs))}")
+        if args.peer_cb_config is not None:
+            out.append(f"--peer-cb-config={json.dumps(args.peer_cb_config)}")
+    else:
+        if not args.standard:
+            out.append("--no-standard")
+        if args.workloads:
+            out.append("--workloads=" + ",".join(f"{n}:{c}" for n, c in args.workloads))
+    if args.bandwidth is not None:
+        out.append(f"--bandwidth={args.bandwidth}")
+    if args.max_model_length is not None:
+        out.append(f"--max-model-length={args.max_model_length}")
     if args.no_baseline:
         out.append("--no-baseline")
     if args.compile:
@@ -199,7 +325,8 @@ def _child_argv(
 
 
 def _isolated(args: argparse.Namespace, command: str) -> int:
-    """One child process per (model, backend); the rows are merged into one results file."""
+    """One child process per (model, backend), then one for the peer of each model (so GPU memory is
+    surely freed between them); the rows are merged into one results file."""
     import subprocess
     import time
 
@@ -210,32 +337,34 @@ def _isolated(args: argparse.Namespace, command: str) -> int:
     parts_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, object]] = []
     final: Path | None = args.results_file
-    for model in args.models:
-        for backend in args.backends:
-            deadline = None if args.deadline is None else args.deadline - (time.monotonic() - started)
-            if deadline is not None and deadline < 30:
-                print(f"[{model}/{backend}] skipped: out of time", flush=True)
-                continue
-            part = parts_dir / f"{model}-{backend}.json"
-            part.unlink(missing_ok=True)
-            env = {**os.environ, "VLMBENCH_COMMAND": command}
-            child = [
-                sys.executable,
-                "-m",
-                "bench.vlmbench",
-                *_child_argv(args, model, backend, part, deadline),
-            ]
-            code = subprocess.run(child, env=env, check=False).returncode
-            if code != 0:
-                print(f"[{model}/{backend}] child exited {code}", flush=True)
-            if part.exists():
-                rows.extend(read_rows([part]))
-            if rows:
-                if final is None:
-                    versions = rows[0].get("versions")
-                    device = versions.get("device", "unknown") if isinstance(versions, dict) else "unknown"
-                    final = results_path(args.out, str(device), time.strftime("%Y-%m-%d", time.gmtime()))
-                write_rows(final, rows)
+    children = [(m, b) for m in args.models for b in [*args.backends, *([None] if args.peer else [])]]
+    for model, backend in children:
+        deadline = None if args.deadline is None else args.deadline - (time.monotonic() - started)
+        if deadline is not None and deadline < 30:
+            print(f"[{model}/{backend or 'peer'}] skipped: out of time", flush=True)
+            continue
+        part = parts_dir / f"{model}-{backend or 'peer'}.json"
+        part.unlink(missing_ok=True)
+        env = {**os.environ, "VLMBENCH_COMMAND": command}
+        child = [
+            sys.executable,
+            "-m",
+            "bench.vlmbench",
+            *_child_argv(args, model, backend, part, deadline),
+        ]
+        code = subprocess.run(child, env=env, check=False).returncode
+        if code != 0:
+            print(f"[{model}/{backend or 'peer'}] child exited {code}", flush=True)
+        if part.exists():
+            rows.extend(read_rows([part]))
+        if rows:
+            if final is None:
+                versions = rows[0].get("versions")
+                device = versions.get("device", "unknown") if isinstance(versions, dict) else "unknown"
+                final = results_path(
+                    args.out, str(device), time.strftime("%Y-%m-%d", time.gmtime()), args.tag
+                )
+            write_rows(final, rows)
     print(f"wrote {len(rows)} rows to {final}", flush=True)
     print(markdown_table(rows), flush=True)
     return 0

@@ -1,19 +1,21 @@
-"""The HTTP driver's client: ``concurrency`` streaming chat completions at once against a server.
+"""The HTTP driver's client: one cell of streaming chat completions against a server, sent the way
+its workload (``bench.vlmbench.scenarios.Scenario``) says: one wave, a closed loop, or a burst.
 
 Runs in its own process (``python -m bench.vlmbench.client SPEC_JSON``), so that its event loop and
-SSE parsing do not share a GIL with the server it measures. Prints one JSON object: a list of request
-timings (``bench.vlmbench.stats.RequestTiming`` fields). Works against any OpenAI-compatible server
-(``--url``), e.g. ``python -m omega_server`` on a GPU.
+SSE parsing do not share a GIL with the server it measures. Prints one JSON object: ``timings`` (a list
+of ``bench.vlmbench.stats.RequestTiming`` fields) and ``meta`` (e.g. when a burst was sent). Works
+against any OpenAI-compatible server (``url``), e.g. ``python -m omega_server`` on a GPU.
 
 Before the clock starts: the images are made and encoded, the bodies serialized, and the client is
-warmed up by ``concurrency`` concurrent ``GET /v1/models`` (spec ``warm_up``, default on). The warm-up
+warmed up by as many concurrent ``GET /v1/models`` as requests will be in flight (spec ``warm_up``, default on). The warm-up
 opens the connections (kept alive, as an OpenAI SDK client keeps them) and runs the client's own
 first-request work: httpx imports its async backend lazily on the first request, which took about
 24 ms on a CPU test machine and would otherwise be counted in the server's TTFT.
 
 Each request is timed from its POST: when its body was written (``sent``), its first SSE chunk
 (``first_chunk``: the role chunk, sent when the engine emits the first token), and each content chunk
-(``events``). The server's ``Server-Timing`` header is kept per request (``server_timing``).
+(``events``). The server's ``Server-Timing`` header is kept per request (``server_timing``). A refused
+request (any HTTP status but 200) is recorded as ``error: "HTTP <status>: <body>"``, not raised.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from bench.vlmbench.scenarios import Scenario, build_bodies
 from bench.vlmbench.stats import RequestTiming
-from bench.vlmbench.workload import Workload, filler_text, image_data_url, noise_image, openai_body
+
+CANCELLED = "cancelled at the cell's time limit"
+STOPPED_AFTER_BURST = "stopped after the burst"
 
 
 def parse_sse_line(line: str) -> dict[str, Any] | None:
@@ -63,6 +68,8 @@ def apply_chunk(timing: RequestTiming, chunk: dict[str, Any], arrived: float) ->
         content = (choice.get("delta") or {}).get("content")
         if content:
             timing.events.append((arrived, 1))
+            if timing.text is not None:
+                timing.text += content
         if choice.get("finish_reason"):
             timing.finish_reason = choice["finish_reason"]
     usage = chunk.get("usage")
@@ -94,66 +101,142 @@ async def _one(client: Any, url: str, body: bytes, timing: RequestTiming, header
                         timing.first_chunk = arrived
                     apply_chunk(timing, chunk, arrived)
     except asyncio.CancelledError:
-        timing.error = "cancelled at the cell's time limit"
+        timing.error = CANCELLED
         raise
     except Exception as exc:
         timing.error = f"{type(exc).__name__}: {exc}"
 
 
-async def warm_up(client: Any, base_url: str, headers: dict[str, str], n: int) -> None:
-    """``n`` concurrent ``GET /v1/models``: opens up to ``n`` kept-alive connections and runs the
-    client's first-request work; failures are ignored (the measured requests will report them)."""
+async def warm_up(
+    client: Any, base_url: str, headers: dict[str, str], n: int, path: str = "/v1/models"
+) -> None:
+    """``n`` concurrent ``GET path``: opens up to ``n`` kept-alive connections and runs the client's
+    first-request work; failures are ignored (the measured requests will report them). The path must
+    answer without closing the connection (transformers serve's ``/v1/models`` fails and closes it:
+    its peer cells warm up on ``/health``)."""
     await asyncio.gather(
-        *(client.get(base_url + "/v1/models", headers=headers) for _ in range(n)), return_exceptions=True
+        *(client.get(base_url + path, headers=headers) for _ in range(n)), return_exceptions=True
+    )
+
+
+async def _finish(tasks: list[asyncio.Task[None]], timeout: float) -> None:
+    """Wait for ``tasks`` up to ``timeout`` seconds, then cancel the rest and let them record it."""
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=max(timeout, 0.0))
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _closed(send: Any, n: int, in_flight: int, deadline: float) -> None:
+    """Send request 0..n-1 with at most ``in_flight`` outstanding (a new one as soon as one ends)."""
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one(i: int) -> None:
+        async with gate:
+            if time.perf_counter() < deadline:
+                await send(i)
+
+    await _finish([asyncio.create_task(one(i)) for i in range(n)], deadline - time.perf_counter())
+
+
+async def _burst(
+    send: Any, timings: list[RequestTiming], running: int, after_tokens: int, deadline: float
+) -> dict[str, Any]:
+    """Start the ``running`` streams; once each has ``after_tokens`` tokens (or ended), send the rest at
+    once; when those are done, stop the running streams (their later tokens are not measured)."""
+    first = [asyncio.create_task(send(i)) for i in range(running)]
+    while time.perf_counter() < deadline:
+        ready = all(
+            len(timings[i].events) >= after_tokens or timings[i].error or first[i].done()
+            for i in range(running)
+        )
+        if ready:
+            break
+        await asyncio.sleep(0.002)
+    burst_at = time.perf_counter()
+    rest = [asyncio.create_task(send(i)) for i in range(running, len(timings))]
+    await _finish(rest, deadline - time.perf_counter())
+    ended = [i for i in range(running) if not first[i].done()]
+    await _finish(first, 0.0)
+    for i in ended:
+        if timings[i].error == CANCELLED:
+            timings[i].error = None
+            timings[i].finish_reason = STOPPED_AFTER_BURST
+    return {"burst_at": burst_at}
+
+
+def spec_scenario(spec: dict[str, Any]) -> Scenario:
+    """The spec's scenario; a spec in the older form (``text_chars`` + ``workload`` fields) is the
+    standard workload: one image of ``image_size`` and that text."""
+    if "scenario" in spec:
+        return Scenario.from_dict(spec["scenario"])
+    wl = spec["workload"]
+    return Scenario(
+        "standard",
+        image_size=int(wl["image_size"]),
+        text_chars=int(spec["text_chars"]),
+        output_tokens=int(wl["output_tokens"]),
+        temperature=float(wl.get("temperature", 0.0)),
     )
 
 
 async def run(spec: dict[str, Any]) -> list[RequestTiming]:
-    """Run one cell as ``spec`` says: url, model, concurrency, text_chars, time_limit_s, workload fields,
-    and ``warm_up`` (default true)."""
+    """``run_cell`` without its meta: the request timings."""
+    timings, _ = await run_cell(spec)
+    return timings
+
+
+async def run_cell(spec: dict[str, Any]) -> tuple[list[RequestTiming], dict[str, Any]]:
+    """Run one cell as ``spec`` says: url, model, scenario (``Scenario.to_dict``), concurrency,
+    time_limit_s, seed, and optionally max_tokens (all requests), api_key, warm_up (default true),
+    warm_up_path (default ``/v1/models``) and keep_text (keep each answer's content). Returns the timings
+    and ``meta`` (e.g. ``burst_at``)."""
     import httpx
 
-    workload = Workload(**spec["workload"])
-    text = filler_text(int(spec["text_chars"]))
-    n = int(spec["concurrency"])
-    seed0 = int(spec.get("seed", 0))
-    bodies = [
-        json.dumps(
-            openai_body(
-                spec["model"], image_data_url(noise_image(workload.image_size, seed0 + i)), text, workload
-            )
-        ).encode()
-        for i in range(n)
-    ]
+    scenario = spec_scenario(spec)
+    n_flight = int(spec["concurrency"])
+    bodies = build_bodies(scenario, spec["model"], n_flight, int(spec.get("seed", 0)), spec.get("max_tokens"))
     headers = {"content-type": "application/json"}
     if spec.get("api_key"):
         headers["authorization"] = f"Bearer {spec['api_key']}"
     base_url = spec["url"].rstrip("/")
     url = base_url + "/v1/chat/completions"
-    timings = [RequestTiming(submitted=0.0) for _ in range(n)]
-    limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
+    keep = bool(spec.get("keep_text"))
+    timings = [RequestTiming(submitted=0.0, group=g, text="" if keep else None) for g, _ in bodies]
+    in_flight = len(bodies) if scenario.schedule != "closed" else min(n_flight, len(bodies))
+    limits = httpx.Limits(max_connections=in_flight + 4, max_keepalive_connections=in_flight + 4)
+    meta: dict[str, Any] = {"requests": len(bodies), "schedule": scenario.schedule}
     async with httpx.AsyncClient(timeout=httpx.Timeout(None, connect=30.0), limits=limits) as client:
         if spec.get("warm_up", True):
-            await warm_up(client, base_url, headers, n)
-        tasks = [
-            asyncio.create_task(_one(client, url, b, t, headers))
-            for b, t in zip(bodies, timings, strict=True)
-        ]
-        _, pending = await asyncio.wait(tasks, timeout=float(spec["time_limit_s"]))
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return timings
+            await warm_up(client, base_url, headers, in_flight, str(spec.get("warm_up_path") or "/v1/models"))
+
+        async def send(i: int) -> None:
+            await _one(client, url, bodies[i][1], timings[i], headers)
+
+        deadline = time.perf_counter() + float(spec["time_limit_s"])
+        if scenario.schedule == "closed":
+            await _closed(send, len(bodies), in_flight, deadline)
+            sent = [t for t in timings if t.submitted > 0]
+            meta["not_sent"] = len(timings) - len(sent)  # the time limit came first
+            timings = sent
+        elif scenario.schedule == "burst":
+            meta.update(await _burst(send, timings, n_flight, scenario.burst_after_tokens, deadline))
+        else:
+            await _finish(
+                [asyncio.create_task(send(i)) for i in range(len(bodies))], float(spec["time_limit_s"])
+            )
+    return timings, meta
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bench.vlmbench.client SPEC_JSON`` -> JSON list of timings on stdout."""
+    """``python -m bench.vlmbench.client SPEC_JSON`` -> ``{"timings": [...], "meta": {...}}`` on stdout."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m bench.vlmbench.client SPEC_JSON", file=sys.stderr)
         return 2
-    timings = asyncio.run(run(json.loads(args[0])))
-    print(json.dumps([asdict(t) for t in timings]))
+    timings, meta = asyncio.run(run_cell(json.loads(args[0])))
+    print(json.dumps({"timings": [asdict(t) for t in timings], "meta": meta}))
     return 0
 
 

@@ -14,12 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench.vlmbench.scenarios import Scenario
 from bench.vlmbench.stats import RequestTiming
-from bench.vlmbench.workload import Workload
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,28 +92,33 @@ def http_cell(
     url: str,
     *,
     model: str,
+    scenario: Scenario,
     concurrency: int,
-    text_chars: int,
-    workload: Workload,
     time_limit_s: float,
     seed: int = 0,
+    max_tokens: int | None = None,
     api_key: str | None = None,
     warm_up: bool = True,
-) -> list[RequestTiming]:
-    """Run one HTTP cell through the client process; returns the request timings.
+    warm_up_path: str = "/v1/models",
+    keep_text: bool = False,
+) -> tuple[list[RequestTiming], dict[str, Any]]:
+    """Run one HTTP cell of ``scenario`` through the client process; returns the request timings and the
+    client's ``meta`` (e.g. ``burst_at``). ``max_tokens`` overrides every request's output length.
 
     ``warm_up`` (the default) opens the client's connections before the clock starts (see ``client``).
     """
     spec = {
         "url": url,
         "model": model,
+        "scenario": scenario.to_dict(),
         "concurrency": concurrency,
-        "text_chars": text_chars,
-        "workload": asdict(workload),
         "time_limit_s": time_limit_s,
         "seed": seed,
+        "max_tokens": max_tokens,
         "api_key": api_key,
         "warm_up": warm_up,
+        "warm_up_path": warm_up_path,
+        "keep_text": keep_text,
     }
     proc = subprocess.run(
         [sys.executable, "-m", "bench.vlmbench.client", json.dumps(spec)],
@@ -122,13 +126,13 @@ def http_cell(
         env=client_env(),
         capture_output=True,
         text=True,
-        timeout=time_limit_s + 120,
+        timeout=time_limit_s + 180,
         check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"client failed ({proc.returncode}): {proc.stderr[-2000:]}")
     raw = json.loads(proc.stdout.strip().splitlines()[-1])
-    return [
+    timings = [
         RequestTiming(
             submitted=r["submitted"],
             events=[(float(t), int(n)) for t, n in r["events"]],
@@ -139,6 +143,9 @@ def http_cell(
             first_chunk=r.get("first_chunk"),
             sent=r.get("sent"),
             server_timing={str(k): float(v) for k, v in (r.get("server_timing") or {}).items()},
+            group=str(r.get("group") or ""),
+            text=r.get("text"),
         )
-        for r in raw
+        for r in raw["timings"]
     ]
+    return timings, dict(raw.get("meta") or {})

@@ -1,7 +1,9 @@
-"""Result rows (the schema of issue 7), the JSON file, versions and the markdown table."""
+"""Result rows (the schema of issue 7), the JSON file, its name, and the versions a row records."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -28,9 +30,10 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "baseline_output_tokens_per_s",
     "roofline_output_tokens_per_s",
 )
-DRIVERS: tuple[str, ...] = ("engine", "http", "generate")
-README_BEGIN = "<!-- results:begin -->"
-README_END = "<!-- results:end -->"
+#: engine/http: ours; generate: plain generate() b4; peer: transformers' continuous batching
+#: (generate_batch); peer_http: transformers serve over HTTP
+DRIVERS: tuple[str, ...] = ("engine", "http", "generate", "peer", "peer_http")
+PEER_DRIVERS: tuple[str, ...] = ("peer", "peer_http")
 
 
 def make_row(
@@ -69,12 +72,17 @@ def make_row(
     for key, value in m.items():
         row.setdefault(key, value)
     rate = row.get("decode_tokens_per_s_p50") if driver != "generate" else row["output_tokens_per_s"]
+    # decode speed against the roofline at this batch size: per-sequence rate x batch / roofline
+    batch_rate = (rate * concurrency if driver != "generate" else rate) if rate else None
     roof = row["roofline_output_tokens_per_s"]
-    if rate and roof:
-        # decode speed against the roofline at this batch size: per-sequence rate x batch / roofline
-        batch_rate = rate * concurrency if driver != "generate" else rate
+    if batch_rate and roof:
         row["roofline_fraction"] = round(batch_rate / roof, 3)
+    copy_roof = extra.get("roofline_copy_output_tokens_per_s")
+    if batch_rate and copy_roof:
+        row["roofline_copy_fraction"] = round(batch_rate / copy_roof, 3)
     for key, value in extra.items():
+        if key == "roofline_copy_output_tokens_per_s" and value is not None:
+            value = round(value, 1)
         row.setdefault(key, value)
     row["versions"] = versions
     row["command"] = command
@@ -103,11 +111,12 @@ def device_slug(name: str) -> str:
     return slug or "unknown"
 
 
-def results_path(directory: str | Path, device_name: str, date: str) -> Path:
-    """``<dir>/<device>-<yyyy-mm-dd>.json``."""
+def results_path(directory: str | Path, device_name: str, date: str, tag: str = "") -> Path:
+    """``<dir>/<device>-<yyyy-mm-dd>[-<tag>].json`` (an H200 gives ``h200-...``)."""
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
         raise ValueError(f"date must be yyyy-mm-dd, got {date!r}")
-    return Path(directory) / f"{device_slug(device_name)}-{date}.json"
+    suffix = f"-{device_slug(tag)}" if tag else ""
+    return Path(directory) / f"{device_slug(device_name)}-{date}{suffix}.json"
 
 
 def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
@@ -154,7 +163,12 @@ def select_rows(
 
 
 def versions() -> dict[str, Any]:
-    """Python, torch (+CUDA), transformers, tokenizers, flash-attn, GPU and driver, git revision."""
+    """Python, torch (+CUDA), transformers, tokenizers, flash-attn, Triton, GPU and driver, and the commit.
+
+    ``git`` is ``BENCH_COMMIT`` when set (the device's copy of the tree may carry a stale ``.git``), else
+    ``git rev-parse``; ``git_dirty`` says whether the tree differs from that commit, and
+    ``source_digest`` (bench + server sources) identifies the code that ran either way.
+    """
     out: dict[str, Any] = {"python": platform.python_version()}
     try:
         import torch
@@ -164,113 +178,56 @@ def versions() -> dict[str, Any]:
         out["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     except Exception as exc:  # pragma: no cover - torch is always there where this runs
         out["torch"] = f"unavailable: {exc}"
-    for module in ("transformers", "tokenizers"):
-        try:
-            out[module] = __import__(module).__version__
-        except Exception:
-            out[module] = None
-    from omega_server import attention
-
-    out["flash_attn"] = attention.flash_attn_version()
+    for module in ("transformers", "tokenizers", "triton"):
+        out[module] = _dist_version(module)
+    out["flash_attn"] = _dist_version("flash_attn") or _dist_version("flash-attn")
     out["gpu_driver"] = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
-    out["git"] = _run(["git", "rev-parse", "--short", "HEAD"]) or os.environ.get("BENCH_GIT_REV")
+    env_commit = os.environ.get("BENCH_COMMIT") or os.environ.get("BENCH_GIT_REV")
+    out["git"] = env_commit or _run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    out["git_source"] = "BENCH_COMMIT" if env_commit else "git rev-parse"
+    status = _run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], first_line=False)
+    out["git_dirty"] = None if status is None else bool(status.strip())
+    out["source_digest"] = source_digest()
     return out
 
 
-def _run(cmd: list[str]) -> str | None:
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def source_digest(root: Path = ROOT) -> str:
+    """sha256 (first 12 hex digits) over the paths and contents of ``bench/**/*.py`` and
+    ``server/src/**/*.py``: the same code gives the same digest on any machine."""
+    h = hashlib.sha256()
+    files = sorted(
+        p
+        for sub in ("bench", "server/src")
+        for p in (root / sub).rglob("*.py")
+        if "__pycache__" not in p.parts
+    )
+    for path in files:
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:  # a package put on PYTHONPATH without its metadata (the device's flash-attn)
+        return str(__import__(name).__version__)
+    except Exception:
+        return None
+
+
+def _run(cmd: list[str], first_line: bool = True) -> str | None:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
+    if proc.returncode != 0:
+        return None
+    if not first_line:
+        return proc.stdout
     text = proc.stdout.strip().splitlines()
-    return text[0] if proc.returncode == 0 and text else None
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
-    return str(value)
-
-
-TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("model", "model"),
-    ("backend", "backend"),
-    ("driver", "driver"),
-    ("decode_path", "decode path"),
-    ("concurrency", "conc"),
-    ("output_tokens_per_s", "out tok/s"),
-    ("per_request_output_tokens_per_s", "per-req tok/s"),
-    ("ttft_p50_ms", "TTFT p50 ms"),
-    ("ttft_p95_ms", "TTFT p95 ms"),
-    ("itl_p50_ms", "ITL p50 ms"),
-    ("itl_p95_ms", "ITL p95 ms"),
-    ("peak_gpu_mem_gb", "peak GB"),
-    ("baseline_output_tokens_per_s", "generate() b4 tok/s"),
-    ("roofline_output_tokens_per_s", "roofline tok/s"),
-    ("roofline_fraction", "of roofline"),
-    ("output_tokens_per_request", "out tok/req"),
-    ("completed", "done"),
-    ("note", "note"),
-)
-
-
-def decode_path(row: dict[str, Any]) -> str:
-    """How tokens were decoded: ``generate()``, or the engine's KV cache (``+graphs`` with CUDA graphs,
-    ``+compile`` with the torch.compile'd decode step, ``+gqa`` with the packed one-token attention,
-    ``+fusedmoe`` with the fused MoE experts)."""
-    if row.get("driver") == "generate":
-        return "generate()"
-    cache = row.get("kv_cache") or "dynamic"  # rows from before the engine reported it: dynamic only
-    path = f"{cache}+graphs" if row.get("cuda_graphs") else str(cache)
-    if row.get("compiled"):
-        path += "+compile"
-    if row.get("gqa_decode"):
-        path += "+gqa"
-    if row.get("experts_implementation") == "omega_fused_decode":
-        path += "+fusedmoe"
-    return path
-
-
-def row_note(row: dict[str, Any]) -> str | None:
-    """A short remark for the table: the error, or that the cell hit its time limit."""
-    error = row.get("error") or row.get("first_error")
-    if error:
-        text = str(error).replace("|", "/").replace("\n", " ")
-        return text if len(text) <= 80 else text[:77] + "..."
-    if row.get("complete") is False:
-        return "time limit: partial"
-    return None
-
-
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as a GitHub markdown table (one line per row, in the given order)."""
-    head = "| " + " | ".join(title for _, title in TABLE_COLUMNS) + " |"
-    rule = "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|"
-    lines = [head, rule]
-    for row in rows:
-        cells = []
-        for key, _ in TABLE_COLUMNS:
-            value = row.get(key)
-            if key == "note":
-                value = row_note(row)
-            if key == "decode_path":
-                value = decode_path(row)
-            if key == "completed" and value is not None:
-                value = f"{value}/{row.get('requests', '?')}"
-            if key == "roofline_fraction" and isinstance(value, float):
-                value = f"{value:.0%}"
-            cells.append(_fmt(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def replace_between_markers(text: str, block: str) -> str:
-    """Put ``block`` between the results markers of ``text`` (appending the markers when absent)."""
-    wrapped = f"{README_BEGIN}\n{block.rstrip()}\n{README_END}"
-    if README_BEGIN in text and README_END in text:
-        start = text.index(README_BEGIN)
-        end = text.index(README_END) + len(README_END)
-        return text[:start] + wrapped + text[end:]
-    return text.rstrip() + "\n\n" + wrapped + "\n"
+    return text[0] if text else None

@@ -51,7 +51,8 @@ class RequestTiming:
     ``events`` are ``(arrival_time, tokens_in_this_delta)``; ``completion_tokens`` is the count the
     server reported (usage) when known, else the sum of the events. HTTP only: ``first_chunk`` is the
     arrival of the first SSE chunk (the role chunk), ``sent`` when the body was written, and
-    ``server_timing`` the server's ``Server-Timing`` stages in ms.
+    ``server_timing`` the server's ``Server-Timing`` stages in ms. ``group`` names the request's part of
+    a workload (``running``/``burst``, ``first``/``repeat``); ``text`` is the content, kept when asked.
     """
 
     submitted: float
@@ -63,6 +64,8 @@ class RequestTiming:
     first_chunk: float | None = None
     sent: float | None = None
     server_timing: dict[str, float] = field(default_factory=dict)
+    group: str = ""
+    text: str | None = None
 
     @property
     def tokens(self) -> int:
@@ -101,6 +104,14 @@ class RequestTiming:
             n = max(n, 1)
             gaps.extend([(t1 - t0) / n] * n)
         return gaps
+
+    def timed_gaps(self) -> list[tuple[float, float]]:
+        """``(arrival, gap)`` of every inter-token gap, by the arrival that ends it."""
+        out: list[tuple[float, float]] = []
+        for (t0, _), (t1, n) in zip(self.events, self.events[1:], strict=False):
+            n = max(n, 1)
+            out.extend([(t1, (t1 - t0) / n)] * n)
+        return out
 
     def decode_rate(self) -> float | None:
         """Tokens/s after the first token: (tokens - 1) / (last - first)."""
@@ -192,3 +203,85 @@ def server_timing_p50(timings: Sequence[RequestTiming]) -> dict[str, float] | No
     if not stages:
         return None
     return {name: round(percentile(values, 50) or 0.0, 2) for name, values in stages.items()}
+
+
+def burst_metrics(timings: Sequence[RequestTiming], burst_at: float | None) -> dict[str, float | int | None]:
+    """What a burst of arrivals does to the streams already running.
+
+    ``burst_at`` is when the ``burst`` requests were sent. The window before it starts once every
+    ``running`` stream has its first token; the burst window ends when every burst request has its first
+    token (all their prefills are done). A gap counts in the window its ending token arrives in, so the
+    gap that spans a stall counts in the burst window.
+    """
+    running = [t for t in timings if t.group == "running"]
+    burst = [t for t in timings if t.group == "burst"]
+    firsts = [t.first for t in burst if t.first is not None]
+    ready = max((t.first for t in running if t.first is not None), default=None)
+    end = max(firsts) if firsts and len(firsts) == len(burst) else None
+    before: list[float] = []
+    during: list[float] = []
+    if burst_at is not None and ready is not None:
+        for t in running:
+            for arrival, gap in t.timed_gaps():
+                if ready < arrival <= burst_at:
+                    before.append(gap)
+                elif arrival > burst_at and (end is None or arrival <= end):
+                    during.append(gap)
+    p95_before = percentile(before, 95)
+    p95_during = percentile(during, 95)
+    burst_ttfts = [v for t in burst if (v := t.ttft()) is not None]
+    return {
+        "running_streams": len(running),
+        "burst_requests": len(burst),
+        "burst_first_tokens": len(firsts),
+        "burst_window_ms": _ms(end - burst_at) if end is not None and burst_at is not None else None,
+        "itl_gaps_before": len(before),
+        "itl_gaps_during": len(during),
+        "itl_p50_before_ms": _ms(percentile(before, 50)),
+        "itl_p95_before_ms": _ms(p95_before),
+        "itl_p50_during_ms": _ms(percentile(during, 50)),
+        "itl_p95_during_ms": _ms(p95_during),
+        "itl_max_during_ms": _ms(max(during)) if during else None,
+        "itl_p95_during_over_before": round(p95_during / p95_before, 2)
+        if p95_during is not None and p95_before
+        else None,
+        "burst_ttft_p50_ms": _ms(percentile(burst_ttfts, 50)),
+        "burst_ttft_p95_ms": _ms(percentile(burst_ttfts, 95)),
+    }
+
+
+def prefix_ttft(timings: Sequence[RequestTiming]) -> dict[str, dict[str, float | int | None]] | None:
+    """TTFT by what a prefix cache could have done for the request (groups ``first:K`` / ``repeat:K``):
+
+    - ``first``: the first request that showed image set K (nothing to reuse but the shared instruction);
+    - ``repeat_after_first``: a later one, sent after the first request of K had its first token (its
+      prefill done: a prefix cache holds that KV by then);
+    - ``repeat_concurrent``: a later one sent while the first of K was still in prefill.
+
+    None when no request has such a group.
+    """
+    firsts: dict[str, float | None] = {}
+    for t in timings:
+        kind, _, key = t.group.partition(":")
+        if kind == "first" and key:
+            firsts[key] = t.first
+    if not firsts:
+        return None
+    classes: dict[str, list[RequestTiming]] = {"first": [], "repeat_after_first": [], "repeat_concurrent": []}
+    for t in timings:
+        kind, _, key = t.group.partition(":")
+        if kind == "first":
+            classes["first"].append(t)
+        elif kind == "repeat":
+            done = firsts.get(key)
+            after = done is not None and done <= t.submitted
+            classes["repeat_after_first" if after else "repeat_concurrent"].append(t)
+    out: dict[str, dict[str, float | int | None]] = {}
+    for name, members in classes.items():
+        values = [v for t in members if (v := t.ttft()) is not None]
+        out[name] = {
+            "requests": len(members),
+            "ttft_p50_ms": _ms(percentile(values, 50)),
+            "ttft_p95_ms": _ms(percentile(values, 95)),
+        }
+    return out

@@ -134,3 +134,44 @@ def test_isolated_children_get_the_same_options(tmp_path: Path) -> None:
         "out",
     ):
         assert getattr(child, key) == getattr(parent, key), key
+
+
+def test_workloads_and_peer_options_parse_and_reach_the_children(tmp_path: Path) -> None:
+    """--workloads takes name[:concurrency] (a name alone: its default concurrencies); in --isolate each
+    (model, backend) child gets the workloads, and one peer child per model gets the peer options."""
+    import argparse
+
+    from bench.vlmbench.__main__ import _child_argv, _workloads, parser
+
+    assert _workloads("vision4x1024,prefix:8") == [("vision4x1024", 1), ("vision4x1024", 16), ("prefix", 8)]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown workload"):
+        _workloads("video")
+    argv = [
+        "run",
+        "--models=omega17_vl_exp",
+        "--backends=sdpa,flash_attention_2",
+        "--cells=http:1,http:4,http:64",
+        "--workloads=vision4x1024:16,json_schema",
+        "--peer=generate_batch,serve",
+        "--peer-tokens=48",
+        '--peer-cb-config={"num_blocks": 64}',
+        "--max-model-length=32768",
+        "--tag=issue16",
+        "--isolate",
+    ]
+    parent = parser().parse_args(argv)
+    ours = parser().parse_args(_child_argv(parent, "omega17_vl_exp", "sdpa", tmp_path / "a.json", None))
+    assert ours.workloads == [("vision4x1024", 16), ("json_schema", 1), ("json_schema", 64)]
+    assert ours.peer == [] and ours.standard is True and ours.max_model_length == 32768
+    peer = parser().parse_args(_child_argv(parent, "omega17_vl_exp", None, tmp_path / "p.json", 100.0))
+    assert (peer.backends, peer.peer, peer.standard, peer.workloads) == (
+        [],
+        ["generate_batch", "serve"],
+        False,
+        [],
+    )
+    assert (
+        peer.peer_concurrency == [1, 4, 64]
+        and peer.peer_tokens == 48
+        and peer.peer_cb_config == {"num_blocks": 64}
+    )

@@ -8,19 +8,16 @@ from pathlib import Path
 import pytest
 
 from bench.vlmbench.results import (
-    README_BEGIN,
-    README_END,
     REQUIRED_KEYS,
     check_row,
     device_slug,
     make_row,
-    markdown_table,
     read_rows,
-    replace_between_markers,
     results_path,
     write_rows,
 )
 from bench.vlmbench.stats import RequestTiming, summarize
+from bench.vlmbench.table import README_BEGIN, README_END, markdown_table, replace_between_markers
 
 
 def _row(**kw: object) -> dict[str, object]:
@@ -97,6 +94,10 @@ def test_readme_markers_are_replaced_in_place() -> None:
     twice = replace_between_markers(once + "\ntail\n", "| b |")
     assert "| a |" not in twice and "| b |" in twice and twice.rstrip().endswith("tail")
     assert twice.count(README_END) == 1
+    h200 = replace_between_markers(twice, "| h200 |", section="h200")
+    assert "| b |" in h200 and "<!-- results:h200:begin -->\n| h200 |\n<!-- results:h200:end -->" in h200
+    again = replace_between_markers(h200, "| h200 again |", section="h200")
+    assert "| b |" in again and "| h200 |" not in again and again.count("results:h200:begin") == 1
 
 
 def test_cli_merge_and_table_update_the_readme(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,7 +116,7 @@ def test_cli_merge_and_table_update_the_readme(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_decode_path_column() -> None:
-    from bench.vlmbench.results import decode_path
+    from bench.vlmbench.table import decode_path
 
     assert decode_path({"driver": "generate"}) == "generate()"
     assert decode_path({"driver": "engine"}) == "dynamic"
@@ -133,3 +134,59 @@ def test_select_rows() -> None:
     assert [r["model"] for r in select_rows(rows, ["versions.git=x2"])] == ["b", "c"]
     assert [r["model"] for r in select_rows(rows, ["model=a|c"])] == ["a", "c"]
     assert [r["model"] for r in select_rows(rows, [], complete_only=True)] == ["a", "c"]
+
+
+def test_older_rows_keep_the_issue_7_columns() -> None:
+    """No optional column for rows without its data: the H100 tables come out as they always did."""
+    from bench.vlmbench.table import TABLE_COLUMNS, table_columns
+
+    assert table_columns([_row(), _row(driver="http")]) == list(TABLE_COLUMNS)
+
+
+def test_ours_over_the_peer_in_the_same_cell() -> None:
+    from bench.vlmbench.table import peer_ratio, sort_rows
+
+    wl = {"workload": {"prompt_tokens": 512, "output_tokens": 512}, "scenario": "standard"}
+    dev = {"versions": {"device": "NVIDIA H200"}}
+    bw = {"bandwidth": {"datasheet_bytes_per_s": 4.8e12, "copy_bytes_per_s": 4.31e12}}
+    ours = _row(driver="http", **wl, **dev, **bw)
+    ours["output_tokens_per_s"] = 300.0
+    peer = _row(driver="peer", backend="paged|sdpa", **wl, **dev, **bw)
+    peer["output_tokens_per_s"] = 25.0
+    serve = _row(driver="peer_http", **wl, **dev)
+    serve["output_tokens_per_s"] = 8.0
+    other_device = _row(driver="peer", **wl, versions={"device": "NVIDIA H100 80GB HBM3"})
+    other_cell = _row(driver="peer", concurrency=64, **wl, **dev)
+    vision = {**ours, "scenario": "vision4x1024"}
+    rows = [ours, peer, serve, other_device, other_cell, vision]
+    assert peer_ratio(ours, rows, "peer") == pytest.approx(12.0)
+    assert peer_ratio(ours, rows, "peer_http") == pytest.approx(37.5)
+    assert peer_ratio(peer, rows, "peer") is None and peer_ratio(vision, rows, "peer") is None
+    table = markdown_table(rows).splitlines()
+    head = [c.strip() for c in table[0].split("|")]
+    for title in ("workload", "vs peer", "vs serve", "BW TB/s sheet/copy"):
+        assert title in head
+    first = [c.strip() for c in table[2].split("|")]
+    assert first[head.index("vs peer")] == "12.0x" and first[head.index("vs serve")] == "37.5x"
+    assert first[head.index("BW TB/s sheet/copy")] == "4.80/4.31"
+    ordered = sort_rows(rows)  # per workload: ours first, then the peers
+    assert ordered[0] is ours and ordered[-1] is vision
+    assert {r["driver"] for r in ordered[1:-1]} == {"peer", "peer_http"}
+
+
+def test_results_file_names_carry_the_device_and_tag() -> None:
+    assert results_path("out", "NVIDIA H200", "2026-12-04") == Path("out/h200-2026-12-04.json")
+    assert results_path("out", "NVIDIA H200", "2026-12-04", "issue16 peer") == Path(
+        "out/h200-2026-12-04-issue16-peer.json"
+    )
+
+
+def test_versions_name_the_commit_and_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.vlmbench.results import source_digest, versions
+
+    monkeypatch.setenv("BENCH_COMMIT", "deadbee")
+    v = versions()
+    assert v["git"] == "deadbee" and v["git_source"] == "BENCH_COMMIT"
+    assert v["source_digest"] == source_digest() and len(v["source_digest"]) == 12
+    assert {"torch", "transformers", "triton", "flash_attn", "device"} <= set(v)
+    assert v["triton"] == "3.6.0" and v["device"] == "cpu"

@@ -86,6 +86,32 @@ def test_real_shapes_sizes_and_roofline(name: str, params_b: float, roof_b1: flo
         assert 2.8 < active / 2e9 < 3.3
 
 
+@pytest.mark.parametrize(
+    ("name", "h200_b1", "h200_b64"), [("omega17_vl_exp", 779, 4774), ("qwen2_5_vl_7b", 338, 18112)]
+)
+def test_the_h200_roofline_is_the_h100_one_scaled_by_bandwidth(
+    name: str, h200_b1: float, h200_b64: float
+) -> None:
+    """Issue 16: at 4.8 TB/s the Omega shape's batch-1 roofline is about 780 tok/s (50% = about 390)."""
+    from bench.vlmbench.bandwidth import datasheet_bandwidth
+
+    shape, w = _meta_weights(name)
+    sheet = datasheet_bandwidth("NVIDIA H200")
+    assert sheet is not None
+    kv = roofline.kv_bytes_per_token(shape.num_layers, shape.kv_heads, shape.head_dim)
+    common = {
+        "context_tokens": 768,
+        "kv_per_token": kv,
+        "hidden_size": shape.hidden_size,
+        "num_experts": int(shape.text.get("num_experts", 0)),
+        "top_k": int(shape.text.get("num_experts_per_tok", 0)),
+    }
+    for batch, expected in ((1, h200_b1), (64, h200_b64)):
+        h200 = roofline.roofline_tokens_per_s(w, batch=batch, bandwidth=sheet[0], **common)
+        h100 = roofline.roofline_tokens_per_s(w, batch=batch, **common)
+        assert h200 == pytest.approx(h100 * 4.8 / 3.35) and h200 == pytest.approx(expected, rel=0.01)
+
+
 def test_profile_summary_per_step() -> None:
     from bench.vlmbench.profile import summarize_events
 

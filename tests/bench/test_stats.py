@@ -61,3 +61,53 @@ def test_summarize_empty_cell() -> None:
     m = summarize([RequestTiming(submitted=1.0, error="HTTP 503")], expected_tokens=8)
     assert m.output_tokens == 0 and m.output_tokens_per_s is None and m.ttft_p50_ms is None
     assert m.completed == 0 and m.errors == 1
+
+
+def test_burst_windows_split_the_running_streams_gaps() -> None:
+    """Two streams tick every 10 ms; 16 requests arrive at t=1.0 and stall them (a 200 ms gap) until the
+    last arrival's first token at t=1.25; gaps count in the window their ending token arrives in."""
+    from bench.vlmbench.stats import burst_metrics
+
+    def ticks(start: float, stop: float, step: float) -> list[tuple[float, int]]:
+        n = round((stop - start) / step)
+        return [(round(start + i * step, 6), 1) for i in range(n + 1)]
+
+    running = [
+        RequestTiming(submitted=0.0, events=ticks(0.5, 1.0, 0.01) + ticks(1.2, 1.5, 0.01), group="running")
+        for _ in range(2)
+    ]
+    burst = [
+        RequestTiming(submitted=1.0, events=[(1.2 + 0.05 * (i == 15), 1)], group="burst") for i in range(16)
+    ]
+    m = burst_metrics(running + burst, burst_at=1.0)
+    assert (m["running_streams"], m["burst_requests"], m["burst_first_tokens"]) == (2, 16, 16)
+    assert m["burst_window_ms"] == pytest.approx(250.0)
+    assert m["itl_gaps_before"] == 2 * 50 and m["itl_p95_before_ms"] == pytest.approx(10.0)
+    # during: the 200 ms stall, then 10 ms gaps up to t=1.25
+    assert m["itl_gaps_during"] == 2 * 6 and m["itl_max_during_ms"] == pytest.approx(200.0)
+    assert m["itl_p95_during_ms"] > 100 and m["itl_p95_during_over_before"] > 10
+    assert m["burst_ttft_p50_ms"] == pytest.approx(200.0)
+    # no burst sent (the client never got there): no windows, no crash
+    assert burst_metrics(running, None)["itl_gaps_before"] == 0
+
+
+def test_prefix_ttft_classes_follow_the_first_sight_of_each_image() -> None:
+    from bench.vlmbench.stats import prefix_ttft
+
+    timings = [
+        RequestTiming(submitted=0.0, events=[(0.5, 1)], group="first:0"),
+        RequestTiming(submitted=0.0, events=[(0.6, 1)], group="first:1"),
+        RequestTiming(submitted=0.1, events=[(0.55, 1)], group="repeat:0"),  # sent during 0's prefill
+        RequestTiming(submitted=0.7, events=[(0.75, 1)], group="repeat:1"),  # after 1's first token
+        RequestTiming(submitted=0.8, events=[(0.82, 1)], group="repeat:0"),
+    ]
+    out = prefix_ttft(timings)
+    assert out is not None
+    assert {k: v["requests"] for k, v in out.items()} == {
+        "first": 2,
+        "repeat_after_first": 2,
+        "repeat_concurrent": 1,
+    }
+    assert out["first"]["ttft_p50_ms"] == pytest.approx(550.0)
+    assert out["repeat_after_first"]["ttft_p50_ms"] == pytest.approx(35.0)
+    assert prefix_ttft([RequestTiming(submitted=0.0)]) is None
