@@ -620,10 +620,11 @@ def test_record_round_trip_and_legacy_record_without_attention() -> None:
 
 def test_decisions_on_the_real_servers_health_bodies() -> None:
     """One health contract: bodies made by omega_server's own code, read by the operator's parser."""
-    from omega_server.settings import Settings
     from omega_server.state import ServerState
 
-    state = ServerState(Settings(model_path="/tmp/none", attn_impl="flash_attention_2"))
+    from tests.contracts.server_bodies import server_config
+
+    state = ServerState(server_config("flash_attention_2"))
 
     def probe() -> ProbeResult:
         body = state.health()

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import omega_server.app as app_module
 import pytest
-from omega_operator.health import parse_report
+from omega_operator.health_report import parse_report
 
 from tests.omega_server.live import ProcessServer, ThreadServer, image_message, tiny
 

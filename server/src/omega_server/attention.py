@@ -26,6 +26,9 @@ FLASH = "flash_attention_2"
 FALLBACK = "sdpa"
 #: ATTN_IMPL values the server accepts.
 CHOICES: tuple[str, ...] = ("auto", FLASH, "sdpa", "eager")
+#: ATTN_IMPL values that try flash-attn 2 first (the operator's ``health_report.FLASH_REQUESTS``
+#: must be the same set: tests/contracts checks it).
+FLASH_REQUESTS: frozenset[str] = frozenset({"auto", FLASH})
 
 
 @dataclass
@@ -105,7 +108,7 @@ def resolve(
         raise ValueError(f"ATTN_IMPL must be one of {', '.join(CHOICES)}, got {requested!r}")
     available = flash_attn_available()
     version = flash_attn_version()
-    if requested not in ("auto", FLASH):
+    if requested not in FLASH_REQUESTS:
         loaded = loader(path, attn_implementation=requested, dtype=dtype, device=device)
         warmup(loaded)
         return AttentionChoice(
