@@ -19,6 +19,14 @@ from devcluster.security import Credentials
 from devcluster.volumes import SA_MOUNT, SA_VOLUME, HostVolume
 
 LAUNCHER = str(Path(__file__).resolve().parent / "launch.py")
+# The "image's program": the repository and the Python that runs it (its venv and installation).
+# In a real image these live in directories of their own; here they are wherever the checkout is,
+# which may be under a path a pod mounts a volume at (a clone in /tmp, and an emptyDir at /tmp).
+PROGRAM_PATHS = tuple(
+    dict.fromkeys(
+        os.path.realpath(p) for p in (Path(__file__).resolve().parent.parent, sys.prefix, sys.base_prefix)
+    )
+)
 # Host top-level entries a pod does not see (an image has an empty /mnt; lost+found is the disk's).
 SKIP_TOP = ("mnt", "lost+found")
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
@@ -97,6 +105,7 @@ def binds(
         mounts.append(bind)
     mounts.sort(key=lambda b: len([c for c in b["target"].split("/") if c]))
     out += mounts
+    out += program_binds([m["target"] for m in mounts])
     out.append(
         {
             "source": termination_log,
@@ -104,6 +113,26 @@ def binds(
         }
     )
     return out
+
+
+def under(path: str, parent: str) -> bool:
+    """Whether ``path`` is ``parent`` or inside it."""
+    parent = parent.rstrip("/") or "/"
+    return path == parent or path.startswith(parent if parent == "/" else parent + "/")
+
+
+def program_binds(mount_targets: list[str], program: tuple[str, ...] = PROGRAM_PATHS) -> list[dict[str, Any]]:
+    """Binds that keep the image's program visible where a volume is mounted over its host path.
+
+    A real image keeps its program out of the way of volume mount paths; the stand-in image's
+    program is the checkout, so a checkout under ``/tmp`` would vanish under an ``emptyDir`` at
+    ``/tmp``. Each program path under a mount target is bound again on top of the volume, read-only.
+    """
+    return [
+        {"source": p, "target": p, "read_only": True}
+        for p in program
+        if any(under(p, t) for t in mount_targets)
+    ]
 
 
 def start_plan(

@@ -152,3 +152,13 @@ def test_passwd_files_add_the_image_users_to_the_hosts() -> None:
     assert group == host_group + "omega:x:10001:\n"
     operator = images.stand_in("r.io/omega-vlm/omega-vlm-operator:1.0", ("true",), {})
     assert (operator.uid, operator.home(10001)) == (10001, "/nonexistent")
+
+
+def test_the_images_program_stays_visible_under_a_volume_mounted_over_its_host_path() -> None:
+    program = ("/tmp/clone", "/tmp/clone/.venv", "/opt/python")
+    assert podroot.program_binds(["/tmp", "/data"], program) == [
+        {"source": "/tmp/clone", "target": "/tmp/clone", "read_only": True},
+        {"source": "/tmp/clone/.venv", "target": "/tmp/clone/.venv", "read_only": True},
+    ]
+    assert podroot.program_binds(["/tmp/clone/data", "/tmpfoo", "/var"], program) == []
+    assert podroot.under("/tmp/clone", "/") and not podroot.under("/tmpfoo", "/tmp")

@@ -461,3 +461,27 @@ def test_long_grace_period_is_not_capped(devcluster: Cluster, ns: str, tmp_path:
     assert 32.0 < last_alive - start < 37.0, seen  # more than the old caps (10 s in tests, 30 s)
     assert gone - start > 32.0
     assert os.path.exists(out / "events")
+
+
+def test_a_volume_over_the_checkouts_parent_leaves_the_program_running(devcluster: Cluster, ns: str) -> None:
+    """The stand-in image's program is the checkout (and its venv): a clone under /tmp must keep
+    running when a pod mounts an emptyDir at /tmp, as the chart's operator pod does."""
+    parent = str(Path(__file__).resolve().parents[3])
+    assert parent != "/", "the checkout's parent is the root: nothing to mount over"
+    spec = pod(
+        "program-under-volume",
+        ns,
+        [
+            {
+                "name": "c",
+                "args": [f"import os; print('listing', sorted(os.listdir({parent!r})))"],
+                "volumeMounts": [{"name": "scratch", "mountPath": parent}],
+            }
+        ],
+        volumes=[{"name": "scratch", "emptyDir": {}}],
+        restartPolicy="Never",
+    )
+    devcluster.apply(spec)
+    line = log_line(devcluster, ns, "program-under-volume", "c", "listing")
+    assert Path(__file__).resolve().parents[2].name in line  # the checkout, bound again on the volume
+    devcluster.kubectl("delete", "pod", "program-under-volume", "-n", ns, "--wait=false")
