@@ -192,10 +192,14 @@ class Runner:
         width = self.cache.get_seq_length()
         kept = [self.seqs[i] for i in keep]
         trim = width - max(s.cache_len for s in kept)
-        index = torch.tensor(keep, device=self.cache.layers[0].keys.device)
+        index = torch.tensor(keep)
+        on_device: dict[torch.device, torch.Tensor] = {}  # layers may sit on several GPUs (device_map)
         for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, trim:, :]
-            layer.values = layer.values.index_select(0, index)[:, :, trim:, :]
+            device = layer.keys.device
+            if device not in on_device:
+                on_device[device] = index.to(device)
+            layer.keys = layer.keys.index_select(0, on_device[device])[:, :, trim:, :]
+            layer.values = layer.values.index_select(0, on_device[device])[:, :, trim:, :]
         self.seqs = kept
 
     def decode(self) -> list[int]:
