@@ -114,6 +114,8 @@ class EngineInfo:
     gqa_decode: bool = False  # one-token attention packs the grouped heads (no key/value copies)
     # MoE models: the experts path (omega_fused_decode, grouped_mm, ...); None for a dense model
     experts_implementation: str | None = None
+    # flash_attention_2 on the slot cache: the flash-attn kernels in use (kernels.flash_decode.KERNELS)
+    flash_kernels: list[str] | None = None
 
 
 @dataclass

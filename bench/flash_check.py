@@ -1,0 +1,175 @@
+"""Correctness of the flash_attention_2 slot-cache path against sdpa on the GPU (issue 13).
+
+    PYTHONPATH=server/src:. python bench/flash_check.py [--models omega17_vl_exp,qwen2_5_vl_7b] [--steps 8]
+
+For each random-weight shape (bf16, the same seed, so both backends run the same weights): the engine
+is loaded with ``sdpa`` and then with ``flash_attention_2``; its /health decode path is printed, and a
+``StaticRunner`` with CUDA graphs prefills three requests of different lengths (one image each, of
+different sizes) in one batch and decodes ``--steps`` steps greedily. The check: the greedy tokens
+agree on the first tokens (a divergence is reported with the top-2 logit gap, to tell a near-tie from
+a bug), and the decode logits, while the tokens agree, are within bf16 tolerance (max |diff| over the
+logits' max |value|). Prints one JSON line per shape; exits 1 when a shape fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "server" / "src"))
+sys.path.insert(0, str(ROOT))
+
+#: max |flash - sdpa| over max |sdpa| of a step's logits, while the tokens agree (bf16: 8 bits of
+#: mantissa, accumulated over the layers; kernels order their sums differently)
+TOLERANCE = 0.05
+
+
+def requests() -> list[Any]:
+    from omega_server.engine import GenerationRequest, SamplingParams
+    from PIL import Image
+
+    out = []
+    for i, (size, words) in enumerate([(448, 40), (224, 5), (672, 120)]):
+        image = Image.effect_noise((size, size), 60 + 10 * i).convert("RGB")
+        text = " ".join(f"w{j % 50}" for j in range(words))
+        out.append(
+            GenerationRequest(
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [{"type": "image", "image": image}, {"type": "text", "text": text}],
+                    }
+                ],
+                params=SamplingParams(max_tokens=64, temperature=0.0),
+            )
+        )
+    return out
+
+
+def run_backend(ckpt: Path, backend: str, steps: int, seed: int) -> dict[str, Any]:
+    """Tokens and per-step logits of the three requests on ``backend``, and the engine's decode path."""
+    import torch
+    from omega_server.engine import Engine, EngineConfig
+    from omega_server.engine.sequence import Seq
+    from omega_server.engine.static_runner import StaticRunner
+    from omega_server.health import decode_report
+
+    from bench.vlmbench import shapes
+
+    with shapes.random_weights(seed):
+        eng = Engine.load(
+            EngineConfig(
+                model_path=str(ckpt),
+                attn_impl=backend,
+                dtype="bfloat16",
+                max_batch_size=4,
+                max_model_length=2048,
+            )
+        )
+    try:
+        info = eng.info
+        runner = StaticRunner(eng._loaded.model, eng._loaded.processor, slots=4, width=2048, graphs=True)
+        seqs = [
+            Seq(prepared=eng.prepare(r), loop=None, queue=None, emit=lambda item: None) for r in requests()
+        ]
+        logits: list[torch.Tensor] = []
+        step = runner.graphs.run
+
+        def recording(batch: int, width: int) -> torch.Tensor:
+            out = step(batch, width)
+            logits.append(out[: len(seqs)].float().clone())
+            return out
+
+        runner.graphs.run = recording  # type: ignore[method-assign]
+        tokens: list[list[int]] = []
+        with torch.inference_mode():
+            runner.prefill_batch(seqs)
+            tokens.append([s.last_token for s in seqs])
+            for _ in range(steps):
+                tokens.append(runner.launch().wait())
+        torch.cuda.synchronize()
+        return {
+            "attn": info.attn,
+            "flash_attn": info.flash_attn,
+            "decode": decode_report(info),
+            "runner_flash": runner.flash,
+            "graphs": runner.graphs.use_graphs,
+            "tokens": [list(t) for t in zip(*tokens, strict=True)],  # per request
+            "logits": torch.stack(logits).cpu(),  # (steps, requests, vocab)
+        }
+    finally:
+        eng.shutdown()
+        del eng
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def compare(ref: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
+    """Agreeing leading tokens per request, the logits' relative max diff while they agree, near-ties."""
+    agree, rel, gaps = [], 0.0, []
+    for r, (a, b) in enumerate(zip(ref["tokens"], got["tokens"], strict=True)):
+        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
+        agree.append(n)
+        # logits[k] is decode step k, whose input is token k: compare the steps fed equal inputs
+        for k in range(min(n, ref["logits"].shape[0])):
+            x, y = ref["logits"][k, r], got["logits"][k, r]
+            rel = max(rel, float((x - y).abs().max() / x.abs().max().clamp_min(1e-6)))
+        if n < len(a) and n >= 1:
+            top = ref["logits"][n - 1, r].topk(2).values
+            gaps.append(round(float(top[0] - top[1]), 4))
+    return {"agree": agree, "rel_max_diff": round(rel, 5), "top2_gap_at_divergence": gaps}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="omega17_vl_exp,qwen2_5_vl_7b")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    from bench.vlmbench import shapes
+
+    failed = False
+    for name in args.models.split(","):
+        shape = shapes.get_shape(name)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = shapes.write_checkpoint(shape, Path(tmp) / name)
+            ref = run_backend(ckpt, "sdpa", args.steps, args.seed)
+            got = run_backend(ckpt, "flash_attention_2", args.steps, args.seed)
+        result = compare(ref, got)
+        first_ok = all(n >= 2 for n in result["agree"])
+        ok = (
+            got["attn"] == "flash_attention_2"
+            and got["runner_flash"]
+            and first_ok
+            and result["rel_max_diff"] <= TOLERANCE
+        )
+        failed |= not ok
+        print(
+            json.dumps(
+                {
+                    "model": name,
+                    "ok": ok,
+                    **result,
+                    "tolerance": TOLERANCE,
+                    "sdpa_decode": ref["decode"],
+                    "flash_decode": got["decode"],
+                    "flash_attn": got["flash_attn"],
+                    "graphs": [ref["graphs"], got["graphs"]],
+                    "tokens_sdpa": ref["tokens"],
+                    "tokens_flash": got["tokens"],
+                }
+            ),
+            flush=True,
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
