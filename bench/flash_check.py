@@ -51,6 +51,63 @@ def requests() -> list[Any]:
     return out
 
 
+def kernel_check() -> list[dict[str, Any]]:
+    """``flash_decode.decode_attention`` with the real ``flash_attn_with_kvcache`` vs transformers' sdpa
+    over the 4D mask, on the same random bf16 slot cache (the slots' buffers after the step too)."""
+    import torch
+    from omega_server.engine.kvslots import SlotCache
+    from omega_server.kernels import flash_decode
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    out = []
+    dev = torch.device("cuda")
+    for heads, kv_heads, batch, slots in [(32, 4, 1, 4), (32, 4, 4, 4), (32, 4, 64, 64), (28, 4, 64, 64)]:
+        torch.manual_seed(batch + heads)
+        lengths = torch.randint(1, 1500, (batch,)).tolist()
+        caches = []
+        for _ in range(2):
+            cache = SlotCache(slots, 2048, dev, mrope=False)
+            layer = torch.zeros(1, kv_heads, 1, 128, dtype=torch.bfloat16, device=dev)
+            cache.allocate([(layer, layer)], torch.bfloat16)
+            caches.append(cache)
+        for slot, n in enumerate(lengths):
+            k = torch.randn(1, kv_heads, n, 128, dtype=torch.bfloat16, device=dev)
+            v = torch.randn(1, kv_heads, n, 128, dtype=torch.bfloat16, device=dev)
+            for cache in caches:
+                cache.load(slot, [(k, v)], n, 0)
+        ref, flash = caches
+        for cache in caches:
+            cache.view = (slots, 2048)
+            cache.prepare_step(batch)
+        flash.flash = True
+        module = type(
+            "M", (), {"layer_idx": 0, "num_key_value_groups": heads // kv_heads, "is_causal": True}
+        )()
+        q = torch.randn(slots, heads, 1, 128, dtype=torch.bfloat16, device=dev)
+        k = torch.randn(slots, kv_heads, 1, 128, dtype=torch.bfloat16, device=dev)
+        v = torch.randn(slots, kv_heads, 1, 128, dtype=torch.bfloat16, device=dev)
+        keys, values = ref.update(k, v, 0)
+        assert ref.mask is not None
+        want, _ = sdpa_attention_forward(module, q, keys, values, ref.mask, scaling=128**-0.5)
+        with flash_decode.slot_decode(flash):
+            got, _ = flash_decode.decode_attention(module, q, k, v, None, scaling=128**-0.5)
+        diff = float((got.float() - want.float())[:batch].abs().max())
+        cache_diff = float(
+            (flash.keys[0] - ref.keys[0]).abs().max() + (flash.values[0] - ref.values[0]).abs().max()
+        )
+        out.append(
+            {
+                "heads": heads,
+                "kv_heads": kv_heads,
+                "batch": batch,
+                "max_abs_diff": diff,
+                "cache_diff": cache_diff,
+                "ok": diff <= 2e-2 and cache_diff == 0.0,
+            }
+        )
+    return out
+
+
 def run_backend(ckpt: Path, backend: str, steps: int, seed: int) -> dict[str, Any]:
     """Tokens and per-step logits of the three requests on ``backend``, and the engine's decode path."""
     import torch
@@ -87,11 +144,22 @@ def run_backend(ckpt: Path, backend: str, steps: int, seed: int) -> dict[str, An
 
         runner.graphs.run = recording  # type: ignore[method-assign]
         tokens: list[list[int]] = []
+        from omega_server.engine import static_runner
+
+        sample = static_runner.sampler.sample
+
+        def sample_recording(seqs_: Any, first: torch.Tensor) -> Any:
+            prefill.append(first.float().clone())
+            return sample(seqs_, first)
+
+        prefill: list[torch.Tensor] = []
+        static_runner.sampler.sample = sample_recording  # type: ignore[assignment]
         with torch.inference_mode():
             runner.prefill_batch(seqs)
             tokens.append([s.last_token for s in seqs])
             for _ in range(steps):
                 tokens.append(runner.launch().wait())
+        static_runner.sampler.sample = sample  # type: ignore[assignment]
         torch.cuda.synchronize()
         return {
             "attn": info.attn,
@@ -100,7 +168,8 @@ def run_backend(ckpt: Path, backend: str, steps: int, seed: int) -> dict[str, An
             "runner_flash": runner.flash,
             "graphs": runner.graphs.use_graphs,
             "tokens": [list(t) for t in zip(*tokens, strict=True)],  # per request
-            "logits": torch.stack(logits).cpu(),  # (steps, requests, vocab)
+            # (1 + steps, requests, vocab): the prefill's, then each decode step's
+            "logits": torch.cat([prefill[0][None], torch.stack(logits)]).cpu(),
         }
     finally:
         eng.shutdown()
@@ -117,12 +186,12 @@ def compare(ref: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
     for r, (a, b) in enumerate(zip(ref["tokens"], got["tokens"], strict=True)):
         n = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
         agree.append(n)
-        # logits[k] is decode step k, whose input is token k: compare the steps fed equal inputs
-        for k in range(min(n, ref["logits"].shape[0])):
+        # logits[k] gave token k (0: the prefill): compare those computed from equal inputs
+        for k in range(min(n + 1, ref["logits"].shape[0])):
             x, y = ref["logits"][k, r], got["logits"][k, r]
             rel = max(rel, float((x - y).abs().max() / x.abs().max().clamp_min(1e-6)))
-        if n < len(a) and n >= 1:
-            top = ref["logits"][n - 1, r].topk(2).values
+        if n < len(a):
+            top = ref["logits"][n, r].topk(2).values
             gaps.append(round(float(top[0] - top[1]), 4))
     return {"agree": agree, "rel_max_diff": round(rel, 5), "top2_gap_at_divergence": gaps}
 
@@ -136,6 +205,9 @@ def main() -> int:
     from bench.vlmbench import shapes
 
     failed = False
+    kernels = kernel_check()
+    failed |= not all(k["ok"] for k in kernels)
+    print(json.dumps({"kernel_check": kernels}), flush=True)
     for name in args.models.split(","):
         shape = shapes.get_shape(name)
         with tempfile.TemporaryDirectory() as tmp:
