@@ -4,8 +4,9 @@
 
 For each random-weight shape (bf16, the same seed, so both backends run the same weights): the engine
 is loaded with ``sdpa`` and then with ``flash_attention_2``; its /health decode path is printed, and a
-``StaticRunner`` with CUDA graphs prefills three requests of different lengths (one image each, of
-different sizes) in one batch and decodes ``--steps`` steps greedily. The check: the greedy tokens
+``StaticRunner`` with CUDA graphs prefills requests of different lengths (three with one image each,
+of different sizes, in one right-padded batch: ``--prefill batch``; or those and a text-only one, one
+by one, unpadded: ``--prefill one``) and decodes ``--steps`` steps greedily. The check: the greedy tokens
 agree on the first tokens (a divergence is reported with the top-2 logit gap, to tell a near-tie from
 a bug), and the decode logits, while the tokens agree, are within bf16 tolerance (max |diff| over the
 logits' max |value|). Prints one JSON line per shape; exits 1 when a shape fails.
@@ -108,8 +109,9 @@ def kernel_check() -> list[dict[str, Any]]:
     return out
 
 
-def run_backend(ckpt: Path, backend: str, steps: int, seed: int) -> dict[str, Any]:
-    """Tokens and per-step logits of the three requests on ``backend``, and the engine's decode path."""
+def run_backend(ckpt: Path, backend: str, steps: int, seed: int, batched: bool) -> dict[str, Any]:
+    """Tokens and per-step logits of the four requests on ``backend``, and the engine's decode path;
+    prefilled in one right-padded batch (``batched``) or one by one (no padding, no mask for flash)."""
     import torch
     from omega_server.engine import Engine, EngineConfig
     from omega_server.engine.sequence import Seq
@@ -149,13 +151,17 @@ def run_backend(ckpt: Path, backend: str, steps: int, seed: int) -> dict[str, An
         sample = static_runner.sampler.sample
 
         def sample_recording(seqs_: Any, first: torch.Tensor) -> Any:
-            prefill.append(first.float().clone())
+            prefill.append(first.reshape(len(seqs_), -1).float().clone())
             return sample(seqs_, first)
 
         prefill: list[torch.Tensor] = []
         static_runner.sampler.sample = sample_recording  # type: ignore[assignment]
         with torch.inference_mode():
-            runner.prefill_batch(seqs)
+            if batched:
+                runner.prefill_batch(seqs)
+            else:
+                for seq in seqs:
+                    runner.prefill(seq)
             tokens.append([s.last_token for s in seqs])
             for _ in range(steps):
                 tokens.append(runner.launch().wait())
@@ -169,7 +175,7 @@ def run_backend(ckpt: Path, backend: str, steps: int, seed: int) -> dict[str, An
             "graphs": runner.graphs.use_graphs,
             "tokens": [list(t) for t in zip(*tokens, strict=True)],  # per request
             # (1 + steps, requests, vocab): the prefill's, then each decode step's
-            "logits": torch.cat([prefill[0][None], torch.stack(logits)]).cpu(),
+            "logits": torch.cat([torch.cat(prefill)[None], torch.stack(logits)]).cpu(),
         }
     finally:
         eng.shutdown()
@@ -201,6 +207,7 @@ def main() -> int:
     parser.add_argument("--models", default="omega17_vl_exp,qwen2_5_vl_7b")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prefill", choices=["batch", "one"], default="batch")
     args = parser.parse_args()
     from bench.vlmbench import shapes
 
@@ -212,8 +219,9 @@ def main() -> int:
         shape = shapes.get_shape(name)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = shapes.write_checkpoint(shape, Path(tmp) / name)
-            ref = run_backend(ckpt, "sdpa", args.steps, args.seed)
-            got = run_backend(ckpt, "flash_attention_2", args.steps, args.seed)
+            batched = args.prefill == "batch"
+            ref = run_backend(ckpt, "sdpa", args.steps, args.seed, batched)
+            got = run_backend(ckpt, "flash_attention_2", args.steps, args.seed, batched)
         result = compare(ref, got)
         first_ok = all(n >= 2 for n in result["agree"])
         ok = (
@@ -227,6 +235,7 @@ def main() -> int:
             json.dumps(
                 {
                     "model": name,
+                    "prefill": args.prefill,
                     "ok": ok,
                     **result,
                     "tolerance": TOLERANCE,

@@ -213,3 +213,39 @@ def test_static_runner_flash_decode_matches_sdpa(
     finally:
         gqa_decode.install(True)
         eng.shutdown()
+
+
+def test_without_full_mask_drops_only_a_mask_of_ones() -> None:
+    from omega_server.engine.inputs import without_full_mask
+
+    ids = torch.ones(2, 5, dtype=torch.long)
+    full = {"input_ids": ids, "attention_mask": torch.ones(2, 5, dtype=torch.long)}
+    padded = {"input_ids": ids, "attention_mask": torch.tensor([[1] * 5, [1, 1, 1, 0, 0]])}
+    assert set(without_full_mask(full)) == {"input_ids"}
+    assert without_full_mask(padded) is padded
+    assert without_full_mask({"input_ids": ids}) == {"input_ids": ids}
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl_moe"])
+def test_prefill_without_the_mask_of_ones_gives_the_same_logits(
+    arch: str, tiny_checkpoint: Callable[[str], Path]
+) -> None:
+    """What the flash prefill relies on: an unpadded prompt (its image's M-RoPE positions too) gives
+    the same logits with its all-ones mask dropped."""
+    from omega_server.engine.inputs import without_full_mask
+
+    eng = Engine.load(
+        EngineConfig(model_path=str(tiny_checkpoint(arch)), attn_impl="sdpa", kv_cache="dynamic")
+    )
+    try:
+        model = eng._loaded.model
+        inputs = eng.prepare(chat(2)).inputs
+        got = []
+        with torch.inference_mode():
+            for batch in (inputs, without_full_mask(inputs)):
+                model.model.rope_deltas = None
+                got.append(model(**batch, use_cache=False).logits)
+        assert "attention_mask" in inputs
+        torch.testing.assert_close(got[0], got[1])
+    finally:
+        eng.shutdown()

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from omega_server.engine import kvslots, sampler
-from omega_server.engine.inputs import collate
+from omega_server.engine.inputs import collate, without_full_mask
 from omega_server.engine.runner import Pending, Runner
 from omega_server.engine.sequence import Seq
 from omega_server.kernels import flash_decode
@@ -131,7 +131,8 @@ class StaticRunner(Runner):
         """
         lengths = [int(s.prepared.inputs["input_ids"].shape[1]) for s in seqs]
         pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
-        inputs = self._to_device(collate([s.prepared.inputs for s in seqs], pad_id))
+        batch = collate([s.prepared.inputs for s in seqs], pad_id)
+        inputs = self._to_device(without_full_mask(batch) if self.flash_prefill else batch)
         last = sorted({n - 1 for n in lengths})
         keep = torch.tensor(last, device=self.device)
         out, cache = self._prefill_pass(len(seqs), inputs, keep)
