@@ -249,3 +249,38 @@ def test_prefill_without_the_mask_of_ones_gives_the_same_logits(
         torch.testing.assert_close(got[0], got[1])
     finally:
         eng.shutdown()
+
+
+def test_flash_slot_cache_warm_up_failure_falls_back_to_sdpa_in_place(
+    tiny_checkpoint: Callable[[str], Path],
+) -> None:
+    """A model set to flash_attention_2 whose kernels cannot run here (no flash-attn on the CPU): the
+    slot cache's warm-up fails, the model switches to sdpa in place, the sdpa slot cache is used, and
+    the info (so /health) says flash is not loaded and why."""
+    import dataclasses
+
+    from omega_server.engine.load import start_runner
+
+    config = EngineConfig(model_path=str(tiny_checkpoint("qwen2_5_vl")), attn_impl="sdpa", kv_cache="static")
+    eng = Engine.load(config)
+    try:
+        loaded = eng._loaded
+        for cfg in {id(c): c for c in (loaded.model.config, loaded.model.config.get_text_config())}.values():
+            cfg._attn_implementation_internal = "flash_attention_2"
+        assert loaded.model.config._attn_implementation == "flash_attention_2"
+        info = dataclasses.replace(
+            eng.info,
+            attn="flash_attention_2",
+            flash_attn={"available": True, "loaded": True, "version": "2.8.3", "error": None},
+        )
+        runner = start_runner(config, loaded, info)
+        assert isinstance(runner, StaticRunner) and not runner.flash
+        assert loaded.model.config._attn_implementation == "sdpa"
+        assert info.attn == "sdpa" and info.kv_cache == "static" and info.flash_kernels is None
+        assert info.flash_attn["loaded"] is False and info.flash_attn["error"]
+        assert info.flash_load_failures == 1 and info.gqa_decode
+        assert decode_report(info)["flash_kernels"] is None
+    finally:
+        flash_decode.install(False)
+        gqa_decode.install(True)
+        eng.shutdown()

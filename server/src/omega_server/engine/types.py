@@ -66,8 +66,8 @@ class EngineConfig:
     device: str = "auto"
     served_model_name: str | None = None
     max_images_per_request: int = 8
-    # "dynamic" (DynamicCache, any backend), "static" (slot cache; sdpa/eager only) or "auto"
-    # (static with CUDA graphs on a GPU with sdpa/eager, dynamic otherwise)
+    # "dynamic" (DynamicCache, any backend), "static" (slot cache; sdpa, eager, flash_attention_2) or
+    # "auto" (static with CUDA graphs on a GPU with those backends, dynamic otherwise)
     kv_cache: str = "auto"
     cuda_graphs: bool = True  # replay static-cache decode steps as CUDA graphs (GPU only)
     # static cache: waiting requests are prefilled together, up to this many (padded) prompt tokens
