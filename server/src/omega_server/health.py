@@ -26,7 +26,9 @@ def decode_report(info: Any) -> dict[str, Any]:
 
     ``kv_cache`` static|dynamic, ``cuda_graphs``, ``compiled`` (torch.compile), ``gqa_decode`` (one-token
     attention on the unexpanded key/value heads), ``experts`` (a MoE model's experts path, e.g.
-    ``omega_fused_decode`` or ``grouped_mm``; null for a dense model).
+    ``omega_fused_decode`` or ``grouped_mm``; null for a dense model), ``flash_kernels`` (the
+    flash-attn kernels the flash_attention_2 backend runs on the slot cache: ``flash_attn_with_kvcache``
+    for decoding, ``flash_attn_varlen_func`` for prefill and the vision tower; null otherwise).
     """
     return {
         "kv_cache": info_get(info, "kv_cache"),
@@ -34,6 +36,7 @@ def decode_report(info: Any) -> dict[str, Any]:
         "compiled": info_get(info, "compiled"),
         "gqa_decode": info_get(info, "gqa_decode"),
         "experts": info_get(info, "experts_implementation"),
+        "flash_kernels": info_get(info, "flash_kernels"),
     }
 
 

@@ -154,6 +154,19 @@ def collate(items: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torc
     return out
 
 
+def without_full_mask(inputs: dict[str, Any]) -> dict[str, Any]:
+    """``inputs`` without an ``attention_mask`` that opens every column (a host tensor of ones).
+
+    For flash_attention_2: transformers unpads the prompts at every layer when a 2D mask is passed
+    (an index copy of the query/key/value and a host sync per layer), even when nothing is padded;
+    without the mask the prefill runs the dense flash kernel, with the same result.
+    """
+    mask = inputs.get("attention_mask")
+    if mask is None or mask.device.type != "cpu" or not bool(mask.all()):
+        return inputs
+    return {k: v for k, v in inputs.items() if k != "attention_mask"}
+
+
 def prefill_groups(seqs: list[Seq], max_tokens: int) -> list[list[Seq]]:
     """Split admitted sequences into prefill batches: equal ``collate_key``, padded size <= max_tokens."""
     groups: list[list[Seq]] = []

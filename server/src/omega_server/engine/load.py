@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from omega_server import attention, kernels, models
-from omega_server.engine.errors import is_fatal
+from omega_server.engine.errors import describe_error, is_fatal
 from omega_server.engine.inputs import check_request, prepare_inputs
 from omega_server.engine.runner import Runner
 from omega_server.engine.sequence import Seq
 from omega_server.engine.static_runner import StaticRunner
 from omega_server.engine.types import EngineConfig, EngineInfo, GenerationRequest, SamplingParams
+from omega_server.kernels import flash_decode
 
 if TYPE_CHECKING:
     from omega_server.engine.core import Engine
@@ -88,11 +89,14 @@ def make_runner(config: EngineConfig, loaded: models.LoadedModel, backend: str) 
     """The decode path for this config and backend (see ``EngineConfig.kv_cache``)."""
     if config.kv_cache not in ("auto", "dynamic", "static"):
         raise ValueError(f"kv_cache must be auto, dynamic or static, got {config.kv_cache!r}")
-    masks_4d = backend in ("sdpa", "eager")
+    # sdpa/eager read the slot cache's 4D mask; flash_attention_2 reads its cache_seqlens
+    slot_backend = backend in ("sdpa", "eager", flash_decode.BACKEND)
     on_gpu = loaded.model.device.type == "cuda"
     one_device = len(loaded.devices) == 1  # the slot buffers and graphs live on one device
     static = (
-        masks_4d and one_device and (config.kv_cache == "static" or (config.kv_cache == "auto" and on_gpu))
+        slot_backend
+        and one_device
+        and (config.kv_cache == "static" or (config.kv_cache == "auto" and on_gpu))
     )
     if not static:
         return Runner(loaded.model, loaded.processor)
@@ -115,27 +119,64 @@ def make_runner(config: EngineConfig, loaded: models.LoadedModel, backend: str) 
 
 
 def start_runner(config: EngineConfig, loaded: models.LoadedModel, info: EngineInfo) -> Runner:
-    """The runner an engine decodes with, warmed up; records the decode path in ``info``."""
+    """The runner an engine decodes with, warmed up; records the decode path in ``info``.
+
+    When the flash_attention_2 slot-cache step fails its warm-up, the model switches to sdpa in place
+    (``info`` says so, as ``attention.resolve``'s fallback does) and the sdpa slot cache is tried; when
+    a slot cache fails otherwise, the dynamic cache is used.
+    """
     runner = make_runner(config, loaded, info.attn)
     if isinstance(runner, StaticRunner):
         try:  # allocate the slots and capture the first graph now, not at the first request
-            started = time.perf_counter()
-            warm_runner(runner, loaded)  # compiles batch 1 when compiling
-            if runner.compiled:
-                with torch.inference_mode():
-                    runner.precompile()
-                info.compile_seconds = round(time.perf_counter() - started, 3)
-                log.info("decode step compiled (and captured) in %.1f s", info.compile_seconds)
+            _warm_static(runner, loaded, info)
         except Exception as exc:
             if is_fatal(exc):
                 raise
-            log.warning("static KV cache failed its warm-up (%s); using the dynamic cache", exc)
-            runner = Runner(loaded.model, loaded.processor)
+            runner = _after_static_failure(config, loaded, info, runner, exc)
     static = runner if isinstance(runner, StaticRunner) else None
     info.kv_cache = "static" if static is not None else "dynamic"
     info.cuda_graphs = static is not None and static.graphs.use_graphs
     info.compiled = static is not None and static.compiled
+    info.flash_kernels = list(flash_decode.KERNELS) if static is not None and static.flash else None
     return runner
+
+
+def _warm_static(runner: StaticRunner, loaded: models.LoadedModel, info: EngineInfo) -> None:
+    started = time.perf_counter()
+    warm_runner(runner, loaded)  # compiles batch 1 when compiling
+    if runner.compiled:
+        with torch.inference_mode():
+            runner.precompile()
+        info.compile_seconds = round(time.perf_counter() - started, 3)
+        log.info("decode step compiled (and captured) in %.1f s", info.compile_seconds)
+
+
+def _after_static_failure(
+    config: EngineConfig, loaded: models.LoadedModel, info: EngineInfo, runner: StaticRunner, exc: Exception
+) -> Runner:
+    """The runner to use after ``runner``'s warm-up raised ``exc``: sdpa's slot cache when the flash
+    step failed (the model switched in place), else the dynamic cache."""
+    if not runner.flash:
+        log.warning("static KV cache failed its warm-up (%s); using the dynamic cache", exc)
+        return Runner(loaded.model, loaded.processor)
+    error = describe_error(exc)
+    log.warning("flash_attention_2 slot-cache decode failed its warm-up, falling back to sdpa: %s", error)
+    del runner
+    loaded.model.set_attn_implementation(attention.FALLBACK)
+    info.attn = attention.FALLBACK
+    info.flash_attn = {**info.flash_attn, "loaded": False, "error": error}
+    info.flash_load_failures = 1
+    info.gqa_decode = kernels.install(loaded.model, info.attn, enabled=config.fast_decode).gqa_decode
+    fallback = make_runner(config, loaded, info.attn)
+    if isinstance(fallback, StaticRunner):
+        try:
+            _warm_static(fallback, loaded, info)
+        except Exception as again:
+            if is_fatal(again):
+                raise
+            log.warning("static KV cache failed its warm-up (%s); using the dynamic cache", again)
+            return Runner(loaded.model, loaded.processor)
+    return fallback
 
 
 def warmup_request(max_tokens: int = 2) -> GenerationRequest:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from omega_server.engine import sampler
+from omega_server.engine.inputs import without_full_mask
 from omega_server.engine.sequence import Seq
 from omega_server.engine.types import EngineStats
 
@@ -61,6 +62,8 @@ class Runner:
         params = inspect.signature(model.forward).parameters
         self.logits_to_keep = "logits_to_keep" in params
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        # flash_attention_2 prefills without an all-ones padding mask (``inputs.without_full_mask``)
+        self.flash_prefill = str(getattr(model.config, "_attn_implementation", "")) == "flash_attention_2"
         self.eos_ids = self._eos_ids()
         # the running batch
         self.seqs: list[Seq] = []
@@ -155,7 +158,8 @@ class Runner:
 
     def prefill(self, seq: Seq) -> None:
         """Run the prompt (with its images) alone, sample the first token, and join the batch."""
-        inputs = self._to_device(seq.prepared.inputs)
+        inputs = seq.prepared.inputs
+        inputs = self._to_device(without_full_mask(inputs) if self.flash_prefill else inputs)
         out, cache = self._prefill_pass(1, inputs)
         deltas = self._rope_deltas(1)
         tokens = sampler.sample([seq], out.logits[:, -1, :])

@@ -66,8 +66,8 @@ class EngineConfig:
     device: str = "auto"
     served_model_name: str | None = None
     max_images_per_request: int = 8
-    # "dynamic" (DynamicCache, any backend), "static" (slot cache; sdpa/eager only) or "auto"
-    # (static with CUDA graphs on a GPU with sdpa/eager, dynamic otherwise)
+    # "dynamic" (DynamicCache, any backend), "static" (slot cache; sdpa, eager, flash_attention_2) or
+    # "auto" (static with CUDA graphs on a GPU with those backends, dynamic otherwise)
     kv_cache: str = "auto"
     cuda_graphs: bool = True  # replay static-cache decode steps as CUDA graphs (GPU only)
     # static cache: waiting requests are prefilled together, up to this many (padded) prompt tokens
@@ -114,6 +114,8 @@ class EngineInfo:
     gqa_decode: bool = False  # one-token attention packs the grouped heads (no key/value copies)
     # MoE models: the experts path (omega_fused_decode, grouped_mm, ...); None for a dense model
     experts_implementation: str | None = None
+    # flash_attention_2 on the slot cache: the flash-attn kernels in use (kernels.flash_decode.KERNELS)
+    flash_kernels: list[str] | None = None
 
 
 @dataclass
