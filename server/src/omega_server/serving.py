@@ -151,11 +151,6 @@ class ChatService:
         except EngineError as exc:
             raise from_engine_error(exc) from None
 
-    def _observe_first(self, arrival: float, seen: list[bool]) -> None:
-        if not seen[0]:
-            seen[0] = True
-            self.metrics.ttft.observe(time.monotonic() - arrival)
-
     def _record_usage(self, last: StepOutput | None) -> None:
         if last is not None:
             self.metrics.prompt_tokens.inc(last.prompt_tokens)
@@ -164,14 +159,14 @@ class ChatService:
     async def _complete(self, prepared: Any, arrival: float, clock: StageClock) -> JSONResponse:
         texts: list[str] = []
         last: StepOutput | None = None
-        seen = [False]
+        timer = self.metrics.timer(arrival)
         try:
             outputs = self.engine.stream(prepared)
             try:
                 async for out in outputs:
-                    if not seen[0]:
+                    if not timer.first_seen:
                         clock.mark("first-token")
-                    self._observe_first(arrival, seen)
+                    timer.output(out)
                     texts.append(out.text)
                     last = out
             finally:
@@ -229,7 +224,7 @@ class ChatService:
     ) -> AsyncIterator[str]:
         chunks = sse.ChunkFrames(self.model_name, include_usage)
         last: StepOutput | None = None
-        seen = [False]
+        timer = self.metrics.timer(arrival)
         finished = False
         # Frames go out once per engine output, joined into one write: the role chunk with the first
         # token's content, a finished token's content with its finish chunk.
@@ -250,7 +245,7 @@ class ChatService:
 
             try:
                 async for out in all_outputs():
-                    self._observe_first(arrival, seen)
+                    timer.output(out)
                     last = out
                     if out.text:
                         frames.append(chunks.content(out.text))

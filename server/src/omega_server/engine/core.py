@@ -192,7 +192,7 @@ class Engine:
                 seq.done = True
                 seq.send(err)
         self._runner.evict([])
-        self.stats.running = 0
+        self.stats.running = self.stats.kv_tokens = 0
 
     def _work(self) -> None:
         runner = self._runner
@@ -224,6 +224,7 @@ class Engine:
                     if runner.seqs or self._pending is not None:
                         self._step()
                     self.stats.running = len(runner.seqs)
+                    self.stats.kv_tokens = sum(s.cache_len for s in runner.seqs)
         except Exception as exc:  # a bug or an unrecoverable device error: fail everything, loudly
             log.exception("engine worker crashed")
             self._die(f"worker crashed: {describe_error(exc)}")

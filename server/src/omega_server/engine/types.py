@@ -127,6 +127,7 @@ class EngineStats:
     max_batch_seen: int = 0
     queue_depth: int = 0
     running: int = 0
+    kv_tokens: int = 0  # tokens in the KV cache rows of the running sequences
     prefill_passes: int = 0
     decode_passes: int = 0
     requests_total: int = 0
