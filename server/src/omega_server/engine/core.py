@@ -124,9 +124,7 @@ class Engine:
                     return
         finally:
             if not seq.done:
-                seq.cancelled = True
-                with self._cond:
-                    self._cond.notify_all()
+                self._cancel(seq)
 
     def _submit(self, seq: Seq) -> None:
         with self._cond:
@@ -155,11 +153,24 @@ class Engine:
         seq = Seq(prepared=prepared, loop=None, queue=None, emit=emit)
         self._submit(seq)
         if not done.wait(timeout):
-            seq.cancelled = True
+            self._cancel(seq)
             raise TimeoutError("generation did not finish in time")
         if isinstance(items[-1], BaseException):
             raise items[-1]
         return items
+
+    def _cancel(self, seq: Seq) -> None:
+        """Cancel a request: a queued one leaves the queue now (admission and queue depth see it
+        gone); a running one is evicted by the worker between steps."""
+        with self._cond:
+            seq.cancelled = True
+            for i, queued in enumerate(self._waiting):
+                if queued is seq:  # by identity: a Seq's fields hold tensors
+                    del self._waiting[i]
+                    seq.done = True
+                    self.stats.queue_depth = len(self._waiting)
+                    break
+            self._cond.notify_all()
 
     def shutdown(self) -> None:
         """Stop the worker; queued and running requests end with EngineDeadError."""
