@@ -55,3 +55,192 @@ def test_cancelled_queued_requests_leave_the_queue_at_once(tiny_checkpoint: Call
     finally:
         eng.shutdown()
 
+
+def test_a_detokenizer_error_fails_that_request_only(tiny_checkpoint: Callable[[str], Path]) -> None:
+    """An exception while decoding one request's tokens ends that request; the batch goes on."""
+    from omega_server.engine.errors import EngineError
+
+    eng = load(tiny_checkpoint, max_batch_size=2)
+    real = eng._start
+
+    def start(seq: Any) -> None:
+        real(seq)
+        if seq.prepared.params.max_tokens == 7:  # the bad request
+            text = seq.text
+            add = text.add
+
+            def broken(token: int) -> Any:
+                if len(text.token_ids) >= 2:
+                    raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+                return add(token)
+
+            text.add = broken
+
+    eng._start = start  # type: ignore[method-assign]
+
+    async def main() -> tuple[BaseException | None, list[StepOutput]]:
+        async def bad() -> BaseException | None:
+            try:
+                await collect(eng, eng.prepare(chat(1, max_tokens=7)))
+            except EngineError as exc:
+                return exc
+            return None
+
+        return await asyncio.gather(bad(), collect(eng, eng.prepare(chat(2, max_tokens=20, ignore_eos=True))))
+
+    try:
+        err, good = asyncio.run(main())
+        assert isinstance(err, EngineError) and err.code == "generation_failed"
+        assert "UnicodeDecodeError" in err.message
+        assert len(good) == 20 and good[-1].finished  # the other request finished normally
+        assert eng.alive
+        assert len(run(eng, chat(0, max_tokens=3))) == 3
+    finally:
+        eng.shutdown()
+
+
+def run(eng: Engine, req: Any) -> list[StepOutput]:
+    async def main() -> list[StepOutput]:
+        return await collect(eng, eng.prepare(req))
+
+    return asyncio.run(main())
+
+
+def test_a_crash_tells_requests_taken_off_the_queue_but_not_prefilled(
+    tiny_checkpoint: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker crash between taking requests off the queue and prefilling them ends them with an
+    error (EngineDeadError), instead of leaving their clients waiting forever."""
+    import omega_server.engine.core as core
+    from omega_server.engine import EngineDeadError
+
+    eng = load(tiny_checkpoint, max_batch_size=4, kv_cache="static")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in prefill grouping")
+
+    monkeypatch.setattr(core, "prefill_groups", broken)
+
+    async def main() -> list[BaseException | list[StepOutput]]:
+        # queued together before the worker wakes: admitted (and grouped) as one lot
+        with eng._cond:
+            tasks = [
+                asyncio.ensure_future(collect(eng, eng.prepare(chat(i, max_tokens=3)))) for i in range(2)
+            ]
+            await asyncio.sleep(0.05)
+        async with asyncio.timeout(30):
+            return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    try:
+        results = asyncio.run(main())
+        assert all(isinstance(r, EngineDeadError) for r in results), results
+        assert "a bug in prefill grouping" in str(results[0])
+        assert not eng.alive
+    finally:
+        eng.shutdown()
+
+
+def test_a_stuck_worker_is_reported_stalled(tiny_checkpoint: Callable[[str], Path]) -> None:
+    """``stalled_seconds`` grows while the worker is stuck in a step with work pending, and is 0 idle."""
+    import threading
+
+    eng = load(tiny_checkpoint)
+    assert eng.stalled_seconds() == 0.0
+    release = threading.Event()
+    real = eng._runner.launch
+
+    def stuck() -> Any:
+        release.wait(30)
+        return real()
+
+    eng._runner.launch = stuck  # type: ignore[method-assign]
+
+    async def main() -> float:
+        task = asyncio.ensure_future(collect(eng, eng.prepare(chat(0, max_tokens=2))))
+        await asyncio.sleep(0.6)
+        stalled = eng.stalled_seconds()
+        release.set()
+        await task
+        return stalled
+
+    try:
+        assert asyncio.run(main()) >= 0.4
+        for _ in range(200):
+            if eng.stalled_seconds() == 0.0:
+                break
+            threading.Event().wait(0.01)
+        assert eng.stalled_seconds() == 0.0  # idle again
+    finally:
+        eng.shutdown()
+
+
+def test_out_of_memory_in_a_prefill_fails_that_request_with_retry_and_the_engine_goes_on(
+    tiny_checkpoint: Callable[[str], Path],
+) -> None:
+    import torch
+    from omega_server.engine.errors import OutOfMemoryError
+    from omega_server.errors import from_engine_error
+
+    eng = load(tiny_checkpoint, kv_cache="static")
+    real = eng._runner._prefill_pass
+    calls = [0]
+
+    def prefill_pass(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(*args, **kwargs)
+
+    eng._runner._prefill_pass = prefill_pass  # type: ignore[method-assign]
+    try:
+        with pytest.raises(OutOfMemoryError) as info:
+            run(eng, chat(0, max_tokens=3))
+        assert info.value.code == "out_of_memory" and info.value.retry_after > 0
+        http = from_engine_error(info.value)
+        assert http.status == 503 and int(http.headers["Retry-After"]) >= 1
+        assert eng.alive and eng.stats.errors_total == 1 and eng.stats.running == 0
+        assert len(run(eng, chat(0, max_tokens=3))) == 3  # the engine goes on
+    finally:
+        eng.shutdown()
+
+
+def test_live_is_503_when_the_worker_is_stuck_with_work_pending(request: pytest.FixtureRequest) -> None:
+    import threading
+
+    import httpx
+
+    from tests.omega_server.live import ThreadServer, image_message, tiny
+
+    server = ThreadServer(
+        {"MODEL_PATH": str(tiny(request)), "ATTN_IMPL": "sdpa", "WORKER_STALL_SECONDS": "0.3"}
+    ).start()
+    release = threading.Event()
+    runner = server.engine._runner
+    real = runner.launch
+    runner.launch = lambda: (release.wait(30), real())[1]
+    try:
+        assert httpx.get(f"{server.url}/live").json() == {"status": "alive"}
+        body = {"messages": [image_message()], "max_tokens": 2}
+        chat = threading.Thread(
+            target=httpx.post,
+            args=(f"{server.url}/v1/chat/completions",),
+            kwargs={"json": body, "timeout": 60},
+        )
+        chat.start()
+        live = None
+        for _ in range(300):
+            live = httpx.get(f"{server.url}/live")
+            if live.status_code == 503:
+                break
+            threading.Event().wait(0.02)
+        assert live is not None and live.status_code == 503 and live.json()["status"] == "stalled"
+        release.set()
+        chat.join(60)
+        for _ in range(300):
+            if httpx.get(f"{server.url}/live").status_code == 200:
+                break
+            threading.Event().wait(0.02)
+        assert httpx.get(f"{server.url}/live").json() == {"status": "alive"}
+    finally:
+        release.set()
+        server.stop()

@@ -67,6 +67,7 @@ def http_config(settings: Settings) -> HttpConfig:
         default_max_tokens=settings.default_max_tokens,
         max_images_per_request=settings.max_images_per_request,
         api_key=settings.api_key,
+        worker_stall_seconds=settings.worker_stall_seconds,
         images=ImageLimits(
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,

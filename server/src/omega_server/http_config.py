@@ -25,3 +25,4 @@ class HttpConfig:
     max_images_per_request: int
     api_key: SecretStr | None  # when set, /v1/* needs ``Authorization: Bearer``
     images: ImageLimits
+    worker_stall_seconds: float = 300.0  # /live is 503 after this long without engine progress under work

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         "with a 400 (every resolved address and every redirect hop is checked).",
     )
     image_fetch_timeout: float = Field(default=10.0, gt=0, description="Seconds to fetch one image URL.")
+    worker_stall_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="/live answers 503 when the engine's worker has made no progress for this many "
+        "seconds while requests are waiting or running (a stuck step), so the kubelet restarts it.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info")
 
     @field_validator("model_path")

@@ -26,6 +26,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -37,6 +38,7 @@ from omega_server.engine.detok import IncrementalText
 from omega_server.engine.errors import (
     EngineDeadError,
     EngineError,
+    OutOfMemoryError,
     QueueFullError,
     describe_error,
     is_fatal,
@@ -78,6 +80,9 @@ class Engine:
         self._waiting: collections.deque[Seq] = collections.deque()
         self._stopping = False
         self._dead_reason = ""
+        self._admitted: list[Seq] = []  # taken off the queue, not yet prefilled (a crash tells them too)
+        self._busy = False  # the worker has work (it is not waiting for requests)
+        self._beat = time.monotonic()  # when the worker last made progress (``stalled_seconds``)
         self._runner = start_runner(config, loaded, info)
         self._pending: Pending | None = None  # the decode step queued on the device, not yet read
         self._runner.stats = self.stats
@@ -180,6 +185,13 @@ class Engine:
         self._thread.join(timeout=30)
         self._die("the engine was shut down")
 
+    def stalled_seconds(self) -> float:
+        """Seconds since the worker last made progress while it has work; 0 when it is idle.
+
+        /live turns 503 past ``WORKER_STALL_SECONDS``: a worker stuck in a step never comes back.
+        """
+        return time.monotonic() - self._beat if self._busy and self.alive else 0.0
+
     # -- worker
 
     def _observe(self, n: int) -> None:
@@ -198,7 +210,7 @@ class Engine:
             self._waiting.clear()
             self.stats.queue_depth = 0
         err = EngineDeadError(self._dead_message())
-        for seq in pending + self._runner.seqs:
+        for seq in pending + self._admitted + self._runner.seqs:
             if not seq.done:
                 seq.done = True
                 seq.send(err)
@@ -218,7 +230,9 @@ class Engine:
                             and not runner.seqs
                             and self._pending is None
                         ):
+                            self._busy = False
                             self._cond.wait()
+                        self._busy, self._beat = True, time.monotonic()
                         if self._stopping:
                             return
                         free = self.config.max_batch_size - len(runner.seqs)
@@ -230,11 +244,14 @@ class Engine:
                             admitted.append(seq)
                             free -= 1
                         self.stats.queue_depth = len(self._waiting)
+                        self._admitted = admitted
                     self._admit_all(admitted)
+                    self._admitted = []
                     self._drop_finished()
                     if runner.seqs or self._pending is not None:
                         self._step()
                     self.stats.running = len(runner.seqs)
+                    self._beat = time.monotonic()
         except Exception as exc:  # a bug or an unrecoverable device error: fail everything, loudly
             log.exception("engine worker crashed")
             self._die(f"worker crashed: {describe_error(exc)}")
@@ -243,7 +260,9 @@ class Engine:
         """The one failure path: count it, evict ``seqs``' rows, end their requests, re-raise if fatal.
 
         After a device error (``is_fatal``) the requests get EngineDeadError and the exception goes on
-        to stop the engine; otherwise they get a ``generation_failed`` error and the engine goes on.
+        to stop the engine; after an out-of-memory error they get ``OutOfMemoryError`` (HTTP 503 with
+        Retry-After), the allocator's cache is emptied, and the engine goes on; otherwise they get a
+        ``generation_failed`` error and the engine goes on.
         """
         self.stats.errors_total += 1
         failed = {id(s) for s in seqs}
@@ -251,6 +270,14 @@ class Engine:
         fatal = is_fatal(exc)
         if fatal:
             err: EngineError = EngineDeadError(f"device error: {describe_error(exc)}")
+        elif isinstance(exc, torch.OutOfMemoryError):
+            log.warning("%s ran out of device memory: %s", what, describe_error(exc))
+            err = OutOfMemoryError(
+                f"out of device memory during the {what}; retry later or send a smaller request",
+                retry_after=2.0,
+            )
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         else:
             log.warning("%s failed: %s", what, describe_error(exc))
             err = EngineError(f"generation failed: {describe_error(exc)}", code="generation_failed")
@@ -287,7 +314,7 @@ class Engine:
                     self._admit(seq)
                 continue
             for seq in group:
-                self._after_token(seq, seq.last_token)
+                self._deliver(seq, seq.last_token)
 
     def _start(self, seq: Seq) -> None:
         """A sequence's sampler and text state, made when it is admitted (a generator only for a seed)."""
@@ -303,7 +330,7 @@ class Engine:
         except Exception as exc:
             self._fail([seq], exc, "prefill")
             return
-        self._after_token(seq, seq.last_token)
+        self._deliver(seq, seq.last_token)
 
     def _step(self) -> None:
         """One decode step, pipelined one deep on runners that can (the static slot cache).
@@ -327,7 +354,7 @@ class Engine:
         if pending is not None:
             for s, t in zip(pending.seqs, tokens, strict=True):
                 if not (s.done or s.cancelled):
-                    self._after_token(s, t)
+                    self._deliver(s, t)
         self._drop_finished()
 
     def _drop_finished(self) -> None:
@@ -337,6 +364,14 @@ class Engine:
             if s.cancelled:
                 s.done = True
         runner.evict(keep)
+
+    def _deliver(self, seq: Seq, token: int) -> None:
+        """``_after_token`` for one request; an error there (detokenizer, stop checks) fails that
+        request only, and its row leaves the batch before the next step."""
+        try:
+            self._after_token(seq, token)
+        except Exception as exc:
+            self._fail([seq], exc, "detokenization")
 
     def _after_token(self, seq: Seq, token: int) -> None:
         """Record a sampled token: its text (``detok``), the finish checks, and the delta sent out."""

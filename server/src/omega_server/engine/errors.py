@@ -43,6 +43,16 @@ class QueueFullError(EngineError):
         self.retry_after = retry_after
 
 
+class OutOfMemoryError(EngineError):
+    """The device ran out of memory for this request; the engine goes on (HTTP 503 with Retry-After)."""
+
+    default_code = "out_of_memory"
+
+    def __init__(self, message: str, *, retry_after: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
 class EngineDeadError(EngineError):
     """The engine stopped (shut down or an unrecoverable device error) (HTTP 503)."""
 
