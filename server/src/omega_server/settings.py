@@ -45,6 +45,15 @@ class Settings(BaseSettings):
         description="One-token attention on the unexpanded key/value heads (split-K Triton kernel on a "
         "GPU) and fused Triton MoE experts at small batch; false keeps transformers' own paths.",
     )
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Share of the GPU's memory the server may use: the KV slots get what is left of it "
+        "after the weights and a profiled prefill; fewer slots than MAX_BATCH_SIZE when they do not fit "
+        "(log and /health say so), a fatal kv_cache_too_small error when not one MAX_MODEL_LENGTH "
+        "sequence fits.",
+    )
     host: str = Field(default="0.0.0.0", description="Listen address.")
     port: int = Field(default=8000, ge=0, le=65535, description="Listen port (0 = any free port).")
     api_key: SecretStr | None = Field(

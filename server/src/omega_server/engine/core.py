@@ -84,6 +84,7 @@ class Engine:
         self._busy = False  # the worker has work (it is not waiting for requests)
         self._beat = time.monotonic()  # when the worker last made progress (``stalled_seconds``)
         self._runner = start_runner(config, loaded, info)
+        self._max_running = info.kv_slots or config.max_batch_size  # fewer when the KV slots are fewer
         self._pending: Pending | None = None  # the decode step queued on the device, not yet read
         self._runner.stats = self.stats
         self._runner.observer = self._observe
@@ -235,7 +236,7 @@ class Engine:
                         self._busy, self._beat = True, time.monotonic()
                         if self._stopping:
                             return
-                        free = self.config.max_batch_size - len(runner.seqs)
+                        free = self._max_running - len(runner.seqs)
                         while free > 0 and self._waiting:
                             seq = self._waiting.popleft()
                             if seq.cancelled:

@@ -59,6 +59,18 @@ class EngineDeadError(EngineError):
     default_code = "engine_dead"
 
 
+class StartupError(Exception):
+    """A fatal start-up error whose ``kind`` the operator reads as its own reason (``fatal: kind: ...``)."""
+
+    kind = "startup_failed"
+
+
+class KVCacheTooSmallError(StartupError):
+    """Not even one sequence of MAX_MODEL_LENGTH tokens fits in the device memory left for the KV cache."""
+
+    kind = "kv_cache_too_small"
+
+
 def describe_error(exc: BaseException) -> str:
     """``"ImportError: message"``, first line only, bounded, for /health and logs."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
