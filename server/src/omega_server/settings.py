@@ -60,7 +60,12 @@ class Settings(BaseSettings):
         default=None, description="When set, /v1/* needs `Authorization: Bearer`."
     )
     max_queue: int = Field(default=64, ge=1, description="Requests waiting for the engine before 429.")
-    default_max_tokens: int = Field(default=512, ge=1, description="max_tokens when a request gives none.")
+    default_max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="max_tokens when a request gives none (capped by the room left); unset: the room "
+        "left in MAX_MODEL_LENGTH after the prompt.",
+    )
     max_images_per_request: int = Field(default=8, ge=0, description="Image parts allowed in one request.")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest encoded image, bytes.")
     max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="Largest image, width x height.")
@@ -89,7 +94,7 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
-    @field_validator("served_model_name", "api_key", mode="before")
+    @field_validator("served_model_name", "api_key", "default_max_tokens", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -71,6 +71,12 @@ class KVCacheTooSmallError(StartupError):
     kind = "kv_cache_too_small"
 
 
+class ContextTooLongError(StartupError):
+    """MAX_MODEL_LENGTH is more than the model's positions (``max_position_embeddings``)."""
+
+    kind = "max_model_length_too_large"
+
+
 def describe_error(exc: BaseException) -> str:
     """``"ImportError: message"``, first line only, bounded, for /health and logs."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -17,13 +17,13 @@ import inspect
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from omega_server import attention, kernels, models
 from omega_server.engine import kv_budget
-from omega_server.engine.errors import KVCacheTooSmallError, describe_error, is_fatal
+from omega_server.engine.errors import ContextTooLongError, KVCacheTooSmallError, describe_error, is_fatal
 from omega_server.engine.inputs import check_request, prepare_inputs
 from omega_server.engine.runner import Runner
 from omega_server.engine.sequence import Seq
@@ -46,6 +46,7 @@ def load_engine(config: EngineConfig) -> Engine:
         raise ValueError("max_model_length must be >= 2")
     started = time.monotonic()
     path = models.resolve_model_path(config.model_path)
+    check_context(config, models.load_config(path)[0])
     if models.pick_device(config.device).startswith("cuda"):
         kernels.configure_sdpa_kernels()
     choice = attention.resolve(
@@ -97,6 +98,17 @@ def wants_static(config: EngineConfig, loaded: models.LoadedModel, backend: str)
     on_gpu = loaded.model.device.type == "cuda"
     one_device = len(loaded.devices) == 1  # the slot buffers and graphs live on one device
     return masks_4d and one_device and (config.kv_cache == "static" or (config.kv_cache == "auto" and on_gpu))
+
+
+def check_context(config: EngineConfig, model_config: Any) -> None:
+    """Refuse a ``max_model_length`` above the model's ``max_position_embeddings`` (a fatal start-up
+    error, before the weights load): positions past it were never trained and come out garbled."""
+    positions = getattr(kv_budget.text_config(model_config), "max_position_embeddings", None)
+    if isinstance(positions, int) and config.max_model_length > positions:
+        raise ContextTooLongError(
+            f"MAX_MODEL_LENGTH={config.max_model_length} is more than the model's "
+            f"max_position_embeddings={positions}; set MAX_MODEL_LENGTH to at most {positions}"
+        )
 
 
 def make_runner(
