@@ -68,7 +68,13 @@ class Settings(BaseSettings):
     )
     max_images_per_request: int = Field(default=8, ge=0, description="Image parts allowed in one request.")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest encoded image, bytes.")
-    max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="Largest image, width x height.")
+    max_image_pixels: int = Field(
+        default=1280 * 28 * 28,
+        ge=1,
+        description="Pixel budget of one image: a larger image is downscaled to it, keeping its aspect "
+        "ratio (default: about 1280 visual tokens on Qwen-VL, the max_pixels its model cards suggest; a "
+        "12 MP photo would otherwise be about 15k tokens). detail: low uses at most 512x512.",
+    )
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request body.")
     allow_image_urls: bool = Field(default=True, description="Fetch http(s) image URLs.")
     allow_private_image_urls: bool = Field(
