@@ -244,3 +244,54 @@ def test_live_is_503_when_the_worker_is_stuck_with_work_pending(request: pytest.
     finally:
         release.set()
         server.stop()
+
+
+def test_pixel_values_are_dropped_once_the_request_is_prefilled(
+    tiny_checkpoint: Callable[[str], Path],
+) -> None:
+    eng = load(tiny_checkpoint, "qwen2_5_vl")
+
+    async def main() -> tuple[set[str], set[str]]:
+        prepared = eng.prepare(chat(1, max_tokens=30, ignore_eos=True))
+        before = set(prepared.inputs)
+        agen = eng.stream(prepared)
+        await anext(agen)  # prefilled: the first token is out, decoding goes on
+        during = set(prepared.inputs)
+        await agen.aclose()
+        return before, during
+
+    try:
+        before, during = asyncio.run(main())
+        assert "pixel_values" in before
+        assert during == {"input_ids"}
+    finally:
+        eng.shutdown()
+
+
+def test_requests_are_prepared_several_at_once_each_on_its_own_processor(
+    tiny_checkpoint: Callable[[str], Path],
+) -> None:
+    """While one preprocessing call holds a processor, another request is prepared (no global lock)."""
+    import threading
+
+    eng = load(tiny_checkpoint, "qwen2_5_vl", preprocess_workers=2)
+    try:
+        done = threading.Event()
+        with eng._prep_pool.borrow() as held:  # a slow preprocessing call in flight
+            assert held is not eng._loaded.processor
+            worker = threading.Thread(target=lambda: (eng.prepare(chat(1)), done.set()))
+            worker.start()
+            assert done.wait(60), "a second request waited for the first one's preprocessing"
+        worker.join()
+        results: list[int] = []
+        threads = [
+            threading.Thread(target=lambda i=i: results.append(eng.prepare(chat(i % 3)).prompt_tokens))
+            for i in range(6)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == sorted(eng.prepare(chat(i % 3)).prompt_tokens for i in range(6))
+    finally:
+        eng.shutdown()

@@ -56,6 +56,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         compile=settings.compile,
         fast_decode=settings.fast_decode,
         gpu_memory_utilization=settings.gpu_memory_utilization,
+        preprocess_workers=settings.preprocess_workers,
     )
 
 

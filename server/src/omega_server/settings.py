@@ -54,6 +54,13 @@ class Settings(BaseSettings):
         "(log and /health say so), a fatal kv_cache_too_small error when not one MAX_MODEL_LENGTH "
         "sequence fits.",
     )
+    preprocess_workers: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Requests whose chat template and image processor run at once, each on its own "
+        "copy of the processor.",
+    )
     host: str = Field(default="0.0.0.0", description="Listen address.")
     port: int = Field(default=8000, ge=0, le=65535, description="Listen port (0 = any free port).")
     api_key: SecretStr | None = Field(

@@ -43,7 +43,7 @@ from omega_server.engine.errors import (
     describe_error,
     is_fatal,
 )
-from omega_server.engine.inputs import check_request, prefill_groups, prepare_inputs
+from omega_server.engine.inputs import ProcessorPool, check_request, prefill_groups, prepare_inputs
 from omega_server.engine.load import load_engine, start_runner
 from omega_server.engine.runner import Pending
 from omega_server.engine.sequence import Seq
@@ -75,7 +75,8 @@ class Engine:
         self.alive = True
         self._loaded = loaded
         self._processor = loaded.processor
-        self._prep_lock = threading.Lock()  # tokenizers/processors are not safe to share across threads
+        # preprocessing: one processor copy per concurrent call (tokenizers are not thread-safe)
+        self._prep_pool = ProcessorPool(loaded.processor, config.preprocess_workers)
         self._cond = threading.Condition()
         self._waiting: collections.deque[Seq] = collections.deque()
         self._stopping = False
@@ -101,13 +102,8 @@ class Engine:
     def prepare(self, req: GenerationRequest) -> PreparedRequest:
         """Apply the chat template and the processor. Raises InvalidRequestError / PromptTooLongError."""
         images = check_request(req, self.config.max_images_per_request)
-        return prepare_inputs(
-            self._processor,
-            req,
-            images,
-            max_model_length=self.config.max_model_length,
-            lock=self._prep_lock,
-        )
+        with self._prep_pool.borrow() as processor:
+            return prepare_inputs(processor, req, images, max_model_length=self.config.max_model_length)
 
     async def stream(self, prepared: PreparedRequest) -> AsyncGenerator[StepOutput, None]:
         """Queue the request and yield its deltas; the last has ``finished=True``.
@@ -315,6 +311,7 @@ class Engine:
                     self._admit(seq)
                 continue
             for seq in group:
+                release_inputs(seq)
                 self._deliver(seq, seq.last_token)
 
     def _start(self, seq: Seq) -> None:
@@ -331,6 +328,7 @@ class Engine:
         except Exception as exc:
             self._fail([seq], exc, "prefill")
             return
+        release_inputs(seq)
         self._deliver(seq, seq.last_token)
 
     def _step(self) -> None:
@@ -391,3 +389,10 @@ class Engine:
                 completion_tokens=len(text.token_ids),
             )
         )
+
+
+def release_inputs(seq: Seq) -> None:
+    """Drop a prefilled request's model inputs but its token ids: the pixel values (about 300 MB of
+    float32 for a 12 MP image at the processor's own limit) are not kept while it decodes."""
+    inputs = seq.prepared.inputs
+    seq.prepared.inputs = {"input_ids": inputs["input_ids"]} if "input_ids" in inputs else {}

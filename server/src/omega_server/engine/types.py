@@ -92,6 +92,8 @@ class EngineConfig:
     # static cache: the share of the device's memory the server may use; the KV slots get what is
     # left of it after the weights and a profiled prefill (``kv_budget``)
     gpu_memory_utilization: float = 0.9
+    # requests whose chat template and processor run at once (each on its own processor copy)
+    preprocess_workers: int = 2
     # tests and CPU runs: ``probe(profile) -> kv_budget.DeviceMemory`` in place of the device's own
     # numbers (``kv_budget.measure_cuda``); on the CPU without one the slots are not sized from memory
     memory_probe: Callable[[Callable[[], None]], DeviceMemory] | None = None
