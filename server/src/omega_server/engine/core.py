@@ -46,7 +46,7 @@ from omega_server.engine.errors import (
 from omega_server.engine.inputs import ProcessorPool, check_request, prefill_groups, prepare_inputs
 from omega_server.engine.load import load_engine, start_runner
 from omega_server.engine.runner import Pending
-from omega_server.engine.sequence import Seq
+from omega_server.engine.sequence import Seq, release_inputs
 from omega_server.engine.types import (
     EngineConfig,
     EngineInfo,
@@ -389,10 +389,3 @@ class Engine:
                 completion_tokens=len(text.token_ids),
             )
         )
-
-
-def release_inputs(seq: Seq) -> None:
-    """Drop a prefilled request's model inputs but its token ids: the pixel values (about 300 MB of
-    float32 for a 12 MP image at the processor's own limit) are not kept while it decodes."""
-    inputs = seq.prepared.inputs
-    seq.prepared.inputs = {"input_ids": inputs["input_ids"]} if "input_ids" in inputs else {}
