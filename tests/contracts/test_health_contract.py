@@ -79,3 +79,14 @@ def test_both_sides_agree_which_attn_impl_values_ask_for_flash(attn_impl: str) -
 def test_the_operator_accepts_every_attn_impl_the_server_accepts() -> None:
     assert set(settings.AttnImpl.__args__) == set(attention.CHOICES)  # type: ignore[attr-defined]
     assert set(attention.CHOICES) >= FLASH_REQUESTS
+
+
+@pytest.mark.parametrize("name", sorted(BODIES))
+def test_every_body_reports_the_kv_cache(name: str) -> None:
+    """`kv` (slots, token capacity, lowered, sized from memory) is in every phase's body; null before load."""
+    kv = BODIES[name]["kv"]
+    assert set(kv) == {"slots", "token_capacity", "lowered", "sized_from_memory", "budget_bytes"}
+    if name == "loading" or name == "failed":
+        assert set(kv.values()) == {None}
+    else:
+        assert kv["slots"] == 4 and kv["token_capacity"] == 4 * 8192 and kv["lowered"] is False

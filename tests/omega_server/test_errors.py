@@ -121,13 +121,6 @@ CASES: list[tuple[str, Any, int, tuple[str, ...], str | None]] = [
         "messages.0.content.1.image_url.url",
     ),
     (
-        "image-over-pixel-limit",
-        {"messages": user(TEXT, img(data_url(png_bytes((1024, 1024)))))},
-        400,
-        ("too large", "pixels"),
-        "messages.0.content.1.image_url.url",
-    ),
-    (
         "too-many-images",
         {"messages": user(TEXT, *(img(data_url(png_bytes())) for _ in range(3)))},
         400,

@@ -26,8 +26,9 @@ from omega_server.protocol import ChatCompletionRequest, ChatMessage, ImageURLPa
 MAX_STOP_SEQUENCES = 16
 MAX_CHARS_PER_TOKEN = 32  # generous: real tokenizers average 3-5 characters per token
 
-#: ``load_image(url, param)``: the decoded image behind a request's image URL
-ImageLoader = Callable[[str, str], Awaitable[Any]]
+#: ``load_image(url, param, detail)``: the decoded image behind a request's image URL, within the
+#: pixel budget of its ``detail``
+ImageLoader = Callable[[str, str, str | None], Awaitable[Any]]
 
 
 def parse_request(raw: bytes) -> ChatCompletionRequest:
@@ -185,10 +186,10 @@ def count_images(messages: list[ChatMessage]) -> int:
 async def to_engine_messages(messages: list[ChatMessage], load_image: ImageLoader) -> list[dict[str, Any]]:
     """OpenAI messages -> HF chat format (`{"role", "content": [{"type": "text"|"image", ...}]}`).
 
-    Images are loaded concurrently through `load_image(url, param)`.
+    Images are loaded concurrently through `load_image(url, param, detail)`.
     """
     out: list[dict[str, Any]] = []
-    pending: list[tuple[dict[str, Any], str, str]] = []  # (part to fill, url, param)
+    pending: list[tuple[dict[str, Any], str, str, str | None]] = []  # (part to fill, url, param, detail)
     for i, msg in enumerate(messages):
         role = "system" if msg.role == "developer" else msg.role
         parts: list[dict[str, Any]] = []
@@ -209,7 +210,7 @@ async def to_engine_messages(messages: list[ChatMessage], load_image: ImageLoade
                         )
                     entry: dict[str, Any] = {"type": "image", "image": None}
                     parts.append(entry)
-                    pending.append((entry, part.image_url.url, param))
+                    pending.append((entry, part.image_url.url, param, part.image_url.detail))
         if not parts:
             raise APIError(
                 400,
@@ -220,9 +221,9 @@ async def to_engine_messages(messages: list[ChatMessage], load_image: ImageLoade
         out.append({"role": role, "content": parts})
     if pending:
         results = await asyncio.gather(
-            *(load_image(url, param) for _, url, param in pending), return_exceptions=True
+            *(load_image(url, param, detail) for _, url, param, detail in pending), return_exceptions=True
         )
-        for (entry, _, _), result in zip(pending, results, strict=True):
+        for (entry, *_), result in zip(pending, results, strict=True):
             if isinstance(result, BaseException):
                 raise result
             entry["image"] = result

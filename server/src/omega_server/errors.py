@@ -21,6 +21,7 @@ from omega_server.engine.errors import (
     EngineDeadError,
     EngineError,
     InvalidRequestError,
+    OutOfMemoryError,
     PromptTooLongError,
     QueueFullError,
 )
@@ -84,7 +85,8 @@ def error_response(err: APIError) -> JSONResponse:
 
 
 def from_engine_error(exc: EngineError) -> APIError:
-    """Map the engine's typed errors to HTTP: overload 429, dead 503, bad request/too long 400."""
+    """Map the engine's typed errors to HTTP: overload 429, out of memory 503 + Retry-After, dead 503,
+    bad request/too long 400."""
     message = getattr(exc, "message", None) or str(exc)
     param = getattr(exc, "param", None)
     code = getattr(exc, "code", None)
@@ -96,6 +98,11 @@ def from_engine_error(exc: EngineError) -> APIError:
             param=param,
             code=code or "queue_full",
             headers={"Retry-After": str(retry_after)},
+        )
+    if isinstance(exc, OutOfMemoryError):
+        retry_after = max(1, math.ceil(exc.retry_after))
+        return APIError(
+            503, message, param=param, code=code or "out_of_memory", headers={"Retry-After": str(retry_after)}
         )
     if isinstance(exc, EngineDeadError):
         return APIError(503, message, param=param, code=code or "engine_dead")

@@ -109,6 +109,13 @@ async def aclose_quietly(iterator: Any) -> None:
         await close()
 
 
+def default_budget(default_max_tokens: int | None, max_model_length: int, prompt_tokens: int) -> int:
+    """``max_tokens`` of a request that gives none: the room left in the context after the prompt,
+    capped by ``DEFAULT_MAX_TOKENS`` when that is set (at least 1)."""
+    room = max_model_length - prompt_tokens
+    return max(1, room if default_max_tokens is None else min(default_max_tokens, room))
+
+
 class ChatService:
     """Serves `POST /v1/chat/completions` against one engine."""
 
@@ -139,8 +146,9 @@ class ChatService:
             prepared = await cancel_on_disconnect(request, asyncio.to_thread(self.engine.prepare, gen_req))
             clock.mark("prepare")
             if requested_max_tokens(req) is None:
-                room = self.config.max_model_length - prepared.prompt_tokens
-                budget = max(1, min(self.config.default_max_tokens, room))
+                budget = default_budget(
+                    self.config.default_max_tokens, self.config.max_model_length, prepared.prompt_tokens
+                )
                 prepared.params = dataclasses.replace(prepared.params, max_tokens=budget)
             if req.stream:
                 return await self._stream(req, prepared, request, arrival, clock)

@@ -49,6 +49,11 @@ class ServerState:
             return "dead"
         return self._phase
 
+    def stalled_seconds(self) -> float:
+        """How long the engine's worker has made no progress with work pending (0: fine or not loaded)."""
+        stalled = getattr(self.engine, "stalled_seconds", None)
+        return float(stalled()) if stalled is not None else 0.0
+
     def attach(self, engine: Any) -> bool:
         """Start serving with a loaded engine: hook batch sizes into metrics, record what it runs.
 

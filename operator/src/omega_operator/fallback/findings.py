@@ -27,6 +27,8 @@ class Reason(StrEnum):
     IMAGE_PULL = "ImagePullFailed"  # ErrImagePull / ImagePullBackOff / InvalidImageName
     UNSCHEDULABLE = conditions.UNSCHEDULABLE
     MODEL_LOAD_FAILED = "ModelLoadFailed"
+    # the server exited with ``fatal: kv_cache_too_small``: not one MAX_MODEL_LENGTH sequence fits
+    KV_CACHE_TOO_SMALL = "KVCacheTooSmall"
     CRASH_LOOP = "CrashLoopBackOff"
     SERVER_UNHEALTHY = "ServerUnhealthy"
     # FlashAttentionDegraded=False reasons
@@ -42,6 +44,7 @@ _SEVERITY = (
     Reason.UNSCHEDULABLE,
     Reason.IMAGE_PULL,
     Reason.OOM_KILLED,
+    Reason.KV_CACHE_TOO_SMALL,
     Reason.MODEL_LOAD_FAILED,
     Reason.CRASH_LOOP,
     Reason.SERVER_UNHEALTHY,
@@ -52,6 +55,7 @@ _IMAGE_PULL_REASONS = frozenset(
 )
 _FLASH_RE = re.compile(r"flash[-_ ]?attn|flash_attention|flashattention", re.IGNORECASE)
 _MODEL_RE = re.compile(r"MODEL_PATH|\bmodel\b|checkpoint|config\.json|safetensors", re.IGNORECASE)
+_KV_RE = re.compile(r"\bkv_cache_too_small\b")  # the server's StartupError kind
 _ERROR_LINE_RE = re.compile(r"\b\w*(Error|Exception)\b|^fatal\b|^error\b", re.IGNORECASE)
 
 
@@ -94,7 +98,9 @@ def pod_findings(pod: PodView, spec: FallbackSpec, probe: ProbeResult | None) ->
     crash = _classify_termination(term) if term is not None else None
     if flash and crash == Reason.FLASH_CRASH_LOOP and term is not None:
         add(Reason.FLASH_CRASH_LOOP, _key_line(term.message) or "container exited naming flash-attn")
-    elif crash in (Reason.OOM_KILLED, Reason.MODEL_LOAD_FAILED) and term is not None:
+    elif (
+        crash in (Reason.OOM_KILLED, Reason.KV_CACHE_TOO_SMALL, Reason.MODEL_LOAD_FAILED) and term is not None
+    ):
         add(crash, _termination_text(term, pod.restarts))
     elif flash and pod.restarts >= max(1, spec.crash_loop_restarts):
         add(
@@ -115,7 +121,9 @@ def pod_findings(pod: PodView, spec: FallbackSpec, probe: ProbeResult | None) ->
         and report.error
         and report.status not in ("loading", "starting")
     ):
-        if flash and _FLASH_RE.search(report.error):
+        if _KV_RE.search(report.error):
+            add(Reason.KV_CACHE_TOO_SMALL, report.error)
+        elif flash and _FLASH_RE.search(report.error):
             if not any(f.reason == Reason.FLASH_LOAD_FAILED for f in out):
                 add(Reason.FLASH_LOAD_FAILED, report.error)
         elif _MODEL_RE.search(report.error):
@@ -126,10 +134,13 @@ def pod_findings(pod: PodView, spec: FallbackSpec, probe: ProbeResult | None) ->
 
 
 def _classify_termination(t: Termination) -> Reason | None:
-    """Why a container ended: OOM, a flash-attn error, a model load error, or unknown (None)."""
+    """Why a container ended: OOM, a KV cache too small, a flash-attn error, a model load error, or
+    unknown (None)."""
     if t.reason == "OOMKilled" or (t.exit_code == 137 and "oom" in (t.message or "").lower()):
         return Reason.OOM_KILLED
     line = _key_line(t.message)
+    if line and _KV_RE.search(line):
+        return Reason.KV_CACHE_TOO_SMALL
     if line and _FLASH_RE.search(line):
         return Reason.FLASH_CRASH_LOOP
     if line and _MODEL_RE.search(line):

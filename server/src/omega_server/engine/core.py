@@ -26,6 +26,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -37,14 +38,15 @@ from omega_server.engine.detok import IncrementalText
 from omega_server.engine.errors import (
     EngineDeadError,
     EngineError,
+    OutOfMemoryError,
     QueueFullError,
     describe_error,
     is_fatal,
 )
-from omega_server.engine.inputs import check_request, prefill_groups, prepare_inputs
+from omega_server.engine.inputs import ProcessorPool, check_request, prefill_groups, prepare_inputs
 from omega_server.engine.load import load_engine, start_runner
 from omega_server.engine.runner import Pending
-from omega_server.engine.sequence import Seq
+from omega_server.engine.sequence import Seq, release_inputs
 from omega_server.engine.types import (
     EngineConfig,
     EngineInfo,
@@ -73,12 +75,17 @@ class Engine:
         self.alive = True
         self._loaded = loaded
         self._processor = loaded.processor
-        self._prep_lock = threading.Lock()  # tokenizers/processors are not safe to share across threads
+        # preprocessing: one processor copy per concurrent call (tokenizers are not thread-safe)
+        self._prep_pool = ProcessorPool(loaded.processor, config.preprocess_workers)
         self._cond = threading.Condition()
         self._waiting: collections.deque[Seq] = collections.deque()
         self._stopping = False
         self._dead_reason = ""
+        self._admitted: list[Seq] = []  # taken off the queue, not yet prefilled (a crash tells them too)
+        self._busy = False  # the worker has work (it is not waiting for requests)
+        self._beat = time.monotonic()  # when the worker last made progress (``stalled_seconds``)
         self._runner = start_runner(config, loaded, info)
+        self._max_running = info.kv_slots or config.max_batch_size  # fewer when the KV slots are fewer
         self._pending: Pending | None = None  # the decode step queued on the device, not yet read
         self._runner.stats = self.stats
         self._runner.observer = self._observe
@@ -95,13 +102,8 @@ class Engine:
     def prepare(self, req: GenerationRequest) -> PreparedRequest:
         """Apply the chat template and the processor. Raises InvalidRequestError / PromptTooLongError."""
         images = check_request(req, self.config.max_images_per_request)
-        return prepare_inputs(
-            self._processor,
-            req,
-            images,
-            max_model_length=self.config.max_model_length,
-            lock=self._prep_lock,
-        )
+        with self._prep_pool.borrow() as processor:
+            return prepare_inputs(processor, req, images, max_model_length=self.config.max_model_length)
 
     async def stream(self, prepared: PreparedRequest) -> AsyncGenerator[StepOutput, None]:
         """Queue the request and yield its deltas; the last has ``finished=True``.
@@ -124,9 +126,7 @@ class Engine:
                     return
         finally:
             if not seq.done:
-                seq.cancelled = True
-                with self._cond:
-                    self._cond.notify_all()
+                self._cancel(seq)
 
     def _submit(self, seq: Seq) -> None:
         with self._cond:
@@ -155,11 +155,24 @@ class Engine:
         seq = Seq(prepared=prepared, loop=None, queue=None, emit=emit)
         self._submit(seq)
         if not done.wait(timeout):
-            seq.cancelled = True
+            self._cancel(seq)
             raise TimeoutError("generation did not finish in time")
         if isinstance(items[-1], BaseException):
             raise items[-1]
         return items
+
+    def _cancel(self, seq: Seq) -> None:
+        """Cancel a request: a queued one leaves the queue now (admission and queue depth see it
+        gone); a running one is evicted by the worker between steps."""
+        with self._cond:
+            seq.cancelled = True
+            for i, queued in enumerate(self._waiting):
+                if queued is seq:  # by identity: a Seq's fields hold tensors
+                    del self._waiting[i]
+                    seq.done = True
+                    self.stats.queue_depth = len(self._waiting)
+                    break
+            self._cond.notify_all()
 
     def shutdown(self) -> None:
         """Stop the worker; queued and running requests end with EngineDeadError."""
@@ -168,6 +181,13 @@ class Engine:
             self._cond.notify_all()
         self._thread.join(timeout=30)
         self._die("the engine was shut down")
+
+    def stalled_seconds(self) -> float:
+        """Seconds since the worker last made progress while it has work; 0 when it is idle.
+
+        /live turns 503 past ``WORKER_STALL_SECONDS``: a worker stuck in a step never comes back.
+        """
+        return time.monotonic() - self._beat if self._busy and self.alive else 0.0
 
     # -- worker
 
@@ -187,7 +207,7 @@ class Engine:
             self._waiting.clear()
             self.stats.queue_depth = 0
         err = EngineDeadError(self._dead_message())
-        for seq in pending + self._runner.seqs:
+        for seq in pending + self._admitted + self._runner.seqs:
             if not seq.done:
                 seq.done = True
                 seq.send(err)
@@ -207,10 +227,12 @@ class Engine:
                             and not runner.seqs
                             and self._pending is None
                         ):
+                            self._busy = False
                             self._cond.wait()
+                        self._busy, self._beat = True, time.monotonic()
                         if self._stopping:
                             return
-                        free = self.config.max_batch_size - len(runner.seqs)
+                        free = self._max_running - len(runner.seqs)
                         while free > 0 and self._waiting:
                             seq = self._waiting.popleft()
                             if seq.cancelled:
@@ -219,12 +241,15 @@ class Engine:
                             admitted.append(seq)
                             free -= 1
                         self.stats.queue_depth = len(self._waiting)
+                        self._admitted = admitted
                     self._admit_all(admitted)
+                    self._admitted = []
                     self._drop_finished()
                     if runner.seqs or self._pending is not None:
                         self._step()
                     self.stats.running = len(runner.seqs)
                     self.stats.kv_tokens = sum(s.cache_len for s in runner.seqs)
+                    self._beat = time.monotonic()
         except Exception as exc:  # a bug or an unrecoverable device error: fail everything, loudly
             log.exception("engine worker crashed")
             self._die(f"worker crashed: {describe_error(exc)}")
@@ -233,7 +258,9 @@ class Engine:
         """The one failure path: count it, evict ``seqs``' rows, end their requests, re-raise if fatal.
 
         After a device error (``is_fatal``) the requests get EngineDeadError and the exception goes on
-        to stop the engine; otherwise they get a ``generation_failed`` error and the engine goes on.
+        to stop the engine; after an out-of-memory error they get ``OutOfMemoryError`` (HTTP 503 with
+        Retry-After), the allocator's cache is emptied, and the engine goes on; otherwise they get a
+        ``generation_failed`` error and the engine goes on.
         """
         self.stats.errors_total += 1
         failed = {id(s) for s in seqs}
@@ -241,6 +268,14 @@ class Engine:
         fatal = is_fatal(exc)
         if fatal:
             err: EngineError = EngineDeadError(f"device error: {describe_error(exc)}")
+        elif isinstance(exc, torch.OutOfMemoryError):
+            log.warning("%s ran out of device memory: %s", what, describe_error(exc))
+            err = OutOfMemoryError(
+                f"out of device memory during the {what}; retry later or send a smaller request",
+                retry_after=2.0,
+            )
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         else:
             log.warning("%s failed: %s", what, describe_error(exc))
             err = EngineError(f"generation failed: {describe_error(exc)}", code="generation_failed")
@@ -277,7 +312,8 @@ class Engine:
                     self._admit(seq)
                 continue
             for seq in group:
-                self._after_token(seq, seq.last_token)
+                release_inputs(seq)
+                self._deliver(seq, seq.last_token)
 
     def _start(self, seq: Seq) -> None:
         """A sequence's sampler and text state, made when it is admitted (a generator only for a seed)."""
@@ -293,7 +329,8 @@ class Engine:
         except Exception as exc:
             self._fail([seq], exc, "prefill")
             return
-        self._after_token(seq, seq.last_token)
+        release_inputs(seq)
+        self._deliver(seq, seq.last_token)
 
     def _step(self) -> None:
         """One decode step, pipelined one deep on runners that can (the static slot cache).
@@ -317,7 +354,7 @@ class Engine:
         if pending is not None:
             for s, t in zip(pending.seqs, tokens, strict=True):
                 if not (s.done or s.cancelled):
-                    self._after_token(s, t)
+                    self._deliver(s, t)
         self._drop_finished()
 
     def _drop_finished(self) -> None:
@@ -327,6 +364,14 @@ class Engine:
             if s.cancelled:
                 s.done = True
         runner.evict(keep)
+
+    def _deliver(self, seq: Seq, token: int) -> None:
+        """``_after_token`` for one request; an error there (detokenizer, stop checks) fails that
+        request only, and its row leaves the batch before the next step."""
+        try:
+            self._after_token(seq, token)
+        except Exception as exc:
+            self._fail([seq], exc, "detokenization")
 
     def _after_token(self, seq: Seq, token: int) -> None:
         """Record a sampled token: its text (``detok``), the finish checks, and the delta sent out."""

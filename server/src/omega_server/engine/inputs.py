@@ -3,14 +3,18 @@
 ``check_request`` is the engine API's contract for callers that build ``GenerationRequest``s
 themselves (the HTTP layer refuses all of it earlier, with its own messages). ``prepare_inputs``
 applies the chat template and the processor and refuses a prompt that does not fit. ``collate`` and
-``prefill_groups`` put several prepared requests into one prefill forward pass.
+``prefill_groups`` put several prepared requests into one prefill forward pass. ``ProcessorPool``
+holds the copies of the processor that requests are prepared with, several at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import queue
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -82,6 +86,29 @@ def check_request(req: GenerationRequest, max_images: int) -> list[Any]:
     if len(images) > max_images:
         raise InvalidRequestError(f"too many images: {len(images)} (at most {max_images})", param="messages")
     return images
+
+
+class ProcessorPool:
+    """Copies of the processor, each used by one preprocessing call at a time (a tokenizer is not
+    safe to share across threads): up to ``size`` requests are prepared at once, not one under a lock.
+    The original stays with the engine's worker (detokenization)."""
+
+    def __init__(self, processor: Any, size: int) -> None:
+        if size < 1:
+            raise ValueError("the processor pool needs at least one processor")
+        self.size = size
+        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(size):
+            self._free.put(copy.deepcopy(processor))
+
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[Any]:
+        """A processor for the calling thread alone (waits while all are in use)."""
+        processor = self._free.get()
+        try:
+            yield processor
+        finally:
+            self._free.put(processor)
 
 
 def prepare_inputs(

@@ -5,11 +5,14 @@ No torch at import: the HTTP layer builds requests and reads outputs, info and s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+    from omega_server.engine.kv_budget import DeviceMemory
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,14 @@ class EngineConfig:
     # (``kernels.gqa_decode``), and on a GPU with Triton the fused experts for MoE layers at small
     # batch (``kernels.moe_decode``); False keeps transformers' own paths
     fast_decode: bool = True
+    # static cache: the share of the device's memory the server may use; the KV slots get what is
+    # left of it after the weights and a profiled prefill (``kv_budget``)
+    gpu_memory_utilization: float = 0.9
+    # requests whose chat template and processor run at once (each on its own processor copy)
+    preprocess_workers: int = 2
+    # tests and CPU runs: ``probe(profile) -> kv_budget.DeviceMemory`` in place of the device's own
+    # numbers (``kv_budget.measure_cuda``); on the CPU without one the slots are not sized from memory
+    memory_probe: Callable[[Callable[[], None]], DeviceMemory] | None = None
 
 
 @dataclass
@@ -116,6 +127,11 @@ class EngineInfo:
     experts_implementation: str | None = None
     # flash_attention_2 on the slot cache: the flash-attn kernels in use (kernels.flash_decode.KERNELS)
     flash_kernels: list[str] | None = None
+    # the static cache's KV slots (``kv_budget``): 0 on the dynamic cache
+    kv_slots: int = 0
+    kv_token_capacity: int = 0  # kv_slots x max_model_length
+    kv_sized_from_memory: bool = False  # the slot count came from the device's free memory
+    kv_budget_bytes: int = 0  # memory granted to the KV cache (0 when not sized from memory)
 
 
 @dataclass
