@@ -2,7 +2,7 @@
 
 Only the shapes live here; turning a request into engine work is `serving`'s job. Fields that the
 OpenAI API has but this server cannot honour are declared so that a non-default value is refused
-with a clear message (see `serving.check_supported`) instead of being silently ignored.
+with a clear message (see `chat_request.check_supported`) instead of being silently ignored.
 """
 
 from __future__ import annotations
@@ -72,11 +72,17 @@ class ChatCompletionRequest(_Wire):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=1, ge=1)
-    # Accepted only at their neutral values (checked in serving).
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None  # token id (a string, as OpenAI's) -> bias in [-100, 100]
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # vLLM's extra sampling fields (unset: the model's generation_config, then the neutral value)
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    stop_token_ids: list[int] | None = None
+    # Accepted only at their neutral values (checked in chat_request.check_supported).
     tools: list[Any] | None = None
     tool_choice: Any | None = None
     response_format: dict[str, Any] | None = None

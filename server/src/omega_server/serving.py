@@ -125,7 +125,8 @@ class ChatService:
 
     async def build(self, req: ChatCompletionRequest) -> GenerationRequest:
         """Validate a request and turn it into an engine request (images decoded)."""
-        return await to_generation_request(req, self.config, self.images.load)
+        defaults = getattr(getattr(self.engine, "info", None), "sampling_defaults", None)
+        return await to_generation_request(req, self.config, self.images.load, defaults)
 
     async def create(
         self, req: ChatCompletionRequest, request: Request, clock: StageClock | None = None

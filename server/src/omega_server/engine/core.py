@@ -41,8 +41,8 @@ from omega_server.engine.errors import (
     describe_error,
     is_fatal,
 )
-from omega_server.engine.inputs import check_request, prefill_groups, prepare_inputs
-from omega_server.engine.load import load_engine, start_runner
+from omega_server.engine.inputs import check_request, check_token_ids, prefill_groups, prepare_inputs
+from omega_server.engine.load import load_engine, start_runner, vocab_size
 from omega_server.engine.runner import Pending
 from omega_server.engine.sequence import Seq
 from omega_server.engine.types import (
@@ -73,6 +73,7 @@ class Engine:
         self.alive = True
         self._loaded = loaded
         self._processor = loaded.processor
+        self.vocab_size = vocab_size(loaded.model)
         self._prep_lock = threading.Lock()  # tokenizers/processors are not safe to share across threads
         self._cond = threading.Condition()
         self._waiting: collections.deque[Seq] = collections.deque()
@@ -95,6 +96,7 @@ class Engine:
     def prepare(self, req: GenerationRequest) -> PreparedRequest:
         """Apply the chat template and the processor. Raises InvalidRequestError / PromptTooLongError."""
         images = check_request(req, self.config.max_images_per_request)
+        check_token_ids(req.params, self.vocab_size)
         return prepare_inputs(
             self._processor,
             req,

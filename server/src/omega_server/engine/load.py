@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -82,6 +82,16 @@ def load_engine(config: EngineConfig) -> Engine:
         info.load_seconds,
     )
     return Engine(config, loaded, info)
+
+
+def vocab_size(model: Any) -> int:
+    """Rows of the model's logits: the token ids a request may name (``stop_token_ids``, ``logit_bias``)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return int(weight.shape[0])
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(config.vocab_size)
 
 
 def make_runner(config: EngineConfig, loaded: models.LoadedModel, backend: str) -> Runner:

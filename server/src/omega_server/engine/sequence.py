@@ -31,6 +31,9 @@ class Seq:
     cancelled: bool = False
     done: bool = False
     generator: torch.Generator | None = None  # made at admission, for a seeded request only
+    # penalized requests only (``sampler``): output token counts and the prompt's tokens, on the device
+    counts: torch.Tensor | None = None
+    prompt_seen: torch.Tensor | None = None
     text: IncrementalText | None = None  # made at admission
     cache_len: int = 0  # real (unpadded) tokens in this sequence's KV cache
     next_pos: int = 0  # text position of the next token fed

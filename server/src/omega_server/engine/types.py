@@ -14,7 +14,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request sampling. ``temperature`` at or below ``sampler.SAMPLING_EPS`` is greedy decoding."""
+    """Per-request sampling. ``temperature`` at or below ``sampler.SAMPLING_EPS`` is greedy decoding.
+
+    The neutral value of each field turns it off (``top_k`` 0, ``min_p`` 0, penalties 0 or 1); the
+    order in which the sampler applies them is in ``engine.sampler``'s docstring.
+    """
 
     max_tokens: int
     temperature: float = 1.0
@@ -22,6 +26,15 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
+    top_k: int = 0  # keep the k most likely tokens; 0 (or -1) keeps all
+    min_p: float = 0.0  # drop tokens below min_p x the most likely token's probability
+    repetition_penalty: float = 1.0  # HF's: logits of prompt and output tokens divided (or times)
+    presence_penalty: float = 0.0  # OpenAI's: minus this for every token already in the output
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times the token's count in the output
+    stop_token_ids: tuple[int, ...] = ()  # these tokens end the sequence like EOS (not in the text)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    logprobs: bool = False  # report the chosen token's log-probability
+    top_logprobs: int = 0  # and the most likely tokens' at each position (needs logprobs)
 
 
 @dataclass
@@ -41,6 +54,15 @@ class PreparedRequest:
     params: SamplingParams
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log-probability (the model's distribution) and the top alternatives'."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, log-probability), most likely first
+
+
 @dataclass
 class StepOutput:
     """One streamed delta. The last item of a stream has ``finished=True`` and a ``finish_reason``."""
@@ -51,6 +73,7 @@ class StepOutput:
     finish_reason: str | None  # "stop" | "length" | None
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # one per token of ``token_ids`` when asked for
 
 
 @dataclass
