@@ -10,6 +10,7 @@ first graph (and compiles, when asked) at load time, and falls back to the dynam
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -70,7 +71,10 @@ def load_engine(config: EngineConfig) -> Engine:
         flash_load_failures=choice.flash_load_failures,
         gqa_decode=installed.gqa_decode,
         experts_implementation=installed.experts,
+        sampling_defaults=sampling_defaults(Path(path)),
     )
+    if info.sampling_defaults:
+        log.info("sampling defaults from generation_config.json: %s", info.sampling_defaults)
     log.info(
         "engine ready: %s (%s) attn=%s requested=%s dtype=%s devices=%s in %.1fs",
         info.served_model_name,
@@ -82,6 +86,41 @@ def load_engine(config: EngineConfig) -> Engine:
         info.load_seconds,
     )
     return Engine(config, loaded, info)
+
+
+#: generation_config.json fields that are defaults for a request's unset sampling fields (vLLM's set)
+GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def sampling_defaults(checkpoint: Path) -> dict[str, float]:
+    """The sampling values the checkpoint's ``generation_config.json`` sets (only those it sets).
+
+    They are the defaults of a request's unset fields (``chat_request.sampling_params``), as vLLM
+    uses them. A missing or unreadable file gives none; values out of range are left out (logged).
+    """
+    try:
+        raw = json.loads((checkpoint / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    valid = {
+        "temperature": lambda v: 0 <= v <= 2,
+        "top_p": lambda v: 0 < v <= 1,
+        "top_k": lambda v: v >= -1 and float(v).is_integer(),
+        "min_p": lambda v: 0 <= v <= 1,
+        "repetition_penalty": lambda v: v > 0,
+    }
+    out: dict[str, float] = {}
+    for name in GENERATION_DEFAULTS:
+        value = raw.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid[name](value):
+            log.warning("generation_config.json: %s=%r is not a usable default; ignored", name, value)
+            continue
+        out[name] = value
+    return out
 
 
 def vocab_size(model: Any) -> int:

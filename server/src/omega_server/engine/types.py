@@ -5,7 +5,7 @@ No torch at import: the HTTP layer builds requests and reads outputs, info and s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -137,6 +137,8 @@ class EngineInfo:
     gqa_decode: bool = False  # one-token attention packs the grouped heads (no key/value copies)
     # MoE models: the experts path (omega_fused_decode, grouped_mm, ...); None for a dense model
     experts_implementation: str | None = None
+    # the checkpoint's generation_config values for unset request fields (``load.sampling_defaults``)
+    sampling_defaults: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
