@@ -200,7 +200,6 @@ CASES: list[tuple[str, Any, int, tuple[str, ...], str | None]] = [
     ("empty-stop", {"messages": user(TEXT), "stop": [""]}, 400, ("Stop sequences",), "stop"),
     ("unknown-model", {"model": "gpt-4o", "messages": user(TEXT)}, 404, ("gpt-4o", "tiny-vlm"), "model"),
     ("n-greater-than-one", {"messages": user(TEXT), "n": 3}, 400, ("n=3", "not supported"), "n"),
-    ("logprobs", {"messages": user(TEXT), "logprobs": True}, 400, ("logprobs",), "logprobs"),
     ("tools", {"messages": user(TEXT), "tools": [{"type": "function"}]}, 400, ("Tool",), "tools"),
     # known fields the server cannot honour are refused by name, never dropped
     ("best-of", {"messages": user(TEXT), "best_of": 2}, 400, ("best_of",), "best_of"),

@@ -154,8 +154,8 @@ def check_supported(req: ChatCompletionRequest, served_model: str, max_model_len
         raise APIError(
             400, f"n={req.n} is not supported: this server returns exactly one choice (n=1).", param="n"
         )
-    if req.logprobs or req.top_logprobs:
-        raise APIError(400, "logprobs are not supported by this server.", param="logprobs")
+    if req.top_logprobs and not req.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true.", param="top_logprobs")
     if req.tools:
         raise APIError(400, "Tool calling is not supported by this server.", param="tools")
     if req.tool_choice not in (None, "none"):
@@ -250,6 +250,8 @@ def sampling_params(
         stop_token_ids=token_ids(req.stop_token_ids),
         logit_bias=logit_bias(req.logit_bias),
         seed=req.seed,
+        logprobs=bool(req.logprobs),
+        top_logprobs=req.top_logprobs or 0,
     )
 
 

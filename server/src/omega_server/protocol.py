@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from omega_server.engine.types import TokenLogprob
+
 
 class _Wire(BaseModel):
     """Base of the request models: unknown fields are ignored, as most OpenAI servers do."""
@@ -104,13 +106,52 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    """One of the likeliest tokens at a position: its text, log-probability and UTF-8 bytes."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobs(TopLogprob):
+    """The chosen token at a position, with the likeliest tokens there (``top_logprobs`` of them)."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """A choice's (or a chunk's) ``logprobs``: one entry per generated token."""
+
+    content: list[TokenLogprobs] | None
+    refusal: list[TokenLogprobs] | None = None
+
+
+def choice_logprobs(entries: list[TokenLogprob]) -> ChoiceLogprobs:
+    """The wire form of the engine's log-probability entries (text, log-probability, UTF-8 bytes)."""
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprobs(
+                token=e.token,
+                logprob=e.logprob,
+                bytes=list(e.token.encode("utf-8", "surrogatepass")),
+                top_logprobs=[
+                    TopLogprob(token=text, logprob=v, bytes=list(text.encode("utf-8", "surrogatepass")))
+                    for _, text, v in e.top
+                ],
+            )
+            for e in entries
+        ]
+    )
+
+
 class Choice(BaseModel):
     """One choice of a non-streaming response."""
 
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -136,7 +177,7 @@ class ChunkChoice(BaseModel):
 
     index: int = 0
     delta: Delta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from omega_server import sse
 from omega_server.chat_request import requested_max_tokens, to_generation_request
 from omega_server.engine.errors import EngineError
-from omega_server.engine.types import GenerationRequest, StepOutput
+from omega_server.engine.types import GenerationRequest, StepOutput, TokenLogprob
 from omega_server.errors import APIError, from_engine_error
 from omega_server.http_config import HttpConfig
 from omega_server.images import ImageFetcher
@@ -36,6 +36,7 @@ from omega_server.protocol import (
     ChatCompletionRequest,
     Choice,
     Usage,
+    choice_logprobs,
     completion_id,
     now,
 )
@@ -164,6 +165,7 @@ class ChatService:
 
     async def _complete(self, prepared: Any, arrival: float, clock: StageClock) -> JSONResponse:
         texts: list[str] = []
+        entries: list[TokenLogprob] = []
         last: StepOutput | None = None
         seen = [False]
         try:
@@ -174,6 +176,7 @@ class ChatService:
                         clock.mark("first-token")
                     self._observe_first(arrival, seen)
                     texts.append(out.text)
+                    entries.extend(out.logprobs or ())
                     last = out
             finally:
                 await aclose_quietly(outputs)
@@ -190,6 +193,7 @@ class ChatService:
                 Choice(
                     message=AssistantMessage(content="".join(texts)),
                     finish_reason=finish_reason(last),
+                    logprobs=choice_logprobs(entries) if prepared.params.logprobs else None,
                 )
             ],
             usage=Usage(
@@ -253,8 +257,8 @@ class ChatService:
                 async for out in all_outputs():
                     self._observe_first(arrival, seen)
                     last = out
-                    if out.text:
-                        frames.append(chunks.content(out.text))
+                    if out.text or out.logprobs:
+                        frames.append(chunks.content(out.text, out.logprobs))
                     if out.finished:
                         finished = True
                         frames.append(chunks.finish(finish_reason(out)))

@@ -43,7 +43,7 @@ from omega_server.engine.errors import (
 )
 from omega_server.engine.inputs import check_request, check_token_ids, prefill_groups, prepare_inputs
 from omega_server.engine.load import load_engine, start_runner, vocab_size
-from omega_server.engine.runner import Pending
+from omega_server.engine.runner import Pending, RawLogprob
 from omega_server.engine.sequence import Seq
 from omega_server.engine.types import (
     EngineConfig,
@@ -52,6 +52,7 @@ from omega_server.engine.types import (
     GenerationRequest,
     PreparedRequest,
     StepOutput,
+    TokenLogprob,
 )
 
 log = logging.getLogger(__name__)
@@ -278,7 +279,7 @@ class Engine:
                     self._admit(seq)
                 continue
             for seq in group:
-                self._after_token(seq, seq.last_token)
+                self._after_token(seq, seq.last_token, seq.last_logprob)
 
     def _start(self, seq: Seq) -> None:
         """A sequence's sampler and text state, made when it is admitted (a generator only for a seed)."""
@@ -294,7 +295,7 @@ class Engine:
         except Exception as exc:
             self._fail([seq], exc, "prefill")
             return
-        self._after_token(seq, seq.last_token)
+        self._after_token(seq, seq.last_token, seq.last_logprob)
 
     def _step(self) -> None:
         """One decode step, pipelined one deep on runners that can (the static slot cache).
@@ -316,9 +317,10 @@ class Engine:
             return
         self._pending = launched
         if pending is not None:
-            for s, t in zip(pending.seqs, tokens, strict=True):
+            logprobs = pending.logprobs()
+            for s, t, lp in zip(pending.seqs, tokens, logprobs, strict=True):
                 if not (s.done or s.cancelled):
-                    self._after_token(s, t)
+                    self._after_token(s, t, lp)
         self._drop_finished()
 
     def _drop_finished(self) -> None:
@@ -329,7 +331,7 @@ class Engine:
                 s.done = True
         runner.evict(keep)
 
-    def _after_token(self, seq: Seq, token: int) -> None:
+    def _after_token(self, seq: Seq, token: int, logprob: RawLogprob | None = None) -> None:
         """Record a sampled token: its text (``detok``), the finish checks, and the delta sent out."""
         self.stats.completion_tokens_total += 1
         text = seq.text
@@ -344,5 +346,19 @@ class Engine:
                 finish_reason=finish,
                 prompt_tokens=seq.prepared.prompt_tokens,
                 completion_tokens=len(text.token_ids),
+                logprobs=None if logprob is None else [self._named(token, text.piece, logprob, seq)],
             )
+        )
+
+    def _named(self, token: int, piece: str, raw: RawLogprob, seq: Seq) -> TokenLogprob:
+        """A token's log-probability entry with text: the chosen token named by the text it completed
+        (so that the entries join to the answer), each alternative by its own decoding."""
+        decode = self._runner.tokenizer.decode
+        value, top = raw
+        top = top[: seq.prepared.params.top_logprobs]  # a batch computes its rows' largest number
+        return TokenLogprob(
+            token_id=token,
+            token=piece,
+            logprob=value,
+            top=tuple((t, decode([t], skip_special_tokens=False), v) for t, v in top),
         )

@@ -33,10 +33,14 @@ class IncrementalText:
         self.read_offset = 0
         self.text = ""
         self.emitted = 0
+        # the text the last token completed (what its log-probability entry is named): the pieces of
+        # all tokens join to the text (a character split over tokens belongs to its last token)
+        self.piece = ""
 
     def add(self, token: int) -> tuple[str, str | None]:
         """Take the next token: the text to send now, and "stop" | "length" when the sequence ends."""
         self.token_ids.append(token)
+        before = len(self.text)
         finish: str | None = None
         eos = (token in self.eos_ids and not self.ignore_eos) or token in self.stop_ids
         if eos:
@@ -58,6 +62,7 @@ class IncrementalText:
             upto = max(self.emitted, len(self.text) - self.hold)
             delta = self.text[self.emitted : upto]
             self.emitted = upto
+        self.piece = self.text[before:]
         return delta, finish
 
     def _decode(self) -> None:

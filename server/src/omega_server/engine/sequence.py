@@ -39,6 +39,7 @@ class Seq:
     next_pos: int = 0  # text position of the next token fed
     rope_delta: int = 0  # M-RoPE offset (Qwen-VL); 0 elsewhere
     last_token: int = 0
+    last_logprob: tuple[float, tuple[tuple[int, float], ...]] | None = None  # runner.RawLogprob
     batched: bool = False
 
     def send(self, item: Any) -> None:

@@ -56,11 +56,16 @@ class PreparedRequest:
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """A sampled token's log-probability (the model's distribution) and the top alternatives'."""
+    """A sampled token's log-probability (the model's distribution) and the top alternatives'.
+
+    ``token`` is the text this token completed (the entries of a sequence join to its text); an
+    alternative's text is its own decoding.
+    """
 
     token_id: int
+    token: str
     logprob: float
-    top: tuple[tuple[int, float], ...] = ()  # (token id, log-probability), most likely first
+    top: tuple[tuple[int, str, float], ...] = ()  # (token id, text, log-probability), likeliest first
 
 
 @dataclass
