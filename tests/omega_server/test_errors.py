@@ -199,7 +199,7 @@ CASES: list[tuple[str, Any, int, tuple[str, ...], str | None]] = [
     ("seed-out-of-range", {"messages": user(TEXT), "seed": 10**30}, 400, ("seed",), "seed"),
     ("empty-stop", {"messages": user(TEXT), "stop": [""]}, 400, ("Stop sequences",), "stop"),
     ("unknown-model", {"model": "gpt-4o", "messages": user(TEXT)}, 404, ("gpt-4o", "tiny-vlm"), "model"),
-    ("n-greater-than-one", {"messages": user(TEXT), "n": 3}, 400, ("n=3", "not supported"), "n"),
+    ("n-over-the-batch", {"messages": user(TEXT), "n": 3}, 400, ("n=3", "MAX_BATCH_SIZE"), "n"),
     ("tools", {"messages": user(TEXT), "tools": [{"type": "function"}]}, 400, ("Tool",), "tools"),
     # known fields the server cannot honour are refused by name, never dropped
     ("best-of", {"messages": user(TEXT), "best_of": 2}, 400, ("best_of",), "best_of"),

@@ -112,7 +112,7 @@ async def to_generation_request(
     ``sampling_defaults`` are the model's own (``EngineInfo.sampling_defaults``) for unset fields. Without ``max_tokens`` the budget is 1 here; the chat service widens it once the prompt length is
     known (``default_max_tokens``, capped by the room left in ``max_model_length``).
     """
-    check_supported(req, config.model_name, config.max_model_length)
+    check_supported(req, config.model_name, config.max_model_length, config.max_batch_size)
     params = sampling_params(req, 1, sampling_defaults)
     images = count_images(req.messages)
     if images > config.max_images_per_request:
@@ -137,7 +137,9 @@ async def to_generation_request(
     return GenerationRequest(messages=messages, params=params)
 
 
-def check_supported(req: ChatCompletionRequest, served_model: str, max_model_length: int) -> None:
+def check_supported(
+    req: ChatCompletionRequest, served_model: str, max_model_length: int, max_choices: int = 1
+) -> None:
     """Refuse what this server cannot honour, with a message that says what to change."""
     if req.model is not None and req.model != served_model:
         raise APIError(
@@ -150,9 +152,11 @@ def check_supported(req: ChatCompletionRequest, served_model: str, max_model_len
         raise APIError(
             400, "'messages' must contain at least one message.", param="messages", code="invalid_value"
         )
-    if req.n not in (None, 1):
+    if req.n is not None and req.n > max_choices:
         raise APIError(
-            400, f"n={req.n} is not supported: this server returns exactly one choice (n=1).", param="n"
+            400,
+            f"n={req.n} is too large: at most {max_choices} choices (MAX_BATCH_SIZE, they decode together).",
+            param="n",
         )
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true.", param="top_logprobs")
