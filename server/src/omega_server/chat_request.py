@@ -164,8 +164,6 @@ def check_supported(
         raise APIError(400, "Tool calling is not supported by this server.", param="tools")
     if req.tool_choice not in (None, "none"):
         raise APIError(400, "tool_choice is not supported by this server.", param="tool_choice")
-    if req.response_format and req.response_format.get("type", "text") != "text":
-        raise APIError(400, "Only response_format type 'text' is supported.", param="response_format")
     max_tokens = requested_max_tokens(req)
     if max_tokens is not None and max_tokens >= max_model_length:
         name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -213,6 +211,36 @@ def logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
     return tuple(out)
 
 
+def grammar_of(response_format: dict[str, Any] | None) -> tuple[str, str] | None:
+    """``response_format`` as the engine's grammar: None for text, else ("json_schema", the schema).
+
+    ``json_object`` is any JSON object; ``json_schema`` takes ``json_schema.schema`` (strict or not,
+    the answer is held to the schema).
+    """
+    if not response_format:
+        return None
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ("json_schema", json.dumps({"type": "object"}))
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise APIError(
+                400,
+                "response_format json_schema needs json_schema.schema (a JSON schema object).",
+                param="response_format",
+            )
+        return ("json_schema", json.dumps(schema))
+    raise APIError(
+        400,
+        f"response_format type {kind!r} is not supported (text, json_object or json_schema).",
+        param="response_format",
+    )
+
+
 def token_ids(ids: list[int] | None) -> tuple[int, ...]:
     """``stop_token_ids`` as a tuple (their range is the engine's to check: it knows the vocabulary)."""
     if not ids:
@@ -256,6 +284,7 @@ def sampling_params(
         seed=req.seed,
         logprobs=bool(req.logprobs),
         top_logprobs=req.top_logprobs or 0,
+        grammar=grammar_of(req.response_format),
     )
 
 

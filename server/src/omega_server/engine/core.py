@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from omega_server import models
-from omega_server.engine import sampler
+from omega_server.engine import grammar, sampler
 from omega_server.engine.detok import IncrementalText
 from omega_server.engine.errors import (
     EngineDeadError,
@@ -83,6 +83,7 @@ class Engine:
         self._runner = start_runner(config, loaded, info)
         self._pending: Pending | None = None  # the decode step queued on the device, not yet read
         self._runner.stats = self.stats
+        self._grammars = grammar.Grammars(self._runner.tokenizer, self.vocab_size, self._runner.eos_ids)
         self._runner.observer = self._observe
         self._thread = threading.Thread(target=self._work, name="omega-engine", daemon=True)
         self._thread.start()
@@ -98,6 +99,8 @@ class Engine:
         """Apply the chat template and the processor. Raises InvalidRequestError / PromptTooLongError."""
         images = check_request(req, self.config.max_images_per_request)
         check_token_ids(req.params, self.vocab_size)
+        if req.params.grammar is not None:
+            self._grammars.check(req.params.grammar)
         return prepare_inputs(
             self._processor,
             req,
@@ -286,6 +289,8 @@ class Engine:
         runner = self._runner
         params = seq.prepared.params
         seq.generator = sampler.generator(params.seed, runner.device)
+        if params.grammar is not None:
+            seq.constraint = self._grammars.constraint(params.grammar)
         seq.text = IncrementalText(runner.tokenizer, runner.eos_ids, params)
 
     def _admit(self, seq: Seq) -> None:
@@ -306,10 +311,23 @@ class Engine:
         step k+1: that token is dropped, and the row is freed before step k+2.
         """
         runner = self._runner
+        # a constrained row's mask needs its previous token: with one running, steps are not pipelined
+        serial = any(s.constraint is not None for s in runner.seqs)
+        if serial and self._pending is not None:
+            queued, self._pending = self._pending, None
+            try:
+                tokens = queued.wait()
+            except Exception as exc:
+                self._fail(list(runner.seqs), exc, "decode step")
+                return
+            self._take(queued, tokens)
+            self._drop_finished()
+            if not runner.seqs:
+                return
         pending, self._pending = self._pending, None
         try:
             launched = runner.launch() if runner.seqs else None
-            if not runner.pipelined:
+            if not runner.pipelined or serial:
                 pending, launched = launched, None
             tokens = pending.wait() if pending is not None else []
         except Exception as exc:
@@ -317,11 +335,15 @@ class Engine:
             return
         self._pending = launched
         if pending is not None:
-            logprobs = pending.logprobs()
-            for s, t, lp in zip(pending.seqs, tokens, logprobs, strict=True):
-                if not (s.done or s.cancelled):
-                    self._after_token(s, t, lp)
+            self._take(pending, tokens)
         self._drop_finished()
+
+    def _take(self, pending: Pending, tokens: list[int]) -> None:
+        """A read step's tokens, each to its sequence (a row that finished meanwhile drops its token)."""
+        logprobs = pending.logprobs()
+        for s, t, lp in zip(pending.seqs, tokens, logprobs, strict=True):
+            if not (s.done or s.cancelled):
+                self._after_token(s, t, lp)
 
     def _drop_finished(self) -> None:
         runner = self._runner
@@ -336,6 +358,7 @@ class Engine:
         self.stats.completion_tokens_total += 1
         text = seq.text
         assert text is not None
+        grammar.advance(seq, token)
         delta, finish = text.add(token)
         seq.done = finish is not None
         seq.send(

@@ -1,6 +1,7 @@
 """Sampling one token per running sequence, for the whole batch at once, on the logits' device.
 
-Every row's logits first get its penalties and biases, in this order: ``repetition_penalty`` (HF's:
+Every row's logits first get its structured-output mask (``engine.grammar``: disallowed tokens at
+minus infinity), then its penalties and biases, in this order: ``repetition_penalty`` (HF's:
 a positive logit of a token seen in the prompt or the output is divided by it, a negative one
 multiplied), ``presence_penalty`` and ``frequency_penalty`` (OpenAI's, over the output's tokens),
 then ``logit_bias``. Greedy rows (temperature at or below ``SAMPLING_EPS``) take the argmax of that.
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+
+from omega_server.engine import grammar
 
 if TYPE_CHECKING:
     from omega_server.engine.sequence import Seq
@@ -93,7 +96,7 @@ def _state(seq: Seq, vocab: int, device: torch.device) -> tuple[torch.Tensor, to
 
 def _processed(seqs: list[Seq], logits: torch.Tensor) -> torch.Tensor:
     """float32 logits with each row's penalties and logit bias applied."""
-    scores = logits.float()
+    scores = grammar.apply(seqs, logits.float())
     dev = logits.device
     vocab = logits.shape[-1]
     rows = [i for i, s in enumerate(seqs) if _penalized(s.prepared.params)]

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import torch
 
     from omega_server.engine.detok import IncrementalText
+    from omega_server.engine.grammar import Constraint
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Seq:
     # penalized requests only (``sampler``): output token counts and the prompt's tokens, on the device
     counts: torch.Tensor | None = None
     prompt_seen: torch.Tensor | None = None
+    constraint: Constraint | None = None  # structured output: made at admission (``engine.grammar``)
     text: IncrementalText | None = None  # made at admission
     cache_len: int = 0  # real (unpadded) tokens in this sequence's KV cache
     next_pos: int = 0  # text position of the next token fed

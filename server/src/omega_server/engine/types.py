@@ -35,6 +35,8 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     logprobs: bool = False  # report the chosen token's log-probability
     top_logprobs: int = 0  # and the most likely tokens' at each position (needs logprobs)
+    # structured output: ("json_schema", the schema as JSON), see ``engine.grammar``; None: free text
+    grammar: tuple[str, str] | None = None
 
 
 @dataclass
