@@ -97,11 +97,11 @@ class Constraint:
 
 def apply(seqs: list[Seq], scores: torch.Tensor) -> torch.Tensor:
     """``scores`` with every constrained row's disallowed tokens at minus infinity."""
-    import llguidance.torch as lt
-
     rows = [i for i, s in enumerate(seqs) if s.constraint is not None]
     if not rows:
         return scores
+    import llguidance.torch as lt
+
     vocab = scores.shape[-1]
     words = (vocab + 31) // 32
     cuda = scores.device.type == "cuda"
