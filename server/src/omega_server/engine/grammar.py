@@ -112,8 +112,9 @@ def apply(seqs: list[Seq], scores: torch.Tensor) -> torch.Tensor:
     else:
         pairs = [(c.matcher, j) for j, c in enumerate(constraints)]
         lt.fill_next_token_bitmask_par(constraints[0].executor, pairs, mask)
-    for j, c in enumerate(constraints):  # a matcher in error allows nothing: let it end instead
-        if not bool(mask[j].any()):
+    empty = (~mask.any(dim=1)).tolist()  # a matcher in error allows nothing: let it end instead
+    for j, c in enumerate(constraints):
+        if empty[j]:
             for eos in c.eos:
                 bit = 1 << (eos % 32)
                 mask[j, eos // 32] |= bit - (1 << 32) if bit >= 1 << 31 else bit
