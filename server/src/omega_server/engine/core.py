@@ -99,15 +99,17 @@ class Engine:
         """Apply the chat template and the processor. Raises InvalidRequestError / PromptTooLongError."""
         images = check_request(req, self.config.max_images_per_request)
         check_token_ids(req.params, self.vocab_size)
-        if req.params.grammar is not None:
-            self._grammars.check(req.params.grammar)
-        return prepare_inputs(
+        grammar = req.params.grammar
+        constraint = self._grammars.constraint(grammar) if grammar is not None else None
+        prepared = prepare_inputs(
             self._processor,
             req,
             images,
             max_model_length=self.config.max_model_length,
             lock=self._prep_lock,
         )
+        prepared.constraint = constraint
+        return prepared
 
     async def stream(self, prepared: PreparedRequest) -> AsyncGenerator[StepOutput, None]:
         """Queue the request and yield its deltas; the last has ``finished=True``.
@@ -289,8 +291,8 @@ class Engine:
         runner = self._runner
         params = seq.prepared.params
         seq.generator = sampler.generator(params.seed, runner.device)
-        if params.grammar is not None:
-            seq.constraint = self._grammars.constraint(params.grammar)
+        if seq.prepared.constraint is not None:
+            seq.constraint = seq.prepared.constraint.copy()
         seq.text = IncrementalText(runner.tokenizer, runner.eos_ids, params)
 
     def _admit(self, seq: Seq) -> None:

@@ -2,8 +2,8 @@
 and the batch's allowed-token masks applied to the logits on the device.
 
 ``SamplingParams.grammar`` is ``("json_schema", schema JSON)`` (``json_object`` is the schema
-``{"type": "object"}``). ``Grammars.check`` compiles it when the request is prepared (a schema the
-compiler refuses is a 400 naming ``response_format``); ``Grammars.constraint`` makes the sequence's
+``{"type": "object"}``). ``Grammars.constraint`` compiles it when the request is prepared (a schema
+the compiler refuses is a 400 naming ``response_format``); each sequence gets its own copy of that
 matcher when it is admitted. Each sampling step fills one bitmask row per constrained sequence on the
 host (llguidance's Rust, several rows in parallel threads), copies it to the device and masks the
 logits there; after each token the engine advances the matcher (``advance``). A finished grammar
@@ -69,21 +69,17 @@ class Grammars:
                 self._executor = llguidance.LLExecutor()
             return self._tokenizer
 
-    def check(self, grammar: tuple[str, str]) -> None:
-        """Refuse a grammar llguidance cannot compile for this tokenizer (InvalidRequestError)."""
+    def constraint(self, grammar: tuple[str, str]) -> Constraint:
+        """A request's compiled grammar in its start state (when the request is prepared, off the
+        worker thread); refuses one llguidance cannot compile for this tokenizer (InvalidRequestError)."""
         import llguidance
 
         text = grammar_text(*grammar)
-        error = llguidance.LLMatcher.validate_grammar(text, self._llg())
+        tokenizer = self._llg()
+        error = llguidance.LLMatcher.validate_grammar(text, tokenizer)
         if error and not error.startswith("WARNING"):
             raise InvalidRequestError(f"response_format: {error}", param="response_format")
-
-    def constraint(self, grammar: tuple[str, str]) -> Constraint:
-        """A fresh matcher for one sequence."""
-        import llguidance
-
-        matcher = llguidance.LLMatcher(self._llg(), grammar_text(*grammar))
-        return Constraint(matcher, tuple(self._eos), self._executor)
+        return Constraint(llguidance.LLMatcher(tokenizer, text), tuple(self._eos), self._executor)
 
 
 @dataclass
@@ -93,6 +89,10 @@ class Constraint:
     matcher: Any
     eos: tuple[int, ...]
     executor: Any
+
+    def copy(self) -> Constraint:
+        """The same state for another sequence (a request's choices each get their own)."""
+        return Constraint(self.matcher.deep_copy(), self.eos, self.executor)
 
 
 def apply(seqs: list[Seq], scores: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,7 @@ class PreparedRequest:
     inputs: dict[str, torch.Tensor]
     prompt_tokens: int
     params: SamplingParams
+    constraint: Any = None  # structured output: the compiled grammar (``engine.grammar.Constraint``)
 
 
 @dataclass(frozen=True)
