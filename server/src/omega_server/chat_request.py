@@ -1,10 +1,13 @@
 """A chat-completion body -> the engine's ``GenerationRequest``, refusing what this server cannot honour.
 
-The request's validation, in order: ``parse_request`` reads the body into ``protocol``'s models (the
-shapes and bounds of the OpenAI API); ``to_generation_request`` refuses, by name, features the server
+The request's validation, in order: ``parse_request`` refuses fields the server knows but cannot
+honour (``UNHONOURED``) and reads the body into ``protocol``'s models (the shapes and bounds of the
+OpenAI API); ``to_generation_request`` refuses, by name, features the server
 does not have and requests over its limits (checked before any image is fetched), then builds the
-engine's request: sampling parameters and HF-format messages with their images decoded. What is left
-to the engine is what only it can know: the prompt's length in tokens (``PromptTooLongError``); its
+engine's request: sampling parameters (unset ones from the model's ``generation_config``), the
+``response_format`` grammar, and HF-format messages with their images decoded. What is left to the
+engine is what only it can know: the prompt's length in tokens (``PromptTooLongError``), token ids
+outside the vocabulary, a schema its grammar compiler refuses; its
 own request check (``engine.inputs.check_request``, for callers that build engine requests
 themselves) passes everything built here. Every refusal is an ``APIError`` naming the field at fault.
 """

@@ -1,8 +1,9 @@
 """OpenAI-style wire models: chat-completion requests, responses, stream chunks and errors.
 
-Only the shapes live here; turning a request into engine work is `serving`'s job. Fields that the
-OpenAI API has but this server cannot honour are declared so that a non-default value is refused
-with a clear message (see `chat_request.check_supported`) instead of being silently ignored.
+Only the shapes live here (and ``choice_logprobs``, the wire form of the engine's log-probability
+entries); turning a request into engine work is `chat_request`'s and `serving`'s job. Fields that
+the API has but this server cannot honour are refused with a clear message, never silently ignored:
+those declared here in `chat_request.check_supported`, the others in `chat_request.UNHONOURED`.
 """
 
 from __future__ import annotations
