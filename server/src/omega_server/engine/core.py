@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from omega_server import models
-from omega_server.engine import sampler
+from omega_server.engine import grammar, sampler
 from omega_server.engine.detok import IncrementalText
 from omega_server.engine.errors import (
     EngineDeadError,
@@ -43,9 +43,15 @@ from omega_server.engine.errors import (
     describe_error,
     is_fatal,
 )
-from omega_server.engine.inputs import ProcessorPool, check_request, prefill_groups, prepare_inputs
-from omega_server.engine.load import load_engine, start_runner
-from omega_server.engine.runner import Pending
+from omega_server.engine.inputs import (
+    ProcessorPool,
+    check_request,
+    check_token_ids,
+    prefill_groups,
+    prepare_inputs,
+)
+from omega_server.engine.load import load_engine, start_runner, vocab_size
+from omega_server.engine.runner import Pending, RawLogprob
 from omega_server.engine.sequence import Seq, release_inputs
 from omega_server.engine.types import (
     EngineConfig,
@@ -54,6 +60,7 @@ from omega_server.engine.types import (
     GenerationRequest,
     PreparedRequest,
     StepOutput,
+    TokenLogprob,
 )
 
 log = logging.getLogger(__name__)
@@ -75,6 +82,7 @@ class Engine:
         self.alive = True
         self._loaded = loaded
         self._processor = loaded.processor
+        self.vocab_size = vocab_size(loaded.model)
         # preprocessing: one processor copy per concurrent call (tokenizers are not thread-safe)
         self._prep_pool = ProcessorPool(loaded.processor, config.preprocess_workers)
         self._cond = threading.Condition()
@@ -88,6 +96,7 @@ class Engine:
         self._max_running = info.kv_slots or config.max_batch_size  # fewer when the KV slots are fewer
         self._pending: Pending | None = None  # the decode step queued on the device, not yet read
         self._runner.stats = self.stats
+        self._grammars = grammar.Grammars(self._runner.tokenizer, self.vocab_size, self._runner.eos_ids)
         self._runner.observer = self._observe
         self._thread = threading.Thread(target=self._work, name="omega-engine", daemon=True)
         self._thread.start()
@@ -102,8 +111,13 @@ class Engine:
     def prepare(self, req: GenerationRequest) -> PreparedRequest:
         """Apply the chat template and the processor. Raises InvalidRequestError / PromptTooLongError."""
         images = check_request(req, self.config.max_images_per_request)
+        check_token_ids(req.params, self.vocab_size)
+        grammar = req.params.grammar
+        constraint = self._grammars.constraint(grammar) if grammar is not None else None
         with self._prep_pool.borrow() as processor:
-            return prepare_inputs(processor, req, images, max_model_length=self.config.max_model_length)
+            prepared = prepare_inputs(processor, req, images, max_model_length=self.config.max_model_length)
+        prepared.constraint = constraint
+        return prepared
 
     async def stream(self, prepared: PreparedRequest) -> AsyncGenerator[StepOutput, None]:
         """Queue the request and yield its deltas; the last has ``finished=True``.
@@ -313,13 +327,15 @@ class Engine:
                 continue
             for seq in group:
                 release_inputs(seq)
-                self._deliver(seq, seq.last_token)
+                self._deliver(seq, seq.last_token, seq.last_logprob)
 
     def _start(self, seq: Seq) -> None:
         """A sequence's sampler and text state, made when it is admitted (a generator only for a seed)."""
         runner = self._runner
         params = seq.prepared.params
         seq.generator = sampler.generator(params.seed, runner.device)
+        if seq.prepared.constraint is not None:
+            seq.constraint = seq.prepared.constraint.copy()
         seq.text = IncrementalText(runner.tokenizer, runner.eos_ids, params)
 
     def _admit(self, seq: Seq) -> None:
@@ -330,7 +346,7 @@ class Engine:
             self._fail([seq], exc, "prefill")
             return
         release_inputs(seq)
-        self._deliver(seq, seq.last_token)
+        self._deliver(seq, seq.last_token, seq.last_logprob)
 
     def _step(self) -> None:
         """One decode step, pipelined one deep on runners that can (the static slot cache).
@@ -341,10 +357,23 @@ class Engine:
         step k+1: that token is dropped, and the row is freed before step k+2.
         """
         runner = self._runner
+        # a constrained row's mask needs its previous token: with one running, steps are not pipelined
+        serial = any(s.constraint is not None for s in runner.seqs)
+        if serial and self._pending is not None:
+            queued, self._pending = self._pending, None
+            try:
+                tokens = queued.wait()
+            except Exception as exc:
+                self._fail(list(runner.seqs), exc, "decode step")
+                return
+            self._take(queued, tokens)
+            self._drop_finished()
+            if not runner.seqs:
+                return
         pending, self._pending = self._pending, None
         try:
             launched = runner.launch() if runner.seqs else None
-            if not runner.pipelined:
+            if not runner.pipelined or serial:
                 pending, launched = launched, None
             tokens = pending.wait() if pending is not None else []
         except Exception as exc:
@@ -352,10 +381,15 @@ class Engine:
             return
         self._pending = launched
         if pending is not None:
-            for s, t in zip(pending.seqs, tokens, strict=True):
-                if not (s.done or s.cancelled):
-                    self._deliver(s, t)
+            self._take(pending, tokens)
         self._drop_finished()
+
+    def _take(self, pending: Pending, tokens: list[int]) -> None:
+        """A read step's tokens, each to its sequence (a row that finished meanwhile drops its token)."""
+        logprobs = pending.logprobs()
+        for s, t, lp in zip(pending.seqs, tokens, logprobs, strict=True):
+            if not (s.done or s.cancelled):
+                self._deliver(s, t, lp)
 
     def _drop_finished(self) -> None:
         runner = self._runner
@@ -365,19 +399,20 @@ class Engine:
                 s.done = True
         runner.evict(keep)
 
-    def _deliver(self, seq: Seq, token: int) -> None:
-        """``_after_token`` for one request; an error there (detokenizer, stop checks) fails that
-        request only, and its row leaves the batch before the next step."""
+    def _deliver(self, seq: Seq, token: int, logprob: RawLogprob | None = None) -> None:
+        """``_after_token`` for one request; an error there (detokenizer, stop checks, grammar) fails
+        that request only, and its row leaves the batch before the next step."""
         try:
-            self._after_token(seq, token)
+            self._after_token(seq, token, logprob)
         except Exception as exc:
             self._fail([seq], exc, "detokenization")
 
-    def _after_token(self, seq: Seq, token: int) -> None:
+    def _after_token(self, seq: Seq, token: int, logprob: RawLogprob | None = None) -> None:
         """Record a sampled token: its text (``detok``), the finish checks, and the delta sent out."""
         self.stats.completion_tokens_total += 1
         text = seq.text
         assert text is not None
+        grammar.advance(seq, token)
         delta, finish = text.add(token)
         seq.done = finish is not None
         seq.send(
@@ -388,5 +423,19 @@ class Engine:
                 finish_reason=finish,
                 prompt_tokens=seq.prepared.prompt_tokens,
                 completion_tokens=len(text.token_ids),
+                logprobs=None if logprob is None else [self._named(token, text.piece, logprob, seq)],
             )
+        )
+
+    def _named(self, token: int, piece: str, raw: RawLogprob, seq: Seq) -> TokenLogprob:
+        """A token's log-probability entry with text: the chosen token named by the text it completed
+        (so that the entries join to the answer), each alternative by its own decoding."""
+        decode = self._runner.tokenizer.decode
+        value, top = raw
+        top = top[: seq.prepared.params.top_logprobs]  # a batch computes its rows' largest number
+        return TokenLogprob(
+            token_id=token,
+            token=piece,
+            logprob=value,
+            top=tuple((t, decode([t], skip_special_tokens=False), v) for t, v in top),
         )

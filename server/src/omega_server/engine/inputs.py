@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from omega_server.engine.errors import InvalidRequestError, PromptTooLongError, describe_error
-from omega_server.engine.types import GenerationRequest, PreparedRequest
+from omega_server.engine.sampler import MAX_TOP_LOGPROBS
+from omega_server.engine.types import GenerationRequest, PreparedRequest, SamplingParams
 
 if TYPE_CHECKING:
     from omega_server.engine.sequence import Seq
@@ -45,6 +46,22 @@ def check_request(req: GenerationRequest, max_images: int) -> list[Any]:
         raise InvalidRequestError(f"temperature must be >= 0, got {p.temperature!r}", param="temperature")
     if not (isinstance(p.top_p, (int, float)) and 0 < p.top_p <= 1):
         raise InvalidRequestError(f"top_p must be in (0, 1], got {p.top_p!r}", param="top_p")
+    if not (isinstance(p.top_k, int) and p.top_k >= -1):
+        raise InvalidRequestError(f"top_k must be -1, 0 or positive, got {p.top_k!r}", param="top_k")
+    if not (isinstance(p.min_p, (int, float)) and 0 <= p.min_p <= 1):
+        raise InvalidRequestError(f"min_p must be in [0, 1], got {p.min_p!r}", param="min_p")
+    if not (isinstance(p.repetition_penalty, (int, float)) and 0 < p.repetition_penalty < math.inf):
+        raise InvalidRequestError(
+            f"repetition_penalty must be > 0, got {p.repetition_penalty!r}", param="repetition_penalty"
+        )
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(p, name)
+        if not (isinstance(value, (int, float)) and -2 <= value <= 2):
+            raise InvalidRequestError(f"{name} must be in [-2, 2], got {value!r}", param=name)
+    if not (isinstance(p.top_logprobs, int) and 0 <= p.top_logprobs <= MAX_TOP_LOGPROBS):
+        raise InvalidRequestError(
+            f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {p.top_logprobs!r}", param="top_logprobs"
+        )
     if any(not isinstance(s, str) or not s for s in p.stop):
         raise InvalidRequestError("stop strings must be non-empty strings", param="stop")
     # torch.Generator.manual_seed takes [-2**63, 2**64); outside it would raise on the worker thread.
@@ -109,6 +126,20 @@ class ProcessorPool:
             yield processor
         finally:
             self._free.put(processor)
+
+
+def check_token_ids(params: SamplingParams, vocab: int) -> None:
+    """Refuse token ids outside the vocabulary (``stop_token_ids``, ``logit_bias``): on the device an
+    index out of range is an assert that would end the engine."""
+    for name, ids in (
+        ("stop_token_ids", params.stop_token_ids),
+        ("logit_bias", [t for t, _ in params.logit_bias]),
+    ):
+        bad = [i for i in ids if not (isinstance(i, int) and 0 <= i < vocab)]
+        if bad:
+            raise InvalidRequestError(
+                f"{name}: token id {bad[0]!r} is not in the vocabulary (0 to {vocab - 1}).", param=name
+            )
 
 
 def prepare_inputs(

@@ -14,6 +14,7 @@ failure falls back to the dynamic cache with a warning.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import time
 from pathlib import Path
@@ -77,7 +78,10 @@ def load_engine(config: EngineConfig) -> Engine:
         flash_load_failures=choice.flash_load_failures,
         gqa_decode=installed.gqa_decode,
         experts_implementation=installed.experts,
+        sampling_defaults=sampling_defaults(Path(path)),
     )
+    if info.sampling_defaults:
+        log.info("sampling defaults from generation_config.json: %s", info.sampling_defaults)
     log.info(
         "engine ready: %s (%s) attn=%s requested=%s dtype=%s devices=%s in %.1fs",
         info.served_model_name,
@@ -89,6 +93,51 @@ def load_engine(config: EngineConfig) -> Engine:
         info.load_seconds,
     )
     return Engine(config, loaded, info)
+
+
+#: generation_config.json fields that are defaults for a request's unset sampling fields (vLLM's set)
+GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def sampling_defaults(checkpoint: Path) -> dict[str, float]:
+    """The sampling values the checkpoint's ``generation_config.json`` sets (only those it sets).
+
+    They are the defaults of a request's unset fields (``chat_request.sampling_params``), as vLLM
+    uses them. A missing or unreadable file gives none; values out of range are left out (logged).
+    """
+    try:
+        raw = json.loads((checkpoint / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    valid = {
+        "temperature": lambda v: 0 <= v <= 2,
+        "top_p": lambda v: 0 < v <= 1,
+        "top_k": lambda v: v >= -1 and float(v).is_integer(),
+        "min_p": lambda v: 0 <= v <= 1,
+        "repetition_penalty": lambda v: v > 0,
+    }
+    out: dict[str, float] = {}
+    for name in GENERATION_DEFAULTS:
+        value = raw.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid[name](value):
+            log.warning("generation_config.json: %s=%r is not a usable default; ignored", name, value)
+            continue
+        out[name] = value
+    return out
+
+
+def vocab_size(model: Any) -> int:
+    """Rows of the model's logits: the token ids a request may name (``stop_token_ids``, ``logit_bias``)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return int(weight.shape[0])
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(config.vocab_size)
 
 
 def wants_static(config: EngineConfig, loaded: models.LoadedModel, backend: str) -> bool:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from omega_server.engine.detok import IncrementalText
+    from omega_server.engine.grammar import Constraint
 
 
 @dataclass
@@ -33,11 +34,16 @@ class Seq:
     cancelled: bool = False
     done: bool = False
     generator: torch.Generator | None = None  # made at admission, for a seeded request only
+    # penalized requests only (``sampler``): output token counts and the prompt's tokens, on the device
+    counts: torch.Tensor | None = None
+    prompt_seen: torch.Tensor | None = None
+    constraint: Constraint | None = None  # structured output: made at admission (``engine.grammar``)
     text: IncrementalText | None = None  # made at admission
     cache_len: int = 0  # real (unpadded) tokens in this sequence's KV cache
     next_pos: int = 0  # text position of the next token fed
     rope_delta: int = 0  # M-RoPE offset (Qwen-VL); 0 elsewhere
     last_token: int = 0
+    last_logprob: tuple[float, tuple[tuple[int, float], ...]] | None = None  # runner.RawLogprob
     batched: bool = False
 
     def send(self, item: Any) -> None:

@@ -142,7 +142,7 @@ class StaticRunner(Runner):
             cols = torch.tensor([n - 1 for n in lengths], device=self.device)
         logits = out.logits[torch.arange(len(seqs), device=self.device), cols]
         deltas = self._rope_deltas(len(seqs))
-        self._join(seqs, lengths, deltas, sampler.sample(seqs, logits), cache)
+        self._join(seqs, lengths, deltas, self._sample(seqs, logits), cache)
 
     def evict(self, keep: list[int]) -> None:
         sc = self.slot_cache
@@ -180,13 +180,26 @@ class StaticRunner(Runner):
         for s in seqs:
             s.cache_len += 1
             s.next_pos += 1
-        sampled = sampler.sample_device(seqs, logits[:n])
+        out = sampler.sample_full(seqs, logits[:n])
+        sampled = out.tokens
         sc.set_tokens(n, sampled)
         host = self._host[self._flip]
         self._flip ^= 1
         host[:n].copy_(sampled, non_blocking=True)
+        logprobs = None
+        if out.logprob_rows:  # copied now, before the next step is queued behind them
+            logprobs = (out.logprob_rows, _to_host(out.logprobs), _to_host(out.top_ids))
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
-        return Pending(seqs, host=host, event=event)
+        return Pending(seqs, host=host, event=event, logprob_host=logprobs)
+
+
+def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A non-blocking copy into pinned host memory (read after the step's event)."""
+    if t is None or t.device.type != "cuda":
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host

@@ -6,7 +6,7 @@ No torch at import: the HTTP layer builds requests and reads outputs, info and s
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -17,7 +17,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request sampling. ``temperature`` at or below ``sampler.SAMPLING_EPS`` is greedy decoding."""
+    """Per-request sampling. ``temperature`` at or below ``sampler.SAMPLING_EPS`` is greedy decoding.
+
+    The neutral value of each field turns it off (``top_k`` 0, ``min_p`` 0, penalties 0 or 1); the
+    order in which the sampler applies them is in ``engine.sampler``'s docstring.
+    """
 
     max_tokens: int
     temperature: float = 1.0
@@ -25,6 +29,17 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
+    top_k: int = 0  # keep the k most likely tokens; 0 (or -1) keeps all
+    min_p: float = 0.0  # drop tokens below min_p x the most likely token's probability
+    repetition_penalty: float = 1.0  # HF's: logits of prompt and output tokens divided (or times)
+    presence_penalty: float = 0.0  # OpenAI's: minus this for every token already in the output
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times the token's count in the output
+    stop_token_ids: tuple[int, ...] = ()  # these tokens end the sequence like EOS (not in the text)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    logprobs: bool = False  # report the chosen token's log-probability
+    top_logprobs: int = 0  # and the most likely tokens' at each position (needs logprobs)
+    # structured output: ("json_schema", the schema as JSON), see ``engine.grammar``; None: free text
+    grammar: tuple[str, str] | None = None
 
 
 @dataclass
@@ -42,6 +57,21 @@ class PreparedRequest:
     inputs: dict[str, torch.Tensor]
     prompt_tokens: int
     params: SamplingParams
+    constraint: Any = None  # structured output: the compiled grammar (``engine.grammar.Constraint``)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log-probability (the model's distribution) and the top alternatives'.
+
+    ``token`` is the text this token completed (the entries of a sequence join to its text); an
+    alternative's text is its own decoding.
+    """
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()  # (token id, text, log-probability), likeliest first
 
 
 @dataclass
@@ -54,6 +84,7 @@ class StepOutput:
     finish_reason: str | None  # "stop" | "length" | None
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # one per token of ``token_ids`` when asked for
 
 
 @dataclass
@@ -132,6 +163,8 @@ class EngineInfo:
     kv_token_capacity: int = 0  # kv_slots x max_model_length
     kv_sized_from_memory: bool = False  # the slot count came from the device's free memory
     kv_budget_bytes: int = 0  # memory granted to the KV cache (0 when not sized from memory)
+    # the checkpoint's generation_config values for unset request fields (``load.sampling_defaults``)
+    sampling_defaults: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
