@@ -390,14 +390,19 @@ def test_static_slot_cache_with_eager_attention_and_cancellation(
         eng.shutdown()
 
 
-def test_flash_backend_keeps_dynamic_cache(engine: Engine) -> None:
+def test_runner_choice_per_backend(engine: Engine) -> None:
     from omega_server.engine.load import make_runner
     from omega_server.engine.runner import Runner
     from omega_server.engine.static_runner import StaticRunner
 
     static = EngineConfig(model_path="unused", kv_cache="static")
-    assert type(make_runner(static, engine._loaded, "flash_attention_2")) is Runner
+    # flash_attention_2 decodes on the slot cache too (issue 13: kernels.flash_decode)
+    assert isinstance(make_runner(static, engine._loaded, "flash_attention_2"), StaticRunner)
     assert isinstance(make_runner(static, engine._loaded, "sdpa"), StaticRunner)
+    assert (
+        type(make_runner(EngineConfig(model_path="unused", kv_cache="dynamic"), engine._loaded, "sdpa"))
+        is Runner
+    )
     assert (
         type(make_runner(EngineConfig(model_path="unused"), engine._loaded, "sdpa")) is Runner
     )  # auto on CPU

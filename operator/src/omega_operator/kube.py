@@ -20,6 +20,7 @@ from urllib.parse import quote
 import aiohttp
 
 from omega_operator.api.models import GROUP, PLURAL, VERSION
+from omega_operator.api_error import ApiError
 from omega_operator.builders import FIELD_MANAGER
 from omega_operator.conditions import rfc3339
 from omega_operator.credentials import Credentials, load_credentials
@@ -38,20 +39,6 @@ _PLURALS = {
     "Pod": "pods",
     "Event": "events",
 }
-
-
-class ApiError(Exception):
-    """A failed API call; `status` is the HTTP status (0 for a connection failure)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-
-    @property
-    def transient(self) -> bool:
-        """Worth retrying: connection problems, conflicts, throttling, server errors."""
-        return self.status in (0, 409, 429) or self.status >= 500
 
 
 def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:

@@ -13,8 +13,8 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from omega_operator.api_error import ApiError
 from omega_operator.health_report import ProbeOutcome, ProbeResult
-from omega_operator.kube import ApiError
 
 RECONCILES = Counter(
     "omega_operator_reconciles", "Reconciles of OmegaVLMs by result (success|error|invalid)", ["result"]
