@@ -24,7 +24,13 @@ from omega_operator.api.defaults import (
     DEFAULT_SHM_SIZE,
     DEFAULT_STARTUP_TIMEOUT,
 )
-from omega_operator.api.models import API_VERSION, H100_PRODUCTS, KIND, OmegaVLMSpec
+from omega_operator.api.models import API_VERSION, KIND, OmegaVLMSpec
+from omega_operator.api.placement import (
+    DEFAULT_GPU_SELECTOR,
+    GPU_FAMILY_LABEL,
+    GPU_PRODUCT_LABEL,
+    HOPPER_FAMILY,
+)
 from omega_operator.health_report import FLASH_BACKEND
 
 FIELD_MANAGER = "omega-vlm-operator"
@@ -34,7 +40,6 @@ CONTAINER = "server"
 CONTAINER_PORT = 8000
 PORT_NAME = "http"
 GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 VARIANT_LABEL = "vlm.omega.io/variant"
 MODEL_MOUNT = "/models"
@@ -67,8 +72,8 @@ def gpu_count(spec: OmegaVLMSpec) -> int:
     return (spec.gpu.count if spec.gpu and spec.gpu.count else None) or DEFAULT_GPU_COUNT
 
 
-def gpu_products(spec: OmegaVLMSpec) -> list[str]:
-    return list(spec.gpu.products) if spec.gpu and spec.gpu.products else list(H100_PRODUCTS)
+def gpu_selector(spec: OmegaVLMSpec) -> str:
+    return (spec.gpu.selector if spec.gpu else None) or DEFAULT_GPU_SELECTOR
 
 
 def fallback_enabled(spec: OmegaVLMSpec) -> bool:
@@ -171,6 +176,11 @@ def selector_labels(name: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": name}
 
 
+def selector_string(name: str) -> str:
+    """:func:`selector_labels` as a label-selector string (status.selector, for the scale subresource)."""
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
 def labels(name: str) -> dict[str, str]:
     return {
         **selector_labels(name),
@@ -207,10 +217,22 @@ def gpu_toleration() -> dict[str, Any]:
     return {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
 
 
+def gpu_node_requirement(spec: OmegaVLMSpec) -> dict[str, Any] | None:
+    """The GPU node-selector requirement: the products given, else the Hopper family; None for
+    selector none (only the nvidia.com/gpu limit places the pods)."""
+    if gpu_selector(spec) == "none":
+        return None
+    if spec.gpu and spec.gpu.products:
+        return {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(spec.gpu.products)}
+    return {"key": GPU_FAMILY_LABEL, "operator": "In", "values": [HOPPER_FAMILY]}
+
+
 def affinity(spec: OmegaVLMSpec) -> dict[str, Any]:
-    """Required node affinity on the GPU product, ANDed into each of the user's node selector terms."""
-    ours = {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": gpu_products(spec)}
+    """The user's affinity with our GPU requirement ANDed into each of its node selector terms."""
+    ours = gpu_node_requirement(spec)
     user = dict(spec.affinity or {})
+    if ours is None:
+        return user
     node_aff = dict(user.get("nodeAffinity") or {})
     required = dict(node_aff.get("requiredDuringSchedulingIgnoredDuringExecution") or {})
     terms = [dict(t) for t in required.get("nodeSelectorTerms") or []] or [{}]
@@ -220,6 +242,22 @@ def affinity(spec: OmegaVLMSpec) -> dict[str, Any]:
     node_aff["requiredDuringSchedulingIgnoredDuringExecution"] = required
     user["nodeAffinity"] = node_aff
     return user
+
+
+def scheduling(spec: OmegaVLMSpec, name: str) -> dict[str, Any]:
+    """runtimeClassName, priorityClassName and topologySpreadConstraints of the pod, as given; a
+    spread constraint without labelSelector gets this OmegaVLM's pod selector."""
+    out: dict[str, Any] = {}
+    if spec.runtime_class_name:
+        out["runtimeClassName"] = spec.runtime_class_name
+    if spec.priority_class_name:
+        out["priorityClassName"] = spec.priority_class_name
+    if spec.topology_spread_constraints:
+        out["topologySpreadConstraints"] = [
+            {"labelSelector": {"matchLabels": selector_labels(name)}, **c}
+            for c in spec.topology_spread_constraints
+        ]
+    return out
 
 
 def tolerations(spec: OmegaVLMSpec) -> list[dict[str, Any]]:
@@ -298,7 +336,7 @@ def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]
         container["envFrom"] = [dict(e) for e in spec.env_from]
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "affinity": affinity(spec),
+        **({"affinity": aff} if (aff := affinity(spec)) else {}),
         "tolerations": tolerations(spec),
         "volumes": volumes,
         "securityContext": {
@@ -310,6 +348,7 @@ def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]
         },
         "terminationGracePeriodSeconds": 30,
     }
+    pod_spec.update(scheduling(spec, name))
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.image_pull_secrets:

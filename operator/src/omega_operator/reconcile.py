@@ -186,6 +186,7 @@ async def _reconcile(
         problems=verdict.problems,
         flash=verdict.flash,
         now=c.rfc3339(now),
+        name=name,
     )
     res.status_patch = st.diff(old, new)
     if res.status_patch:
