@@ -401,23 +401,35 @@ def service(spec: OmegaVLMSpec, owner: Owner) -> dict[str, Any]:
     }
 
 
-def pdb(spec: OmegaVLMSpec, owner: Owner, api_version: str) -> dict[str, Any] | None:
+def pdb(
+    spec: OmegaVLMSpec, owner: Owner, api_version: str, always_allow: bool = False
+) -> dict[str, Any] | None:
     """A PodDisruptionBudget (at most one pod down at a time) when replicas > 1, else None.
 
     `api_version` is policy/v1 or policy/v1beta1, whichever the cluster serves (discovery).
+    `always_allow` (API servers 1.27+) sets `unhealthyPodEvictionPolicy: AlwaysAllow`: a pod that
+    is not Ready (loading, crash-looping) can always be evicted, so node drains never hang on
+    pods that serve nothing; only Ready pods count against the budget.
     """
     if replicas(spec) <= 1:
         return None
+    body: dict[str, Any] = {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner.name)}}
+    if always_allow:
+        body["unhealthyPodEvictionPolicy"] = "AlwaysAllow"
     return {
         "apiVersion": api_version,
         "kind": "PodDisruptionBudget",
         "metadata": _metadata(owner),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner.name)}},
+        "spec": body,
     }
 
 
 def children(
-    spec: OmegaVLMSpec, owner: Owner, variant_: str, pdb_api_version: str
+    spec: OmegaVLMSpec, owner: Owner, variant_: str, pdb_api_version: str, pdb_always_allow: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """(Deployment, Service, PodDisruptionBudget or None) for one OmegaVLM."""
-    return deployment(spec, owner, variant_), service(spec, owner), pdb(spec, owner, pdb_api_version)
+    return (
+        deployment(spec, owner, variant_),
+        service(spec, owner),
+        pdb(spec, owner, pdb_api_version, pdb_always_allow),
+    )

@@ -147,7 +147,9 @@ async def _reconcile(
 
     # 3. Converge the children (apply only what differs from the watch cache).
     owner = owner_of(body)
-    deployment, service, pdb = b.children(spec, owner, variant, await kube.pdb_api_version())
+    deployment, service, pdb = b.children(
+        spec, owner, variant, await kube.pdb_api_version(), await kube.pdb_always_allow()
+    )
 
     async def converge(kind: str, desired: dict[str, Any], actual: dict[str, Any] | None) -> None:
         desired = drift.stamp(desired)
