@@ -54,6 +54,7 @@ def test_example_deployment(example: dict[str, Any]) -> None:
         "MODEL_PATH": "/models/models/omega-17",
         "SERVED_MODEL_NAME": "omega-17-vl-exp",
         "PORT": "8000",
+        "SHUTDOWN_TIMEOUT": "110",
         "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
     }
     # ours first, the user's after (they may reference ours as $(VAR))
@@ -202,6 +203,18 @@ def test_probes_and_security(minimal_spec: dict[str, Any]) -> None:
     pod_sc = dep["spec"]["template"]["spec"]["securityContext"]
     assert pod_sc["runAsNonRoot"] is True and pod_sc["seccompProfile"]["type"] == "RuntimeDefault"
     assert dep["spec"]["progressDeadlineSeconds"] > 3600
+
+
+def test_shutdown_gives_streams_the_grace_period(minimal_spec: dict[str, Any]) -> None:
+    dep = b.deployment(parse_spec(minimal_spec), OWNER, "flash")
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 120
+    assert _container(dep)["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+    assert _env(dep)["SHUTDOWN_TIMEOUT"] == "110"  # the grace period less the hook and a margin
+    minimal_spec["terminationGracePeriodSeconds"] = 900
+    dep = b.deployment(parse_spec(minimal_spec), OWNER, "flash")
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 900
+    assert _env(dep)["SHUTDOWN_TIMEOUT"] == "890"
 
 
 def test_service_and_pdb(example: dict[str, Any], minimal_spec: dict[str, Any]) -> None:

@@ -23,7 +23,9 @@ from omega_operator.api.defaults import (
     DEFAULT_SERVICE_TYPE,
     DEFAULT_SHM_SIZE,
     DEFAULT_STARTUP_TIMEOUT,
+    DEFAULT_TERMINATION_GRACE,
 )
+from omega_operator.api.lifecycle import PRESTOP_DELAY, shutdown_timeout
 from omega_operator.api.models import API_VERSION, KIND, OmegaVLMSpec
 from omega_operator.api.placement import (
     DEFAULT_GPU_SELECTOR,
@@ -91,6 +93,11 @@ def crash_loop_restarts(spec: OmegaVLMSpec) -> int:
 def startup_timeout(spec: OmegaVLMSpec) -> int:
     """Seconds a pod may take to load the model (startup probe budget)."""
     return (spec.runtime.startup_timeout_seconds if spec.runtime else None) or DEFAULT_STARTUP_TIMEOUT
+
+
+def termination_grace(spec: OmegaVLMSpec) -> int:
+    """Seconds a pod has to stop (preStop, then SIGTERM, then SIGKILL)."""
+    return spec.termination_grace_period_seconds or DEFAULT_TERMINATION_GRACE
 
 
 def service_port(spec: OmegaVLMSpec) -> int:
@@ -161,6 +168,7 @@ def server_env(spec: OmegaVLMSpec, variant_: str) -> list[dict[str, Any]]:
         "MODEL_PATH": model_volume(spec.model.uri).model_path,
         "SERVED_MODEL_NAME": spec.model.name,
         "PORT": str(CONTAINER_PORT),
+        "SHUTDOWN_TIMEOUT": str(shutdown_timeout(termination_grace(spec))),
     }
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in ours.items()]
     for item in spec.env or []:
@@ -306,6 +314,12 @@ def probes(spec: OmegaVLMSpec) -> dict[str, dict[str, Any]]:
     }
 
 
+def lifecycle() -> dict[str, Any]:
+    """preStop: wait before SIGTERM so endpoints and load balancers stop sending new requests while
+    the server still serves (exec sleep: the `sleep` action is 1.29+)."""
+    return {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_DELAY)]}}}
+
+
 def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]:
     image = image_for(spec, variant_)
     mv = model_volume(spec.model.uri)
@@ -323,6 +337,7 @@ def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]
         "env": server_env(spec, variant_),
         "resources": container_resources(spec),
         **probes(spec),
+        "lifecycle": lifecycle(),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
@@ -346,7 +361,7 @@ def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]
             "fsGroup": 1000,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": termination_grace(spec),
     }
     pod_spec.update(scheduling(spec, name))
     if spec.node_selector:

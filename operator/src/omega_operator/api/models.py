@@ -16,6 +16,7 @@ from pydantic import Field, WithJsonSchema
 from omega_operator.api import defaults as d
 from omega_operator.api.base import ApiModel as _Model
 from omega_operator.api.base import open_object as _open_object
+from omega_operator.api.lifecycle import PodLifecycle
 from omega_operator.api.placement import GpuSpec, PodScheduling
 
 GROUP = "vlm.omega.io"
@@ -44,6 +45,7 @@ RESERVED_ENV = (
     "MODEL_PATH",
     "SERVED_MODEL_NAME",
     "PORT",
+    "SHUTDOWN_TIMEOUT",
 )
 
 Attention = Literal["auto", "flash_attention_2", "sdpa"]
@@ -225,7 +227,7 @@ class LocalObjectReference(_Model):
     name: str = Field(min_length=1, max_length=253, description="Name of the referenced object.")
 
 
-class OmegaVLMSpec(PodScheduling, _Model):
+class OmegaVLMSpec(PodScheduling, PodLifecycle, _Model):
     """Desired state of an OmegaVLM: a VLM inference server on NVIDIA Hopper GPU nodes."""
 
     model: ModelSource = Field(description="The model to serve.")

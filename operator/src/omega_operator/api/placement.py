@@ -55,7 +55,7 @@ class GpuSpec(ApiModel):
         max_length=16,
         description=(
             f"Narrow placement to these values of the node label {GPU_PRODUCT_LABEL} (GPU Feature "
-            f"Discovery), e.g. {', '.join(HOPPER_PRODUCTS)}. Default: every node with "
+            f"Discovery), e.g. {', '.join(HOPPER_PRODUCTS)}. Unset: every node with "
             f"{GPU_FAMILY_LABEL}={HOPPER_FAMILY} (every Hopper data-centre GPU). Not with selector none."
         ),
         json_schema_extra={"x-kubernetes-list-type": "set"},
