@@ -76,8 +76,10 @@ class ModelSource(_Model):
         pattern=URI_PATTERN,
         description=(
             "Where the weights are: `pvc://claim/path` (the claim is mounted read-only and MODEL_PATH "
-            "points into it), `hf://org/name[@revision]` (downloaded by the server at start; needs "
-            "network) or `file:///path` (a path on the node). Passed to the server as MODEL_PATH."
+            "points into it; with replicas on several nodes it must be ReadOnlyMany or ReadWriteMany), "
+            "`hf://org/name[@revision]` (downloaded by the server at start; needs network) or "
+            "`file:///path` (a path inside the server image; nothing is mounted for it). Passed to "
+            "the server as MODEL_PATH."
         ),
     )
 
