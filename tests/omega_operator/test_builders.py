@@ -202,6 +202,9 @@ def test_probes_and_security(minimal_spec: dict[str, Any]) -> None:
     assert sc["runAsNonRoot"] is True and sc["seccompProfile"] == {"type": "RuntimeDefault"}
     pod_sc = dep["spec"]["template"]["spec"]["securityContext"]
     assert pod_sc["runAsNonRoot"] is True and pod_sc["seccompProfile"]["type"] == "RuntimeDefault"
+    # the image's own user (10001 owns its HOME and HF_HOME; a forced 1000 could not write them)
+    assert "runAsUser" not in pod_sc and "runAsGroup" not in pod_sc and "runAsUser" not in sc
+    assert pod_sc["fsGroup"] == 10001
     assert dep["spec"]["progressDeadlineSeconds"] > 3600
 
 

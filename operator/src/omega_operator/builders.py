@@ -45,6 +45,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 VARIANT_LABEL = "vlm.omega.io/variant"
 MODEL_MOUNT = "/models"
+SERVER_IMAGE_GID = 10001  # Dockerfile.server: USER 10001:10001
 
 STARTUP_PERIOD = 10
 
@@ -314,6 +315,12 @@ def probes(spec: OmegaVLMSpec) -> dict[str, dict[str, Any]]:
     }
 
 
+def pod_security_context() -> dict[str, Any]:
+    """Non-root as the image's own user (no forced uid: the server image's HF_HOME and HOME belong
+    to it), with the image's group as fsGroup so volumes (a model cache, emptyDirs) are writable."""
+    return {"runAsNonRoot": True, "fsGroup": SERVER_IMAGE_GID, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 def lifecycle() -> dict[str, Any]:
     """preStop: wait before SIGTERM so endpoints and load balancers stop sending new requests while
     the server still serves (exec sleep: the `sleep` action is 1.29+)."""
@@ -354,13 +361,7 @@ def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]
         **({"affinity": aff} if (aff := affinity(spec)) else {}),
         "tolerations": tolerations(spec),
         "volumes": volumes,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": termination_grace(spec),
     }
     pod_spec.update(scheduling(spec, name))
