@@ -52,6 +52,7 @@ pytestmark = [pytest.mark.devcluster, pytest.mark.slow, pytest.mark.timeout(600)
 HOPPER_NODES = {"h100-sxm-0", "h100-pcie-0", "h200-0"}
 # Images the process kubelet runs as an idle process: pods are Running but never Ready (the
 # startup probe on /health keeps failing quietly), which is all placement and rollout tests need.
+IMAGE_UID = 10001  # stand-ins run as the server image's user: the pods are non-root, no uid forced
 IDLE_REPO = "registry.example.com/omega-idle"
 EXAMPLE_REPO = "registry.example.com/omega-vlm-server"
 
@@ -66,8 +67,8 @@ def cluster(devcluster: Cluster) -> Cluster:
     install_crd(devcluster)
     for variant in ("flash", "sdpa"):
         devcluster.add_image(f"{EXAMPLE_REPO}:v0.1.0-{variant}", ["sleep", "3600"])
-        devcluster.add_image(f"{IDLE_REPO}:v1-{variant}", ["sleep", "3600"])
-        devcluster.add_image(f"{IDLE_REPO}:v2-{variant}", ["sleep", "3600"])
+        devcluster.add_image(f"{IDLE_REPO}:v1-{variant}", ["sleep", "3600"], uid=IMAGE_UID)
+        devcluster.add_image(f"{IDLE_REPO}:v2-{variant}", ["sleep", "3600"], uid=IMAGE_UID)
     return devcluster
 
 

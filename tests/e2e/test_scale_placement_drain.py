@@ -36,6 +36,7 @@ from tests.e2e.operator_support import base_spec, manifest
 
 pytestmark = [pytest.mark.devcluster, pytest.mark.slow, pytest.mark.timeout(600)]
 
+IMAGE_UID = 10001  # stand-ins run as the server image's user: the pods are non-root, no uid forced
 IDLE_REPO = "registry.example.com/omega-idle-scale"
 
 
@@ -48,7 +49,7 @@ def prefix() -> str:
 def cluster(devcluster: Cluster) -> Cluster:
     install_crd(devcluster)
     for variant in ("flash", "sdpa"):
-        devcluster.add_image(f"{IDLE_REPO}:v1-{variant}", ["sleep", "3600"])
+        devcluster.add_image(f"{IDLE_REPO}:v1-{variant}", ["sleep", "3600"], uid=IMAGE_UID)
     return devcluster
 
 
