@@ -107,7 +107,9 @@ def main() -> int:
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/omegavlms.vlm.omega.io")
         cluster.kubectl("create", "namespace", NS)
         for variant in ("flash", "sdpa"):
-            cluster.add_image(f"{IMAGE_REPO}:v1-{variant}", ["sleep", "3600"])
+            cluster.add_image(
+                f"{IMAGE_REPO}:v1-{variant}", ["sleep", "3600"], uid=10001
+            )  # non-root, as the server image
 
         log = (state / "operator.log").open("wb")
         env = {

@@ -8,7 +8,7 @@ them as local processes.
 
 from devcluster.cluster import TEST_KUBELET, Cluster, ClusterError
 from devcluster.kubelet import KubeletConfig
-from devcluster.nodes import A100_SXM, DEFAULT_NODES, GPU_TAINT, H100_PCIE, H100_SXM, GpuModel, NodeSpec
+from devcluster.nodes import A100_SXM, DEFAULT_NODES, GPU_TAINT, H100_PCIE, H100_SXM, H200, GpuModel, NodeSpec
 
 __all__ = [
     "A100_SXM",
@@ -16,6 +16,7 @@ __all__ = [
     "GPU_TAINT",
     "H100_PCIE",
     "H100_SXM",
+    "H200",
     "TEST_KUBELET",
     "Cluster",
     "ClusterError",

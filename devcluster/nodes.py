@@ -26,8 +26,9 @@ class GpuModel:
 H100_SXM = GpuModel("NVIDIA-H100-80GB-HBM3", "hopper", 9, 0, 81559)
 H100_PCIE = GpuModel("NVIDIA-H100-PCIe", "hopper", 9, 0, 81559)
 H100_NVL = GpuModel("NVIDIA-H100-NVL", "hopper", 9, 0, 95830)
+H200 = GpuModel("NVIDIA-H200", "hopper", 9, 0, 143771)
 A100_SXM = GpuModel("NVIDIA-A100-SXM4-80GB", "ampere", 8, 0, 81920)
-GPU_MODELS = {m.product: m for m in (H100_SXM, H100_PCIE, H100_NVL, A100_SXM)}
+GPU_MODELS = {m.product: m for m in (H100_SXM, H100_PCIE, H100_NVL, H200, A100_SXM)}
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class NodeSpec:
 DEFAULT_NODES: tuple[NodeSpec, ...] = (
     NodeSpec("h100-sxm-0", H100_SXM, 8, cpu="208", memory="2015Gi"),
     NodeSpec("h100-pcie-0", H100_PCIE, 2, cpu="64", memory="512Gi"),
+    NodeSpec("h200-0", H200, 8, cpu="192", memory="2015Gi"),
     NodeSpec("a100-0", A100_SXM, 8, cpu="128", memory="1024Gi"),
     NodeSpec("cpu-0", None, 0, cpu="16", memory="64Gi"),
 )

@@ -28,12 +28,13 @@ def ns(devcluster: Cluster) -> str:
 
 def test_nodes_ready_with_gpu_capacity_and_heartbeat_leases(devcluster: Cluster) -> None:
     nodes = {n["metadata"]["name"]: n for n in devcluster.get("nodes")["items"]}
-    assert set(nodes) >= {"h100-sxm-0", "h100-pcie-0", "a100-0", "cpu-0"}
+    assert set(nodes) >= {"h100-sxm-0", "h100-pcie-0", "h200-0", "a100-0", "cpu-0"}
     for n in nodes.values():
         ready = [c for c in n["status"]["conditions"] if c["type"] == "Ready"]
         assert ready and ready[0]["status"] == "True"
     assert nodes["h100-sxm-0"]["status"]["allocatable"]["nvidia.com/gpu"] == "8"
     assert nodes["h100-pcie-0"]["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H100-PCIe"
+    assert nodes["h200-0"]["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H200"
     assert "nvidia.com/gpu" not in nodes["cpu-0"]["status"]["allocatable"]
     leases = {x["metadata"]["name"]: x for x in devcluster.get("leases", "-n", "kube-node-lease")["items"]}
     assert set(leases) >= set(nodes)

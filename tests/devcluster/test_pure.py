@@ -120,6 +120,10 @@ def test_default_nodes_have_gfd_labels_and_gpu_taints() -> None:
     assert h100["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
     assert h100["nvidia.com/gpu.family"] == "hopper" and h100["nvidia.com/gpu.compute.major"] == "9"
     assert h100["nvidia.com/gpu.memory"] == "81559"
+    h200 = node_labels(by_name["h200-0"])
+    assert (h200["nvidia.com/gpu.product"], h200["nvidia.com/gpu.family"]) == ("NVIDIA-H200", "hopper")
+    assert (h200["nvidia.com/gpu.compute.major"], h200["nvidia.com/gpu.memory"]) == ("9", "143771")
+    assert h200["nvidia.com/gpu.count"] == "8"
     assert "nvidia.com/gpu.product" not in node_labels(by_name["cpu-0"])
     assert node_object(by_name["a100-0"])["spec"]["taints"] == [
         {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}

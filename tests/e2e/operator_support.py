@@ -144,6 +144,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("no-tag-no-images", {"image": {"repository": "r.example/omega-vlm-server"}}, "spec.image.tag"),
     ("gpu-in-resources", {"resources": {"limits": {"nvidia.com/gpu": 2}}}, "spec.resources.limits"),
     ("product-in-node-selector", {"nodeSelector": {"nvidia.com/gpu.product": "X"}}, "spec.nodeSelector"),
+    ("products-with-selector-none", {"gpu": {"selector": "none", "products": ["X"]}}, "spec.gpu.products"),
     (
         "env-value-and-value-from",
         {"env": [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},

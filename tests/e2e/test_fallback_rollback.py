@@ -35,7 +35,7 @@ from tests.e2e.fallback_support import (
 
 pytestmark = [pytest.mark.devcluster, pytest.mark.slow, pytest.mark.timeout(600)]
 
-H100_NODES = {"h100-sxm-0", "h100-pcie-0"}
+HOPPER_NODES = {"h100-sxm-0", "h100-pcie-0", "h200-0"}
 
 
 def test_flash_load_failure_rolls_back_to_sdpa_once_and_retries_on_request(
@@ -62,7 +62,7 @@ def test_flash_load_failure_rolls_back_to_sdpa_once_and_retries_on_request(
         fb = obj["status"]["attention"]["fallback"]
         assert fb["reason"] == "FlashAttentionLoadFailed"
         assert fb["fromImage"] == FLASH_IMAGE and fb["toImage"] == SDPA_IMAGE
-        assert fb["pod"].startswith(f"{name}-") and fb["node"] in H100_NODES
+        assert fb["pod"].startswith(f"{name}-") and fb["node"] in HOPPER_NODES
         assert "flash" in fb["message"].lower(), fb["message"]  # the server's own error words
         assert fb["attention"] == "auto" and fb["at"].endswith("Z")
 

@@ -49,9 +49,10 @@ from tests.e2e.operator_support import (
 
 pytestmark = [pytest.mark.devcluster, pytest.mark.slow, pytest.mark.timeout(600)]
 
-H100_NODES = {"h100-sxm-0", "h100-pcie-0"}
+HOPPER_NODES = {"h100-sxm-0", "h100-pcie-0", "h200-0"}
 # Images the process kubelet runs as an idle process: pods are Running but never Ready (the
 # startup probe on /health keeps failing quietly), which is all placement and rollout tests need.
+IMAGE_UID = 10001  # stand-ins run as the server image's user: the pods are non-root, no uid forced
 IDLE_REPO = "registry.example.com/omega-idle"
 EXAMPLE_REPO = "registry.example.com/omega-vlm-server"
 
@@ -66,8 +67,8 @@ def cluster(devcluster: Cluster) -> Cluster:
     install_crd(devcluster)
     for variant in ("flash", "sdpa"):
         devcluster.add_image(f"{EXAMPLE_REPO}:v0.1.0-{variant}", ["sleep", "3600"])
-        devcluster.add_image(f"{IDLE_REPO}:v1-{variant}", ["sleep", "3600"])
-        devcluster.add_image(f"{IDLE_REPO}:v2-{variant}", ["sleep", "3600"])
+        devcluster.add_image(f"{IDLE_REPO}:v1-{variant}", ["sleep", "3600"], uid=IMAGE_UID)
+        devcluster.add_image(f"{IDLE_REPO}:v2-{variant}", ["sleep", "3600"], uid=IMAGE_UID)
     return devcluster
 
 
@@ -184,13 +185,13 @@ def test_example_deployment_on_h100(cluster: Cluster, ns: str) -> None:
     explain = cluster.kubectl("explain", "omegavlm.spec.runtime").stdout
     assert "maxBatchSize" in explain and "MAX_BATCH_SIZE" in explain
 
-    # The pods bind to H100 nodes, never to the A100 or CPU node.
+    # The pods bind to the H100 nodes (the example names H100 products), never to the A100 or CPU node.
     def bound() -> list[str] | None:
         nodes = [p["spec"].get("nodeName") for p in pods(cluster, ns)]
         return nodes if len(nodes) == 2 and all(nodes) else None
 
     nodes = wait_for(bound, 60, "both pods bound")
-    assert set(nodes) <= H100_NODES, nodes
+    assert set(nodes) <= HOPPER_NODES, nodes
 
     # kubectl get ovlm: the columns.
     def columns() -> list[str] | None:
@@ -390,8 +391,8 @@ def test_delete_cascades(cluster: Cluster, ns: str) -> None:
 
 
 def test_no_h100_capacity_is_unschedulable(cluster: Cluster, ns: str) -> None:
-    # 8 GPUs per pod: at most one pod fits (h100-sxm-0 has 8, h100-pcie-0 has 2); the A100 node
-    # has 8 free GPUs but is the wrong product.
+    # 8 GPUs per pod: at most two pods fit (h100-sxm-0 and h200-0 have 8, h100-pcie-0 has 2); the
+    # A100 node has 8 free GPUs but is the wrong family.
     spec = {**base_spec(IDLE_REPO), "replicas": 3, "gpu": {"count": 8}}
     apply(cluster, manifest("big", ns, spec))
 
@@ -411,7 +412,7 @@ def test_no_h100_capacity_is_unschedulable(cluster: Cluster, ns: str) -> None:
     assert "Insufficient nvidia.com/gpu" in evs[0]["message"]
     for p in pods(cluster, ns):
         node = p["spec"].get("nodeName")
-        assert node is None or node in H100_NODES
+        assert node is None or node in HOPPER_NODES
     # capacity back (fewer GPUs per pod): schedulable again
     patch(cluster, ns, "big", {"replicas": 1})
     wait_for(

@@ -76,6 +76,10 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("gpu in resources", {"resources": {"limits": {"nvidia.com/gpu": 2}}}, "spec.resources.limits"),
     ("product in nodeSelector", {"nodeSelector": {"nvidia.com/gpu.product": "X"}}, "spec.nodeSelector"),
+    ("gpu selector enum", {"gpu": {"selector": "gfd"}}, "spec.gpu.selector"),
+    ("products with selector none", {"gpu": {"selector": "none", "products": ["X"]}}, "spec.gpu.products"),
+    ("runtime class name", {"runtimeClassName": "Nvidia_GPU"}, "spec.runtimeClassName"),
+    ("grace below the hook", {"terminationGracePeriodSeconds": 5}, "spec.terminationGracePeriodSeconds"),
     (
         "value and valueFrom",
         {"env": [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},

@@ -54,6 +54,7 @@ def test_example_deployment(example: dict[str, Any]) -> None:
         "MODEL_PATH": "/models/models/omega-17",
         "SERVED_MODEL_NAME": "omega-17-vl-exp",
         "PORT": "8000",
+        "SHUTDOWN_TIMEOUT": "110",
         "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
     }
     # ours first, the user's after (they may reference ours as $(VAR))
@@ -108,24 +109,44 @@ def test_model_uri(minimal_spec: dict[str, Any], uri: str, model_path: str, clai
         assert "model" not in vols and "model" not in mounts
 
 
-def test_placement_defaults_to_h100(minimal_spec: dict[str, Any]) -> None:
+def test_placement_defaults_to_every_hopper_gpu(minimal_spec: dict[str, Any]) -> None:
     pod = b.deployment(parse_spec(minimal_spec), OWNER, "flash")["spec"]["template"]["spec"]
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
     ]
     assert terms == [
-        {
-            "matchExpressions": [
-                {
-                    "key": "nvidia.com/gpu.product",
-                    "operator": "In",
-                    "values": ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe", "NVIDIA-H100-NVL"],
-                }
-            ]
-        }
+        {"matchExpressions": [{"key": "nvidia.com/gpu.family", "operator": "In", "values": ["hopper"]}]}
     ]
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert "nodeSelector" not in pod
+    for key in ("runtimeClassName", "priorityClassName", "topologySpreadConstraints"):
+        assert key not in pod
+
+
+def test_selector_none_places_by_the_gpu_limit_only(minimal_spec: dict[str, Any]) -> None:
+    minimal_spec["gpu"] = {"selector": "none", "count": 2}
+    pod = b.deployment(parse_spec(minimal_spec), OWNER, "flash")["spec"]["template"]["spec"]
+    assert "affinity" not in pod
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    # the user's own affinity is kept as given
+    minimal_spec["affinity"] = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    pod = b.deployment(parse_spec(minimal_spec), OWNER, "flash")["spec"]["template"]["spec"]
+    assert pod["affinity"] == minimal_spec["affinity"]
+
+
+def test_runtime_and_priority_class_and_spread_pass_through(minimal_spec: dict[str, Any]) -> None:
+    zone = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}
+    own = {**zone, "topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"x": "y"}}}
+    minimal_spec.update(
+        runtimeClassName="nvidia", priorityClassName="gpu-high", topologySpreadConstraints=[zone, own]
+    )
+    pod = b.deployment(parse_spec(minimal_spec), OWNER, "flash")["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "nvidia" and pod["priorityClassName"] == "gpu-high"
+    assert pod["topologySpreadConstraints"] == [
+        {**zone, "labelSelector": {"matchLabels": b.selector_labels("captioner")}},
+        own,
+    ]
+    kubernetes_validate.validate(b.deployment(parse_spec(minimal_spec), OWNER, "flash"), "1.25", strict=True)
 
 
 def test_user_placement_is_merged(minimal_spec: dict[str, Any]) -> None:
@@ -181,7 +202,22 @@ def test_probes_and_security(minimal_spec: dict[str, Any]) -> None:
     assert sc["runAsNonRoot"] is True and sc["seccompProfile"] == {"type": "RuntimeDefault"}
     pod_sc = dep["spec"]["template"]["spec"]["securityContext"]
     assert pod_sc["runAsNonRoot"] is True and pod_sc["seccompProfile"]["type"] == "RuntimeDefault"
+    # the image's own user (10001 owns its HOME and HF_HOME; a forced 1000 could not write them)
+    assert "runAsUser" not in pod_sc and "runAsGroup" not in pod_sc and "runAsUser" not in sc
+    assert pod_sc["fsGroup"] == 10001
     assert dep["spec"]["progressDeadlineSeconds"] > 3600
+
+
+def test_shutdown_gives_streams_the_grace_period(minimal_spec: dict[str, Any]) -> None:
+    dep = b.deployment(parse_spec(minimal_spec), OWNER, "flash")
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 120
+    assert _container(dep)["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+    assert _env(dep)["SHUTDOWN_TIMEOUT"] == "110"  # the grace period less the hook and a margin
+    minimal_spec["terminationGracePeriodSeconds"] = 900
+    dep = b.deployment(parse_spec(minimal_spec), OWNER, "flash")
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 900
+    assert _env(dep)["SHUTDOWN_TIMEOUT"] == "890"
 
 
 def test_service_and_pdb(example: dict[str, Any], minimal_spec: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ CROSS_FIELD = {
     i
     for i, _, f in INVALID
     if f.startswith(("spec.env[", "spec.image.tag", "spec.resources", "spec.nodeSelector"))
+    or i == "products-with-selector-none"
 }
 
 
@@ -174,12 +175,24 @@ def test_printer_columns_read_fields_the_status_has() -> None:
         ["omega"],
     )
     version = doc["spec"]["versions"][0]
-    assert version["subresources"] == {"status": {}} and version["served"] and version["storage"]
+    assert version["served"] and version["storage"]
+    assert version["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
     cols = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert list(cols) == ["Ready", "Attention", "Replicas", "Variant", "Reason", "Age"]
     assert cols["Attention"]["jsonPath"] == ".status.attention.active"
     assert cols["Age"] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
     schema = _schema()
+    # the scale subresource's paths name fields the schema has, of the types autoscalers read
+    assert _resolve(schema, ".spec.replicas")["type"] == "integer"
+    assert _resolve(schema, ".status.replicas")["type"] == "integer"
+    assert _resolve(schema, ".status.selector")["type"] == "string"
     for name in ("Ready", "Attention", "Replicas", "Variant", "Reason"):
         node = _resolve(schema, cols[name]["jsonPath"])
         assert node["type"] == cols[name]["type"] == "string", name
@@ -196,4 +209,5 @@ def test_no_stored_object_is_rewritten_by_the_schema() -> None:
     opened = [
         p for p, n in _walk(doc) if isinstance(n, dict) and n.get("x-kubernetes-preserve-unknown-fields")
     ]
-    assert opened and all(p.endswith(("affinity", "valueFrom", "envFrom[]")) for p in opened), opened
+    open_maps = ("affinity", "valueFrom", "envFrom[]", "topologySpreadConstraints[]")
+    assert opened and all(p.endswith(open_maps) for p in opened), opened

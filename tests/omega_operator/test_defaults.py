@@ -49,7 +49,8 @@ def applied_defaults() -> dict[str, Any]:
     env = {e["name"]: e["value"] for e in container["env"]}
     startup = container["startupProbe"]
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
-    products = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    gpu_term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    family = gpu_term["nodeSelectorTerms"][0]["matchExpressions"][-1]
     view = fallback_spec(spec)
     return {
         "spec.replicas": deployment["spec"]["replicas"],
@@ -63,7 +64,11 @@ def applied_defaults() -> dict[str, Any]:
         "spec.runtime.shmSize": shm["emptyDir"]["sizeLimit"],
         "spec.runtime.startupTimeoutSeconds": startup["failureThreshold"] * startup["periodSeconds"],
         "spec.gpu.count": container["resources"]["limits"]["nvidia.com/gpu"],
-        "spec.gpu.products": products["nodeSelectorTerms"][0]["matchExpressions"][-1]["values"],
+        # the featureDiscovery selector: the Hopper family's GPU Feature Discovery label
+        "spec.gpu.selector": "featureDiscovery"
+        if family == {"key": "nvidia.com/gpu.family", "operator": "In", "values": ["hopper"]}
+        else family,
+        "spec.terminationGracePeriodSeconds": pod["terminationGracePeriodSeconds"],
         "spec.service.type": service["spec"]["type"],
         "spec.service.port": service["spec"]["ports"][0]["port"],
     }

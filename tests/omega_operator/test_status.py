@@ -53,6 +53,12 @@ def test_ready(minimal_spec: dict[str, Any]) -> None:
     assert st.diff(s, again) == {}
 
 
+def test_selector_is_the_pods_label_selector_for_the_scale_subresource(minimal_spec: dict[str, Any]) -> None:
+    s = _compute(minimal_spec, deployment=_dep(1, 1), name="cap")
+    assert s["selector"] == "app.kubernetes.io/name=omega-vlm-server,app.kubernetes.io/instance=cap"
+    assert "selector" not in _compute(minimal_spec, deployment=_dep(1, 1))
+
+
 def test_rolling_out(minimal_spec: dict[str, Any]) -> None:
     minimal_spec["replicas"] = 2
     s = _compute(minimal_spec, deployment=_dep(2, 1, updated=1))

@@ -1,3 +1,3 @@
-"""omega-vlm operator: reconciles OmegaVLM resources onto H100 nodes."""
+"""omega-vlm operator: reconciles OmegaVLM resources onto NVIDIA Hopper GPU nodes."""
 
 __version__ = "0.1.0"

@@ -23,8 +23,16 @@ from omega_operator.api.defaults import (
     DEFAULT_SERVICE_TYPE,
     DEFAULT_SHM_SIZE,
     DEFAULT_STARTUP_TIMEOUT,
+    DEFAULT_TERMINATION_GRACE,
 )
-from omega_operator.api.models import API_VERSION, H100_PRODUCTS, KIND, OmegaVLMSpec
+from omega_operator.api.lifecycle import PRESTOP_DELAY, shutdown_timeout
+from omega_operator.api.models import API_VERSION, KIND, OmegaVLMSpec
+from omega_operator.api.placement import (
+    DEFAULT_GPU_SELECTOR,
+    GPU_FAMILY_LABEL,
+    GPU_PRODUCT_LABEL,
+    HOPPER_FAMILY,
+)
 from omega_operator.health_report import FLASH_BACKEND
 
 FIELD_MANAGER = "omega-vlm-operator"
@@ -34,10 +42,10 @@ CONTAINER = "server"
 CONTAINER_PORT = 8000
 PORT_NAME = "http"
 GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 VARIANT_LABEL = "vlm.omega.io/variant"
 MODEL_MOUNT = "/models"
+SERVER_IMAGE_GID = 10001  # Dockerfile.server: USER 10001:10001
 
 STARTUP_PERIOD = 10
 
@@ -67,8 +75,8 @@ def gpu_count(spec: OmegaVLMSpec) -> int:
     return (spec.gpu.count if spec.gpu and spec.gpu.count else None) or DEFAULT_GPU_COUNT
 
 
-def gpu_products(spec: OmegaVLMSpec) -> list[str]:
-    return list(spec.gpu.products) if spec.gpu and spec.gpu.products else list(H100_PRODUCTS)
+def gpu_selector(spec: OmegaVLMSpec) -> str:
+    return (spec.gpu.selector if spec.gpu else None) or DEFAULT_GPU_SELECTOR
 
 
 def fallback_enabled(spec: OmegaVLMSpec) -> bool:
@@ -86,6 +94,11 @@ def crash_loop_restarts(spec: OmegaVLMSpec) -> int:
 def startup_timeout(spec: OmegaVLMSpec) -> int:
     """Seconds a pod may take to load the model (startup probe budget)."""
     return (spec.runtime.startup_timeout_seconds if spec.runtime else None) or DEFAULT_STARTUP_TIMEOUT
+
+
+def termination_grace(spec: OmegaVLMSpec) -> int:
+    """Seconds a pod has to stop (preStop, then SIGTERM, then SIGKILL)."""
+    return spec.termination_grace_period_seconds or DEFAULT_TERMINATION_GRACE
 
 
 def service_port(spec: OmegaVLMSpec) -> int:
@@ -156,6 +169,7 @@ def server_env(spec: OmegaVLMSpec, variant_: str) -> list[dict[str, Any]]:
         "MODEL_PATH": model_volume(spec.model.uri).model_path,
         "SERVED_MODEL_NAME": spec.model.name,
         "PORT": str(CONTAINER_PORT),
+        "SHUTDOWN_TIMEOUT": str(shutdown_timeout(termination_grace(spec))),
     }
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in ours.items()]
     for item in spec.env or []:
@@ -169,6 +183,11 @@ def server_env(spec: OmegaVLMSpec, variant_: str) -> list[dict[str, Any]]:
 def selector_labels(name: str) -> dict[str, str]:
     """Labels that select the pods of one OmegaVLM (immutable once the Deployment exists)."""
     return {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": name}
+
+
+def selector_string(name: str) -> str:
+    """:func:`selector_labels` as a label-selector string (status.selector, for the scale subresource)."""
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
 
 
 def labels(name: str) -> dict[str, str]:
@@ -207,10 +226,22 @@ def gpu_toleration() -> dict[str, Any]:
     return {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
 
 
+def gpu_node_requirement(spec: OmegaVLMSpec) -> dict[str, Any] | None:
+    """The GPU node-selector requirement: the products given, else the Hopper family; None for
+    selector none (only the nvidia.com/gpu limit places the pods)."""
+    if gpu_selector(spec) == "none":
+        return None
+    if spec.gpu and spec.gpu.products:
+        return {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(spec.gpu.products)}
+    return {"key": GPU_FAMILY_LABEL, "operator": "In", "values": [HOPPER_FAMILY]}
+
+
 def affinity(spec: OmegaVLMSpec) -> dict[str, Any]:
-    """Required node affinity on the GPU product, ANDed into each of the user's node selector terms."""
-    ours = {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": gpu_products(spec)}
+    """The user's affinity with our GPU requirement ANDed into each of its node selector terms."""
+    ours = gpu_node_requirement(spec)
     user = dict(spec.affinity or {})
+    if ours is None:
+        return user
     node_aff = dict(user.get("nodeAffinity") or {})
     required = dict(node_aff.get("requiredDuringSchedulingIgnoredDuringExecution") or {})
     terms = [dict(t) for t in required.get("nodeSelectorTerms") or []] or [{}]
@@ -220,6 +251,22 @@ def affinity(spec: OmegaVLMSpec) -> dict[str, Any]:
     node_aff["requiredDuringSchedulingIgnoredDuringExecution"] = required
     user["nodeAffinity"] = node_aff
     return user
+
+
+def scheduling(spec: OmegaVLMSpec, name: str) -> dict[str, Any]:
+    """runtimeClassName, priorityClassName and topologySpreadConstraints of the pod, as given; a
+    spread constraint without labelSelector gets this OmegaVLM's pod selector."""
+    out: dict[str, Any] = {}
+    if spec.runtime_class_name:
+        out["runtimeClassName"] = spec.runtime_class_name
+    if spec.priority_class_name:
+        out["priorityClassName"] = spec.priority_class_name
+    if spec.topology_spread_constraints:
+        out["topologySpreadConstraints"] = [
+            {"labelSelector": {"matchLabels": selector_labels(name)}, **c}
+            for c in spec.topology_spread_constraints
+        ]
+    return out
 
 
 def tolerations(spec: OmegaVLMSpec) -> list[dict[str, Any]]:
@@ -268,6 +315,18 @@ def probes(spec: OmegaVLMSpec) -> dict[str, dict[str, Any]]:
     }
 
 
+def pod_security_context() -> dict[str, Any]:
+    """Non-root as the image's own user (no forced uid: the server image's HF_HOME and HOME belong
+    to it), with the image's group as fsGroup so volumes (a model cache, emptyDirs) are writable."""
+    return {"runAsNonRoot": True, "fsGroup": SERVER_IMAGE_GID, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def lifecycle() -> dict[str, Any]:
+    """preStop: wait before SIGTERM so endpoints and load balancers stop sending new requests while
+    the server still serves (exec sleep: the `sleep` action is 1.29+)."""
+    return {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_DELAY)]}}}
+
+
 def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]:
     image = image_for(spec, variant_)
     mv = model_volume(spec.model.uri)
@@ -285,6 +344,7 @@ def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]
         "env": server_env(spec, variant_),
         "resources": container_resources(spec),
         **probes(spec),
+        "lifecycle": lifecycle(),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
@@ -298,19 +358,14 @@ def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]
         container["envFrom"] = [dict(e) for e in spec.env_from]
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "affinity": affinity(spec),
+        **({"affinity": aff} if (aff := affinity(spec)) else {}),
         "tolerations": tolerations(spec),
         "volumes": volumes,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "terminationGracePeriodSeconds": 30,
+        "securityContext": pod_security_context(),
+        "terminationGracePeriodSeconds": termination_grace(spec),
         "automountServiceAccountToken": False,  # the server never calls the API server
     }
+    pod_spec.update(scheduling(spec, name))
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.image_pull_secrets:
@@ -363,23 +418,35 @@ def service(spec: OmegaVLMSpec, owner: Owner) -> dict[str, Any]:
     }
 
 
-def pdb(spec: OmegaVLMSpec, owner: Owner, api_version: str) -> dict[str, Any] | None:
+def pdb(
+    spec: OmegaVLMSpec, owner: Owner, api_version: str, always_allow: bool = False
+) -> dict[str, Any] | None:
     """A PodDisruptionBudget (at most one pod down at a time) when replicas > 1, else None.
 
     `api_version` is policy/v1 or policy/v1beta1, whichever the cluster serves (discovery).
+    `always_allow` (API servers 1.27+) sets `unhealthyPodEvictionPolicy: AlwaysAllow`: a pod that
+    is not Ready (loading, crash-looping) can always be evicted, so node drains never hang on
+    pods that serve nothing; only Ready pods count against the budget.
     """
     if replicas(spec) <= 1:
         return None
+    body: dict[str, Any] = {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner.name)}}
+    if always_allow:
+        body["unhealthyPodEvictionPolicy"] = "AlwaysAllow"
     return {
         "apiVersion": api_version,
         "kind": "PodDisruptionBudget",
         "metadata": _metadata(owner),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner.name)}},
+        "spec": body,
     }
 
 
 def children(
-    spec: OmegaVLMSpec, owner: Owner, variant_: str, pdb_api_version: str
+    spec: OmegaVLMSpec, owner: Owner, variant_: str, pdb_api_version: str, pdb_always_allow: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """(Deployment, Service, PodDisruptionBudget or None) for one OmegaVLM."""
-    return deployment(spec, owner, variant_), service(spec, owner), pdb(spec, owner, pdb_api_version)
+    return (
+        deployment(spec, owner, variant_),
+        service(spec, owner),
+        pdb(spec, owner, pdb_api_version, pdb_always_allow),
+    )

@@ -60,6 +60,13 @@ def pods_idx(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: A
     return _by_instance(body, namespace, labels)
 
 
+@kopf.index("", "v1", "persistentvolumeclaims")
+def claims_idx(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+    """The access modes of every claim (a pvc:// model claim that is ReadWriteOnce cannot serve
+    pods on several nodes: model_claim.py)."""
+    return {(namespace or "", name): list((body.get("spec") or {}).get("accessModes") or [])}
+
+
 @kopf.index(GROUP, VERSION, PLURAL)
 def omegavlms_idx(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
     """The OmegaVLMs themselves, so that a child's event can reconcile its parent."""
@@ -75,6 +82,7 @@ class Indexes:
     pdbs: kopf.Index[Key, dict[str, Any]]
     pods: kopf.Index[Key, dict[str, Any]]
     omegavlms: kopf.Index[Key, dict[str, Any]]
+    claims: kopf.Index[Key, list[str]] | None = None
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> Indexes:
@@ -86,11 +94,19 @@ class Indexes:
             pdbs=kwargs["pdbs_idx"],
             pods=kwargs["pods_idx"],
             omegavlms=kwargs["omegavlms_idx"],
+            claims=kwargs.get("claims_idx"),
         )
 
     def pods_of(self, key: Key) -> list[dict[str, Any]]:
         """The pods of that OmegaVLM (they belong to ReplicaSets: the instance label finds them)."""
         return [dict(p) for p in self.pods.get(key, [])]
+
+    def claim_modes(self, namespace: str, claim: str | None) -> list[str] | None:
+        """The access modes of a claim in that namespace (None when unknown or no claim)."""
+        if claim is None or self.claims is None:
+            return None
+        found = list(self.claims.get((namespace, claim), []))
+        return list(found[0]) if found else None
 
     def parents(self, key: Key | None) -> list[dict[str, Any]]:
         """The OmegaVLM(s) cached under that key (none for None)."""

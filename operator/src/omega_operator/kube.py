@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +50,23 @@ def object_path(api_version: str, kind: str, namespace: str, name: str | None = 
     return f"{path}/{quote(name)}" if name else path
 
 
+# The first release whose API servers take PodDisruptionBudget.spec.unhealthyPodEvictionPolicy
+# without a feature gate (beta, on by default; alpha behind a gate in 1.26, GA in 1.31).
+UNHEALTHY_POD_EVICTION_POLICY_SINCE = (1, 27)
+
+
+def parse_server_version(data: dict[str, Any]) -> tuple[int, int]:
+    """(major, minor) from a /version body; tolerates vendor forms such as minor "27+" (EKS)."""
+    major = re.match(r"\d+", str(data.get("major") or ""))
+    minor = re.match(r"\d+", str(data.get("minor") or ""))
+    if major and minor:
+        return int(major.group()), int(minor.group())
+    git = re.match(r"v?(\d+)\.(\d+)", str(data.get("gitVersion") or ""))
+    if git:
+        return int(git.group(1)), int(git.group(2))
+    raise ApiError(502, f"unreadable /version body: {data}")
+
+
 class Kube:
     """One aiohttp session against the API server."""
 
@@ -60,6 +78,7 @@ class Kube:
         self.instance = instance or os.environ.get("HOSTNAME") or f"omega-vlm-operator-{uuid.uuid4().hex[:6]}"
         self._session: aiohttp.ClientSession | None = None
         self._pdb_version: str | None = None
+        self._server_version: tuple[int, int] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     async def session(self) -> aiohttp.ClientSession:
@@ -143,6 +162,16 @@ class Kube:
                 versions = set()
             self._pdb_version = "policy/v1" if "policy/v1" in versions else "policy/v1beta1"
         return self._pdb_version
+
+    async def server_version(self) -> tuple[int, int]:
+        """(major, minor) of the API server (GET /version, cached)."""
+        if self._server_version is None:
+            self._server_version = parse_server_version(await self.request("GET", "/version"))
+        return self._server_version
+
+    async def pdb_always_allow(self) -> bool:
+        """Whether PodDisruptionBudgets take `unhealthyPodEvictionPolicy` (on by default from 1.27)."""
+        return await self.server_version() >= UNHEALTHY_POD_EVICTION_POLICY_SINCE
 
     # ------------------------------------------------------------ writes
 

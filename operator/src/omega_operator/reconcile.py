@@ -17,7 +17,7 @@ from typing import Any
 
 from omega_operator import builders as b
 from omega_operator import conditions as c
-from omega_operator import drift, fallback, metrics, rollback
+from omega_operator import drift, fallback, metrics, model_claim, rollback
 from omega_operator import status as st
 from omega_operator.api.validation import InvalidSpec, parse_spec
 from omega_operator.health_report import ProbeResult
@@ -35,6 +35,13 @@ class Observed:
     service: dict[str, Any] | None = None
     pdb: dict[str, Any] | None = None
     pods: list[dict[str, Any]] = field(default_factory=list)
+    claim_modes: list[str] | None = None  # access modes of the pvc:// model claim, when known
+
+
+def model_claim_of(body: dict[str, Any]) -> str | None:
+    """The claim of a pvc:// spec.model.uri, read from the raw body (None otherwise)."""
+    uri = ((body.get("spec") or {}).get("model") or {}).get("uri")
+    return b.model_volume(uri).claim if isinstance(uri, str) else None
 
 
 @dataclass
@@ -149,7 +156,9 @@ async def _reconcile(
 
     # 3. Converge the children (apply only what differs from the watch cache).
     owner = owner_of(body)
-    deployment, service, pdb = b.children(spec, owner, variant, await kube.pdb_api_version())
+    deployment, service, pdb = b.children(
+        spec, owner, variant, await kube.pdb_api_version(), await kube.pdb_always_allow()
+    )
 
     async def converge(kind: str, desired: dict[str, Any], actual: dict[str, Any] | None) -> None:
         desired = drift.stamp(desired)
@@ -177,6 +186,12 @@ async def _reconcile(
 
     # 4. Status.
     verdict = st.verdict(spec, decision)
+    problems = verdict.problems
+    claim_msg = model_claim.problem(spec, observed.claim_modes, observed.pods)
+    if claim_msg:  # after Unschedulable (the scheduler's word first), before the pods' own problems
+        unsched = [p for p in problems if p.reason == c.UNSCHEDULABLE]
+        rest = [p for p in problems if p.reason != c.UNSCHEDULABLE]
+        problems = [*unsched, st.Problem(model_claim.REASON, claim_msg), *rest]
     new = st.compute(
         spec=spec,
         generation=generation,
@@ -185,9 +200,10 @@ async def _reconcile(
         variant=variant,
         image=image,
         deployment=res.objects.get("Deployment", observed.deployment),
-        problems=verdict.problems,
+        problems=problems,
         flash=verdict.flash,
         now=c.rfc3339(now),
+        name=name,
     )
     res.status_patch = st.diff(old, new)
     if res.status_patch:

@@ -22,7 +22,7 @@ from omega_operator.indexes import Indexes, child_key, owned, raw
 from omega_operator.kube import ApiError, Kube
 from omega_operator.probe_reuse import reusable_probes
 from omega_operator.prober import HealthProber
-from omega_operator.reconcile import Observed, reconcile
+from omega_operator.reconcile import Observed, model_claim_of, reconcile
 from omega_operator.refresher import Refresher
 from omega_operator.settings import OperatorSettings
 
@@ -84,6 +84,7 @@ class Operator:
                 service=cache.child(uid, "Service", owned(ix.services, key, uid)),
                 pdb=cache.child(uid, "PodDisruptionBudget", owned(ix.pdbs, key, uid)),
                 pods=pods,
+                claim_modes=ix.claim_modes(key[0], model_claim_of(body)),
             )
             status = cache.status_for(uid, body)
             if status is not None:

@@ -79,12 +79,14 @@ def compute(
     problems: list[Problem],
     flash: FlashState,
     now: str,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """The full new status of a valid OmegaVLM.
 
     `attention` is status.attention as decided this round; `problems` are the non-flash pod
     problems, most severe first (Unschedulable first); `flash` is the fallback decision's verdict;
-    `now` (RFC 3339) stamps the conditions that flip.
+    `now` (RFC 3339) stamps the conditions that flip; `name` (the OmegaVLM's) gives
+    status.selector, the pods' label selector that the scale subresource hands to autoscalers.
     """
     old = old or {}
     conds = old.get("conditions") or []
@@ -172,7 +174,7 @@ def compute(
     else:
         phase = "Progressing"
 
-    return {
+    new: dict[str, Any] = {
         "observedGeneration": generation,
         "phase": phase,
         "replicas": total,
@@ -183,6 +185,9 @@ def compute(
         "attention": attention,
         "conditions": conds,
     }
+    if name is not None:
+        new["selector"] = b.selector_string(name)
+    return new
 
 
 def invalid(*, old: dict[str, Any] | None, generation: int | None, message: str, now: str) -> dict[str, Any]:

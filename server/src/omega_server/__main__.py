@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.shutdown_timeout,
         server_header=False,
         proxy_headers=False,
     )

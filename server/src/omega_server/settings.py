@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="When set, /v1/* needs `Authorization: Bearer`."
     )
+    shutdown_timeout: int = Field(
+        default=10,
+        ge=0,
+        description=(
+            "Seconds SIGTERM lets in-flight requests (streams included) finish before closing them; "
+            "new connections are refused at once. The operator sets it from the pod's grace period."
+        ),
+    )
     max_queue: int = Field(default=64, ge=1, description="Requests waiting for the engine before 429.")
     default_max_tokens: int | None = Field(
         default=None,

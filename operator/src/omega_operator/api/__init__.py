@@ -3,7 +3,6 @@
 from omega_operator.api.models import (
     API_VERSION,
     GROUP,
-    H100_PRODUCTS,
     KIND,
     PLURAL,
     RESERVED_ENV,
@@ -15,6 +14,7 @@ from omega_operator.api.models import (
     OmegaVLMSpec,
     OmegaVLMStatus,
 )
+from omega_operator.api.placement import H100_PRODUCTS, HOPPER_PRODUCTS
 from omega_operator.api.validation import ENV_RULES, SPEC_RULES, FieldError, InvalidSpec, parse_spec
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "ENV_RULES",
     "GROUP",
     "H100_PRODUCTS",
+    "HOPPER_PRODUCTS",
     "KIND",
     "PLURAL",
     "RESERVED_ENV",

@@ -11,10 +11,13 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
-from pydantic.alias_generators import to_camel
+from pydantic import Field, WithJsonSchema
 
 from omega_operator.api import defaults as d
+from omega_operator.api.base import ApiModel as _Model
+from omega_operator.api.base import open_object as _open_object
+from omega_operator.api.lifecycle import PodLifecycle
+from omega_operator.api.placement import GpuSpec, PodScheduling
 
 GROUP = "vlm.omega.io"
 VERSION = "v1alpha1"
@@ -24,9 +27,6 @@ SINGULAR = "omegavlm"
 SHORT_NAMES = ["ovlm"]
 CATEGORIES = ["omega"]
 API_VERSION = f"{GROUP}/{VERSION}"
-
-# Products that NVIDIA GPU Feature Discovery reports for H100 GPUs (label nvidia.com/gpu.product).
-H100_PRODUCTS = ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe", "NVIDIA-H100-NVL"]
 
 # pvc://claim[/path] | hf://org/name[@rev] | file:///absolute/path
 URI_PATTERN = (
@@ -45,6 +45,7 @@ RESERVED_ENV = (
     "MODEL_PATH",
     "SERVED_MODEL_NAME",
     "PORT",
+    "SHUTDOWN_TIMEOUT",
 )
 
 Attention = Literal["auto", "flash_attention_2", "sdpa"]
@@ -61,17 +62,6 @@ Quantity = Annotated[
 ]
 
 
-def _open_object(description: str) -> Any:
-    """An object whose inner schema is Kubernetes' own (kept as-is, not pruned)."""
-    return WithJsonSchema(
-        {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "description": description}
-    )
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False)
-
-
 class ModelSource(_Model):
     """Which model to serve and where its weights are."""
 
@@ -86,8 +76,10 @@ class ModelSource(_Model):
         pattern=URI_PATTERN,
         description=(
             "Where the weights are: `pvc://claim/path` (the claim is mounted read-only and MODEL_PATH "
-            "points into it), `hf://org/name[@revision]` (downloaded by the server at start; needs "
-            "network) or `file:///path` (a path on the node). Passed to the server as MODEL_PATH."
+            "points into it; with replicas on several nodes it must be ReadOnlyMany or ReadWriteMany), "
+            "`hf://org/name[@revision]` (downloaded by the server at start; needs network) or "
+            "`file:///path` (a path inside the server image; nothing is mounted for it). Passed to "
+            "the server as MODEL_PATH."
         ),
     )
 
@@ -183,27 +175,6 @@ class RuntimeSpec(_Model):
     )
 
 
-class GpuSpec(_Model):
-    """GPUs per pod and the GPU products the pods may run on."""
-
-    count: int | None = Field(
-        default=None,
-        ge=1,
-        le=8,
-        description=f"GPUs per pod (limits nvidia.com/gpu). {d.describe(d.DEFAULT_GPU_COUNT)}",
-    )
-    products: list[Annotated[str, Field(min_length=1, max_length=63)]] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=16,
-        description=(
-            "Allowed values of the node label nvidia.com/gpu.product (GPU Feature Discovery). "
-            + d.describe(H100_PRODUCTS)
-        ),
-        json_schema_extra={"x-kubernetes-list-type": "set"},
-    )
-
-
 class ServiceSpec(_Model):
     """The Service in front of the pods."""
 
@@ -258,15 +229,18 @@ class LocalObjectReference(_Model):
     name: str = Field(min_length=1, max_length=253, description="Name of the referenced object.")
 
 
-class OmegaVLMSpec(_Model):
-    """Desired state of an OmegaVLM: a VLM inference server on NVIDIA H100 nodes."""
+class OmegaVLMSpec(PodScheduling, PodLifecycle, _Model):
+    """Desired state of an OmegaVLM: a VLM inference server on NVIDIA Hopper GPU nodes."""
 
     model: ModelSource = Field(description="The model to serve.")
     replicas: int | None = Field(
         default=None,
         ge=0,
         le=1000,
-        description=f"Number of server pods. {d.describe(d.DEFAULT_REPLICAS)}",
+        description=(
+            f"Number of server pods. {d.describe(d.DEFAULT_REPLICAS)} Also written through the scale "
+            "subresource (`kubectl scale`, a HorizontalPodAutoscaler, KEDA): the operator follows it."
+        ),
     )
     image: ImageSpec = Field(description="The inference-server image and its variants.")
     attention: Attention | None = Field(
@@ -278,7 +252,7 @@ class OmegaVLMSpec(_Model):
     )
     fallback: FallbackSpec | None = Field(default=None, description="Automatic rollback to the sdpa variant.")
     runtime: RuntimeSpec | None = Field(default=None, description="Inference-server runtime knobs.")
-    gpu: GpuSpec | None = Field(default=None, description="GPUs per pod and allowed GPU products.")
+    gpu: GpuSpec | None = Field(default=None, description="GPUs per pod and the GPU nodes they may run on.")
     service: ServiceSpec | None = Field(default=None, description="The Service in front of the pods.")
     resources: ResourceRequirements | None = Field(
         default=None, description="Extra compute resources (cpu, memory) of the server container."
@@ -388,6 +362,10 @@ class OmegaVLMStatus(_Model):
     phase: Phase | None = Field(default=None, description="Pending, Progressing, Ready, Degraded or Failed.")
     replicas: int | None = Field(default=None, description="Pods of the Deployment.")
     ready_replicas: int | None = Field(default=None, description="Ready pods of the Deployment.")
+    selector: str | None = Field(
+        default=None,
+        description="Label selector of the pods, as a string (the scale subresource's, for autoscalers).",
+    )
     replica_summary: str | None = Field(default=None, description="ready/desired, for kubectl get.")
     image: str | None = Field(default=None, description="Image the Deployment runs.")
     variant: Variant | None = Field(
@@ -404,7 +382,7 @@ class OmegaVLMStatus(_Model):
 
 
 class OmegaVLM(_Model):
-    """An OmegaVLM: a vision-language-model inference service on NVIDIA H100 nodes."""
+    """An OmegaVLM: a vision-language-model inference service on NVIDIA Hopper GPU nodes."""
 
     spec: OmegaVLMSpec
     status: OmegaVLMStatus | None = None

@@ -82,6 +82,13 @@ def _node_selector_rule(spec: OmegaVLMSpec) -> list[FieldError]:
     return []
 
 
+def _gpu_selector_rule(spec: OmegaVLMSpec) -> list[FieldError]:
+    gpu = spec.gpu
+    if gpu is not None and gpu.selector == "none" and gpu.products:
+        return [FieldError("spec.gpu.products", SPEC_RULES[4].message)]
+    return []
+
+
 _RESERVED_CEL = ", ".join(f"'{n}'" for n in RESERVED_ENV)
 
 SPEC_RULES: list[Rule] = [
@@ -118,6 +125,12 @@ SPEC_RULES: list[Rule] = [
         message="select GPU products with spec.gpu.products, not nodeSelector nvidia.com/gpu.product",
         field=".nodeSelector",
         check=_node_selector_rule,
+    ),
+    Rule(
+        cel="!has(self.gpu) || !has(self.gpu.products) || !has(self.gpu.selector) || self.gpu.selector != 'none'",
+        message="gpu.products needs GPU Feature Discovery labels: it cannot be used with gpu.selector none",
+        field=".gpu.products",
+        check=_gpu_selector_rule,
     ),
 ]
 
