@@ -31,7 +31,7 @@ def operator_ns(
 ) -> Iterator[tuple[Cluster, str, OperatorProcess]]:
     install_crd(devcluster)
     for variant in ("flash", "sdpa"):
-        devcluster.add_image(f"{IDLE_REPO}:v1-{variant}", ["sleep", "3600"])
+        devcluster.add_image(f"{IDLE_REPO}:v1-{variant}", ["sleep", "3600"], uid=10001)
     ns = make_namespace(devcluster, "badm")
     op = OperatorProcess(devcluster, ns, tmp_path_factory.mktemp("badm") / "operator.log").start()
     try:
