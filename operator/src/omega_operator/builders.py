@@ -12,6 +12,7 @@ from typing import Any
 from omega_operator.api.defaults import (
     DEFAULT_ATTENTION,
     DEFAULT_CRASH_LOOP_RESTARTS,
+    DEFAULT_CRASH_LOOP_WINDOW_SECONDS,
     DEFAULT_DTYPE,
     DEFAULT_FALLBACK_ENABLED,
     DEFAULT_GPU_COUNT,
@@ -81,6 +82,13 @@ def crash_loop_restarts(spec: OmegaVLMSpec) -> int:
     if spec.fallback is None or spec.fallback.crash_loop_restarts is None:
         return DEFAULT_CRASH_LOOP_RESTARTS
     return spec.fallback.crash_loop_restarts
+
+
+def crash_loop_window(spec: OmegaVLMSpec) -> int:
+    """Seconds from a pod's start inside which its restarts count as a failed flash load."""
+    if spec.fallback is None or spec.fallback.crash_loop_window_seconds is None:
+        return DEFAULT_CRASH_LOOP_WINDOW_SECONDS
+    return spec.fallback.crash_loop_window_seconds
 
 
 def startup_timeout(spec: OmegaVLMSpec) -> int:

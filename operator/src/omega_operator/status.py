@@ -15,7 +15,7 @@ from typing import Any
 from omega_operator import builders as b
 from omega_operator import conditions as c
 from omega_operator.api.models import OmegaVLMSpec
-from omega_operator.fallback import Action, Decision
+from omega_operator.fallback import Action, Decision, Reason
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,10 @@ def compute(
         # Serving, but on sdpa: the Reason column says why.
         msg = f"{ready}/{desired} replicas ready on the sdpa variant after a flash-attn failure"
         conds = c.set_condition(conds, c.READY, "True", flash.reason, msg, generation, now)
+    elif all_ready and (oom := next((p for p in problems if p.reason == Reason.OUT_OF_MEMORY), None)):
+        # Serving (sdpa in process), but a flash attempt ran out of GPU memory: never a fallback.
+        msg = f"{ready}/{desired} replicas ready; pod {oom.pod}: {oom.message}"
+        conds = c.set_condition(conds, c.READY, "True", Reason.OUT_OF_MEMORY, msg, generation, now)
     elif all_ready:
         msg = f"{ready}/{desired} replicas ready"
         conds = c.set_condition(conds, c.READY, "True", c.ALL_REPLICAS_READY, msg, generation, now)

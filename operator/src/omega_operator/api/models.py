@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from omega_operator.api import defaults as d
+from omega_operator.api.fallback_spec import FallbackSpec
 
 GROUP = "vlm.omega.io"
 VERSION = "v1alpha1"
@@ -126,27 +127,6 @@ class ImageSpec(_Model):
     pull_policy: PullPolicy | None = Field(
         default=None,
         description=f"Image pull policy of the server container. {d.describe(d.DEFAULT_PULL_POLICY)}",
-    )
-
-
-class FallbackSpec(_Model):
-    """Automatic rollback from the flash variant to the sdpa variant."""
-
-    enabled: bool | None = Field(
-        default=None,
-        description=(
-            "Roll back to the sdpa variant when flash-attn fails to load or the flash variant "
-            f"crash-loops. {d.describe(d.DEFAULT_FALLBACK_ENABLED)} When false the OmegaVLM turns Degraded instead."
-        ),
-    )
-    crash_loop_restarts: int | None = Field(
-        default=None,
-        ge=1,
-        le=100,
-        description=(
-            "Container restarts of a flash-variant pod that count as a failed flash load. "
-            + d.describe(d.DEFAULT_CRASH_LOOP_RESTARTS)
-        ),
     )
 
 

@@ -150,7 +150,7 @@ def decide(
     record = FallbackRecord.from_status(st.get("fallback"))
     consumed = st.get("retryFlash") or None
     live = sorted((p for p in pods if not p.deleting), key=lambda p: p.name)
-    findings = tuple(f for p in live for f in pod_findings(p, spec, probes.get(p.name)))
+    findings = tuple(f for p in live for f in pod_findings(p, spec, probes.get(p.name), now))
     summary = summarize_attention(live, probes)
     flash_errors = summarize_flash_errors(findings)
     # The retry annotation: a new value is consumed once.
