@@ -344,7 +344,8 @@ def deployment(spec: OmegaVLMSpec, owner: Owner, variant_: str) -> dict[str, Any
         "spec": {
             "replicas": replicas(spec),
             "selector": {"matchLabels": selector_labels(owner.name)},
-            # GPUs are scarce: take a pod down before starting its replacement, never surge.
+            # GPUs are scarce: take a pod down before starting its replacement, never surge. (A
+            # rollback to sdpa of pods that still serve surges instead: reconcile sets rollout.strategy.)
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
             "revisionHistoryLimit": 3,
             # A rollout may take one full model load plus slack before it counts as stalled.

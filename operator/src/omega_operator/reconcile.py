@@ -17,7 +17,7 @@ from typing import Any
 
 from omega_operator import builders as b
 from omega_operator import conditions as c
-from omega_operator import drift, fallback, metrics, rollback
+from omega_operator import drift, fallback, metrics, rollback, rollout
 from omega_operator import status as st
 from omega_operator.api.validation import InvalidSpec, parse_spec
 from omega_operator.health_report import ProbeResult
@@ -128,10 +128,11 @@ async def _reconcile(
         probes = await _probe(prober, observed.pods)
     res.probes = probes
     now = datetime.now(UTC)  # the clock, read once for the decision and the status it leads to
+    views = [fallback.PodView.from_pod(p, b.CONTAINER) for p in observed.pods]
     decision = fallback.decide(
         fallback.fallback_spec(spec),
         old.get("attention"),
-        [fallback.PodView.from_pod(p, b.CONTAINER) for p in observed.pods],
+        views,
         probes,
         annotations=meta.get("annotations") or {},
         now=now,
@@ -148,6 +149,8 @@ async def _reconcile(
     # 3. Converge the children (apply only what differs from the watch cache).
     owner = owner_of(body)
     deployment, service, pdb = b.children(spec, owner, variant, await kube.pdb_api_version())
+    # A rollback replaces pods that still serve one new pod before one old pod (rollout.py).
+    deployment["spec"]["strategy"] = rollout.strategy(decision, views)
 
     async def converge(kind: str, desired: dict[str, Any], actual: dict[str, Any] | None) -> None:
         desired = drift.stamp(desired)
@@ -186,6 +189,7 @@ async def _reconcile(
         problems=verdict.problems,
         flash=verdict.flash,
         now=c.rfc3339(now),
+        waiting_for_capacity=rollout.waiting_for_capacity(decision, views),
     )
     res.status_patch = st.diff(old, new)
     if res.status_patch:

@@ -17,6 +17,9 @@ from omega_operator import conditions as c
 from omega_operator.api.models import OmegaVLMSpec
 from omega_operator.fallback import Action, Decision, Reason
 
+#: Progressing reason while a rollback's new pod waits for a free GPU and the old pods keep serving.
+ROLLBACK_WAITING = "RollbackWaitingForCapacity"
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -79,8 +82,12 @@ def compute(
     problems: list[Problem],
     flash: FlashState,
     now: str,
+    waiting_for_capacity: int = 0,
 ) -> dict[str, Any]:
     """The full new status of a valid OmegaVLM.
+
+    `waiting_for_capacity`: pods of the flash image that keep serving (sdpa in process) while the
+    rollback's new pod waits for a free GPU (``rollout.waiting_for_capacity``).
 
     `attention` is status.attention as decided this round; `problems` are the non-flash pod
     problems, most severe first (Unschedulable first); `flash` is the fallback decision's verdict;
@@ -121,6 +128,12 @@ def compute(
     elif dep_progress and dep_progress.get("reason") == c.ROLLOUT_STALLED:
         msg = dep_progress.get("message") or "rollout stalled"
         conds = c.set_condition(conds, c.PROGRESSING, "False", c.ROLLOUT_STALLED, msg, generation, now)
+    elif waiting_for_capacity and not rolled_out:
+        msg = (
+            f"the rollback to {variant} waits for a free GPU for its new pod; {waiting_for_capacity} "
+            f"pod(s) keep serving sdpa in process ({updated}/{desired} updated, {ready} ready)"
+        )
+        conds = c.set_condition(conds, c.PROGRESSING, "True", ROLLBACK_WAITING, msg, generation, now)
     elif not rolled_out:
         msg = f"rolling out the {variant} variant: {updated}/{desired} updated, {ready} ready"
         conds = c.set_condition(conds, c.PROGRESSING, "True", c.ROLLING_OUT, msg, generation, now)
@@ -134,6 +147,10 @@ def compute(
         conds = c.set_condition(
             conds, c.READY, "True", c.SCALED_TO_ZERO, "scaled to zero replicas", generation, now
         )
+    elif waiting_for_capacity and ready >= desired:
+        # Not rolled out, but every replica serves (sdpa in process): still Ready.
+        msg = f"{ready}/{desired} replicas ready (sdpa in process); the rollback waits for a free GPU"
+        conds = c.set_condition(conds, c.READY, "True", flash.reason, msg, generation, now)
     elif all_ready and flash.rolled_back:
         # Serving, but on sdpa: the Reason column says why.
         msg = f"{ready}/{desired} replicas ready on the sdpa variant after a flash-attn failure"
