@@ -29,6 +29,22 @@ from omega_operator.settings import OperatorSettings
 log = logging.getLogger("omega_operator")
 
 
+def current_body(passed: dict[str, Any], indexed: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The body to reconcile, re-read from the index under the object's lock: the index's copy of
+    the same object (uid) when it is at least as new; ``passed`` when the index lags behind it (or
+    does not have it yet); None when ``passed`` is of an older generation than the index (the tick
+    is stale: the newer spec has its own reconcile and must not be overwritten by the old one)."""
+    uid = passed["metadata"].get("uid")
+    mine = next((raw(b) for b in indexed if (b.get("metadata") or {}).get("uid") == uid), None)
+    if mine is None:
+        return passed
+    old_gen = int(passed["metadata"].get("generation") or 0)
+    new_gen = int(mine["metadata"].get("generation") or 0)
+    if old_gen < new_gen:
+        return None
+    return passed if new_gen < old_gen else mine
+
+
 class Operator:
     """One per process: the API client, the prober, the cache and the refresh loop."""
 
@@ -77,6 +93,12 @@ class Operator:
         uid = meta["uid"]
         ix, cache = self.indexes, self.cache
         async with cache.lock(uid):
+            # The body as the index has it now (an update may have landed while this waited).
+            current = current_body(body, ix.parents(key))
+            if current is None:
+                log.debug("skipping a reconcile of %s/%s for an older generation", key[0], key[1])
+                return
+            body = current
             # Read the caches under the lock: a reconcile that just finished has recorded its writes.
             pods = ix.pods_of(key)
             observed = Observed(
