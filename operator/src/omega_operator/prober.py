@@ -99,7 +99,7 @@ class HealthProber:
                 return ProbeResult(
                     target.name,
                     ProbeOutcome.UNREACHABLE,
-                    error=f"timed out after {self.timeout_s:g}s",
+                    error=f"timed out after {self.timeout_s:g}s ({self.url_for(target)})",
                     duration_s=time.monotonic() - start,
                 )
             except (aiohttp.ClientError, OSError) as exc:

@@ -18,6 +18,7 @@ import kopf
 from omega_operator import metrics
 from omega_operator.cache import ObjectCache
 from omega_operator.credentials import load_credentials
+from omega_operator.health_probed import ProbeLedger
 from omega_operator.indexes import Indexes, child_key, owned, raw
 from omega_operator.kube import ApiError, Kube
 from omega_operator.probe_reuse import reusable_probes
@@ -56,6 +57,7 @@ class Operator:
         self.indexes = indexes
         self.settings = settings
         self.cache = ObjectCache()
+        self.ledger = ProbeLedger(settings.probe_interval)
         self._loop: asyncio.Task[None] | None = None
 
     @classmethod
@@ -112,7 +114,7 @@ class Operator:
                 body["status"] = status
             earlier = None if probe else reusable_probes(cache.last_probes(uid), pods)
             try:
-                res = await reconcile(self.kube, body, observed, self.prober, earlier)
+                res = await reconcile(self.kube, body, observed, self.prober, earlier, self.ledger)
             except ApiError as exc:
                 if exc.status == 403 and "being terminated" in exc.message:
                     log.debug("namespace of %s/%s is being deleted: %s", key[0], key[1], exc)
@@ -146,3 +148,4 @@ class Operator:
         """A deleted OmegaVLM: drop its metric series and its cache entries."""
         metrics.forget_object(namespace, name)
         self.cache.forget(uid)
+        self.ledger.forget(uid)

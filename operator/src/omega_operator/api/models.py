@@ -331,7 +331,13 @@ class AttentionStatus(_Model):
             "unknown (no ready pod has reported yet)."
         ),
     )
-    counts: dict[str, int] | None = Field(default=None, description="Ready pods per reported backend.")
+    counts: dict[str, int] | None = Field(
+        default=None,
+        description=(
+            "Ready pods per reported backend, and `unknown`: pods without a ready /health report "
+            "(loading, unreachable: see the HealthProbed condition)."
+        ),
+    )
     flash_errors: list[FlashError] | None = Field(
         default=None, description="Distinct flash-attn errors the pods report."
     )

@@ -129,7 +129,8 @@ class Decision:
         """The keys of ``status.attention`` this decision owns (merge-patch shape: None deletes)."""
         return {
             "active": self.summary.active,
-            "counts": dict(self.summary.counts),
+            # Ready pods per backend, and ``unknown``: pods without a ready /health report.
+            "counts": {**self.summary.counts, "unknown": self.summary.unknown},
             "flashErrors": [e.to_status() for e in self.flash_errors],
             "fallback": self.fallback.to_status() if self.fallback else None,
             "retryFlash": self.retry_flash,
