@@ -70,6 +70,7 @@ class Operator:
             timeout_s=settings.probe_timeout,
             max_concurrency=settings.probe_concurrency,
             proxy=creds if settings.health_probe_mode == "proxy" else None,
+            fallback_proxy=creds if settings.health_probe_mode == "auto" else None,
         )
         op = cls(kube, prober, indexes, settings)
         metrics.serve(settings.metrics_port)
