@@ -67,7 +67,8 @@ def test_roles_only_in_the_watched_namespace(release: Release) -> None:
         (WATCHED, release.operator)
     ]
     rules = {(g, res) for rule in roles[0]["rules"] for g in rule["apiGroups"] for res in rule["resources"]}
-    assert ("", "pods") in rules and ("", "pods/proxy") in rules  # auto probes by default (proxy after direct)
+    # auto probes by default: the pod proxy after a failed direct connection
+    assert ("", "pods") in rules and ("", "pods/proxy") in rules
     release.wait_operator_up()
     started = next(
         line for line in release.operator_log().splitlines() if "omega-vlm-operator started" in line
