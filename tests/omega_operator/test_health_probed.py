@@ -100,3 +100,16 @@ def test_blind_status_says_so_in_health_probed_ready_reason_flash_condition_and_
     assert c.get(out["conditions"], "HealthProbed")["status"] == "True"  # type: ignore[index]
     assert c.get(out["conditions"], c.READY)["reason"] == c.ALL_REPLICAS_READY  # type: ignore[index]
     assert c.get(out["conditions"], c.FLASH_DEGRADED)["status"] == "False"  # type: ignore[index]
+
+
+def test_after_an_operator_restart_a_pod_silent_since_long_ago_is_unreachable_at_once() -> None:
+    """The window counts from the pod's own start, not from when this process first saw it: a pod
+    that was unreachable before a restart is so right after it (no True in between, no write)."""
+    old = pod("a", ready=False)
+    old["status"]["startTime"] = c.rfc3339(NOW.replace(hour=NOW.hour - 1))
+    fresh = ProbeLedger(INTERVAL)  # a new operator process
+    now = NOW.timestamp()
+    assert not fresh.observe("u", [old], {"a": TIMEOUT}, now=now).ok
+    young = pod("b", ready=False)
+    young["status"]["startTime"] = c.rfc3339(NOW)
+    assert fresh.observe("u2", [young], {"b": TIMEOUT}, now=now + 1).ok  # its own window to answer

@@ -3,19 +3,21 @@ comes in.
 
 True when every running pod (phase Running, an IP, not terminating) answered with a /health body
 (200 or 503: the body always comes) within the last ``WINDOW_INTERVALS`` probe intervals; a pod
-first seen running less than that long ago has that long to answer. False otherwise, with the
+that started (``status.startTime``) less than that long ago has that long to answer. False otherwise, with the
 counts and the first error ("2/3 pods unreachable: pod a: timed out after 3s"), so an operator
 that cannot reach the pods (a default-deny NetworkPolicy, STRICT mTLS, a private control plane)
 says so instead of reporting "no flash-attention failure seen" for pods it never saw.
 
-:class:`ProbeLedger` remembers when each pod last answered (in memory: after an operator restart
-each pod has the window again to answer).
+:class:`ProbeLedger` remembers when each pod last answered (in memory, wall-clock seconds). After
+an operator restart a pod that has not answered yet counts from its own start, so a pod that was
+unreachable before the restart is so at once after it (no flip, no write).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from omega_operator.health_report import ProbeOutcome, ProbeResult
@@ -41,11 +43,11 @@ class Probed:
 
 @dataclass
 class ProbeLedger:
-    """When each pod of each OmegaVLM last answered /health (monotonic seconds)."""
+    """When each pod of each OmegaVLM last answered /health (wall-clock seconds since the epoch)."""
 
     interval: float
     answered: dict[str, dict[str, float]] = field(default_factory=dict)  # uid -> pod -> last answer
-    seen: dict[str, dict[str, float]] = field(default_factory=dict)  # uid -> pod -> first seen running
+    seen: dict[str, dict[str, float]] = field(default_factory=dict)  # uid -> pod -> its start
 
     def observe(
         self,
@@ -55,11 +57,12 @@ class ProbeLedger:
         now: float,
     ) -> Probed:
         """Record this round's answers and decide the condition for these pods."""
-        running = [str((p.get("metadata") or {}).get("name")) for p in pods if _running(p)]
+        live = {str((p.get("metadata") or {}).get("name")): p for p in pods if _running(p)}
+        running = list(live)
         answered = self.answered.setdefault(uid, {})
         seen = self.seen.setdefault(uid, {})
         for name in running:
-            seen.setdefault(name, now)
+            seen.setdefault(name, _started(live[name], now))
             r = probes.get(name)
             if r is not None and r.outcome is ProbeOutcome.REPORT:
                 answered[name] = now
@@ -91,6 +94,15 @@ class ProbeLedger:
         """A deleted OmegaVLM."""
         self.answered.pop(uid, None)
         self.seen.pop(uid, None)
+
+
+def _started(pod: Mapping[str, Any], now: float) -> float:
+    """The pod's ``status.startTime`` (epoch seconds); ``now`` when it has none."""
+    value = (pod.get("status") or {}).get("startTime")
+    try:
+        return datetime.fromisoformat(value).timestamp() if isinstance(value, str) else now
+    except ValueError:
+        return now
 
 
 def _running(pod: Mapping[str, Any]) -> bool:

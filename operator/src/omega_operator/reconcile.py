@@ -131,7 +131,7 @@ async def _reconcile(
     if probes is None:
         probes = await _probe(prober, observed.pods)
     res.probes = probes
-    probed = ledger.observe(str(meta.get("uid")), observed.pods, probes, time.monotonic()) if ledger else None
+    probed = ledger.observe(str(meta.get("uid")), observed.pods, probes, time.time()) if ledger else None
     now = datetime.now(UTC)  # the clock, read once for the decision and the status it leads to
     views = [fallback.PodView.from_pod(p, b.CONTAINER) for p in observed.pods]
     decision = fallback.decide(
