@@ -193,8 +193,8 @@ def probe_7b() -> int:
             seq = Seq(prepared=prepared, loop=None, queue=None, emit=lambda _: None)
             runner.prefill(seq)
             toks = [seq.last_token]
-            # Every runner samples through sampler.sample_device (the dynamic one through sample).
-            orig = sampler.sample_device
+            # Every runner samples through sampler.sample_full.
+            orig = sampler.sample_full
             captured: list[torch.Tensor] = []
 
             def spy(
@@ -203,12 +203,12 @@ def probe_7b() -> int:
                 captured.append(logits.float().clone())
                 return orig(seqs, logits)
 
-            sampler.sample_device = spy  # type: ignore[assignment]
+            sampler.sample_full = spy  # type: ignore[assignment]
             try:
                 for _ in range(31):
                     toks.append(runner.decode()[0])
             finally:
-                sampler.sample_device = orig  # type: ignore[assignment]
+                sampler.sample_full = orig  # type: ignore[assignment]
             runner.evict([])
             first_logits[name] = captured[0][0]
             diff = next((i for i, (a, b) in enumerate(zip(toks, ref, strict=False)) if a != b), None)

@@ -27,6 +27,16 @@ demo.QUERIES += [
         "histogram_quantile(0.95, sum by (le) (rate(omega_server_time_to_first_token_seconds_bucket[1m])))",
         "time to first token, p95",
     ),
+    (
+        "sum by (pod) (omega_server_requests_running)",
+        "requests running per pod (what an autoscaler scales on)",
+    ),
+    ("sum by (pod) (omega_server_requests_waiting)", "requests queued per pod"),
+    (
+        "max by (pod) (omega_server_kv_token_usage_ratio)",
+        "KV cache usage per pod (vLLM's gpu_cache_usage_perc)",
+    ),
+    ("max by (namespace, name) (omega_operator_omegavlm_ready_replicas)", "Ready replicas per OmegaVLM"),
 ]
 
 

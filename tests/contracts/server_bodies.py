@@ -55,6 +55,10 @@ def engine_info(
         served_model_name="omega-17-vl-exp",
         kv_cache="static",
         cuda_graphs=True,
+        kv_slots=4,
+        kv_token_capacity=4 * 8192,
+        kv_sized_from_memory=True,
+        kv_budget_bytes=40 << 30,
         gqa_decode=attn == "sdpa",
     )
 

@@ -94,3 +94,14 @@ def test_both_sides_agree_which_error_kinds_are_flash_faults() -> None:
     oom = parse_report(sb.OOM_BODY)
     assert oom is not None and oom.flash_failed and oom.flash_attn.error_kind == OUT_OF_MEMORY_KIND
     assert not oom.flash_attn.flash_fault
+
+
+@pytest.mark.parametrize("name", sorted(BODIES))
+def test_every_body_reports_the_kv_cache(name: str) -> None:
+    """`kv` (slots, token capacity, lowered, sized from memory) is in every phase's body; null before load."""
+    kv = BODIES[name]["kv"]
+    assert set(kv) == {"slots", "token_capacity", "lowered", "sized_from_memory", "budget_bytes"}
+    if name == "loading" or name == "failed":
+        assert set(kv.values()) == {None}
+    else:
+        assert kv["slots"] == 4 and kv["token_capacity"] == 4 * 8192 and kv["lowered"] is False

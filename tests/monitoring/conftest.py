@@ -135,6 +135,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             prom.wait_for(
                 f'sum(omega_server_time_to_first_token_seconds_count{{namespace="{ns}"}}) >= {CHATS}', 30
             )
+            prom.wait_for(f'sum(omega_server_inter_token_latency_seconds_count{{namespace="{ns}"}}) > 0', 30)
             prom.wait_for(f'timestamp(omega_server_queue_depth{{namespace="{ns}"}}) > {chatted + 5}', 30)
             prom.wait_for(f'omega_operator_omegavlm_info{{namespace="{ns}", attention="sdpa"}}', 30)
         except BaseException:

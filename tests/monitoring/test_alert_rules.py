@@ -156,7 +156,8 @@ def test_devcluster_prometheus_loads_the_charts_rules_and_the_flash_alert_fired(
     )
     assert len(fired) == 1, fired
     assert fired[0]["metric"]["severity"] == "warning"
-    # ... while the flash pod ran sdpa in process (the series the rule reads).
+    # ... while the flash pod ran sdpa in process, or the OmegaVLM's FlashAttentionDegraded condition
+    # was True (the two series the rule reads).
     flash = monitored.prom.query_range(
         f'omega_server_attention_info{{namespace="{ns}", requested="flash_attention_2", backend="sdpa"}}',
         monitored.start,
@@ -164,6 +165,13 @@ def test_devcluster_prometheus_loads_the_charts_rules_and_the_flash_alert_fired(
         0.5,
     )
     assert flash, "the flash pod's in-process fallback was never scraped"
+    degraded = monitored.prom.query_range(
+        f'omega_operator_omegavlm_condition{{namespace="{ns}", name="{name}", type="FlashAttentionDegraded",'
+        ' status="True"} == 1',
+        monitored.start,
+        monitored.end,
+        0.5,
+    )
     first_alert = min(float(t) for t, _ in fired[0]["values"])
-    flash_times = [float(t) for s in flash for t, _ in s["values"]]
-    assert min(flash_times) - 1 <= first_alert <= max(flash_times) + 3, (first_alert, flash_times)
+    times = [float(t) for s in flash + degraded for t, _ in s["values"]]
+    assert min(times) - 1 <= first_alert <= max(times) + 3, (first_alert, times)

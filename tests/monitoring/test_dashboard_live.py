@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.monitoring import dashboard_check as dc
-from tests.monitoring.conftest import Run
+from tests.monitoring.conftest import CHATS, Run
 
 pytestmark = [pytest.mark.devcluster, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -118,3 +118,27 @@ def test_the_check_catches_faults(monitored: Run, panel: str, old: str, new: str
     broken = dc.Query(q.panel, q.ref, expr, legend, q.instant)
     problems = dc.check(monitored.prom, broken, variables, w)
     assert any(fault in p for p in problems), problems
+
+
+def test_the_fallback_in_the_sre_series(monitored: Run) -> None:
+    """What the new series say about the demo's run: one fleet rollback, the OmegaVLM back to one
+    Ready replica of one asked for, the sdpa pod's info, every chat timed end to end."""
+    prom, ns, name, end = monitored.prom, monitored.namespace, monitored.name, monitored.end
+
+    def value(expr: str) -> float:
+        result = prom.query(expr, at=end)
+        assert len(result) == 1, (expr, result)
+        return float(result[0]["value"][1])
+
+    assert value('omega_operator_rollbacks_total{scope="fleet"}') >= 1
+    assert value('omega_operator_rollbacks_total{scope="node"}') == 0
+    assert value(f'omega_operator_omegavlm_ready_replicas{{namespace="{ns}", name="{name}"}}') == 1
+    assert value(f'omega_operator_omegavlm_replicas{{namespace="{ns}", name="{name}"}}') == 1
+    ready = (
+        f'omega_operator_omegavlm_condition{{namespace="{ns}", name="{name}", type="Ready", status="True"}}'
+    )
+    assert value(ready) == 1
+    info = prom.query(f'omega_server_info{{namespace="{ns}", attention_backend="sdpa"}}', at=end)
+    assert info and all(s["metric"]["decode_path"] == "dynamic" for s in info), info  # CPU: dynamic cache
+    assert value(f'sum(omega_server_e2e_request_latency_seconds_count{{namespace="{ns}"}})') >= CHATS
+    assert value(f'sum(omega_server_requests_running{{namespace="{ns}"}})') == 0

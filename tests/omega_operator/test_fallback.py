@@ -193,6 +193,11 @@ MODEL_FAIL = {
     "exitCode": 1,
     "message": "INFO ATTN_IMPL=flash_attention_2\nfatal: MODEL_PATH file:///nope: no such directory",
 }
+KV_TOO_SMALL = {
+    "reason": "Error",
+    "exitCode": 1,
+    "message": "fatal: kv_cache_too_small: one sequence of MAX_MODEL_LENGTH=262144 tokens needs 24.00 GiB",
+}
 
 CASES = [
     Case("all-good", [pod("a"), pod("b")], {"a": GOOD, "b": GOOD}),
@@ -279,6 +284,11 @@ CASES = [
         "model-load-failure-is-not-flash",
         [crash_looping("a", 5, MODEL_FAIL)],
         headline=Reason.MODEL_LOAD_FAILED,
+    ),
+    Case(
+        "kv-cache-too-small-is-its-own-reason-not-flash",
+        [crash_looping("a", 5, KV_TOO_SMALL)],
+        headline=Reason.KV_CACHE_TOO_SMALL,
     ),
     Case(
         "image-pull-backoff",

@@ -61,6 +61,7 @@ def test_health_reports_the_loaded_engine(client: httpx.Client) -> None:
         "compiled": False,
         "gqa_decode": True,
         "experts": None,
+        "flash_kernels": None,
     }
     assert body["version"] == "0.1.0"
 

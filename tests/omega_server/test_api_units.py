@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -81,10 +82,10 @@ def test_messages_become_hf_chat_format() -> None:
         b'{"messages": [{"role": "developer", "content": "sys"}, {"role": "user", "content": ['
         b'{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "u1"}}, {"type": "text", "text": ""}]}]}'
     )
-    seen: list[tuple[str, str]] = []
+    seen: list[tuple[str, str, str | None]] = []
 
-    async def load(url: str, param: str) -> Any:
-        seen.append((url, param))
+    async def load(url: str, param: str, detail: str | None) -> Any:
+        seen.append((url, param, detail))
         return f"image:{url}"
 
     out = asyncio.run(to_engine_messages(req.messages, load))
@@ -95,7 +96,7 @@ def test_messages_become_hf_chat_format() -> None:
             "content": [{"type": "text", "text": "look"}, {"type": "image", "image": "image:u1"}],
         },
     ]
-    assert seen == [("u1", "messages.1.content.1.image_url.url")]
+    assert seen == [("u1", "messages.1.content.1.image_url.url", None)]
 
 
 def test_data_urls_and_decoding() -> None:
@@ -114,7 +115,8 @@ def test_data_urls_and_decoding() -> None:
         with pytest.raises(APIError) as exc:
             parse_data_url(url, LIMITS, "p")
         assert words in exc.value.message and exc.value.param == "p"
+    assert decode_image(png_bytes((200, 200)), LIMITS, "p").size == (100, 100)  # downscaled to the budget
     with pytest.raises(APIError, match="pixels"):
-        decode_image(png_bytes((200, 200)), LIMITS, "p")
+        decode_image(png_bytes((200, 200)), dataclasses.replace(LIMITS, max_decode_pixels=150 * 150), "p")
     with pytest.raises(APIError, match=r"Could not decode|not a valid"):
         decode_image(png_bytes((50, 50))[:60], LIMITS, "p")  # truncated PNG

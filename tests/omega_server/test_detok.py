@@ -71,3 +71,11 @@ def test_ignore_eos_keeps_going_and_drops_the_special_token(tokenizer: Any) -> N
     steps = run(text, [*ids("ab"), eos, *ids("cdef")])
     assert "".join(d for d, _ in steps) == "abcde"  # six tokens, one of them the EOS
     assert steps[-1][1] == "length" and len(steps) == 6
+
+
+def test_a_stop_token_id_ends_the_sequence_like_eos_even_with_ignore_eos(tokenizer: Any) -> None:
+    params = SamplingParams(max_tokens=100, stop_token_ids=(ord("!"),), ignore_eos=True)
+    text = IncrementalText(tokenizer, {ord("x")}, params)
+    steps = run(text, ids("ax b!cd"))  # "x" is EOS but ignored; "!" is a stop token
+    assert "".join(d for d, _ in steps) == "ax b"
+    assert steps[-1][1] == "stop" and len(steps) == len("ax b!")

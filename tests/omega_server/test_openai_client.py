@@ -87,7 +87,7 @@ def test_errors_map_to_client_exceptions(client: openai.OpenAI, server: ThreadSe
         client.chat.completions.create(model="nope", messages=MESSAGES, max_tokens=2)
     assert "nope" in nf.value.message and nf.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="tiny-vlm", messages=MESSAGES, max_tokens=2, n=2)
+        client.chat.completions.create(model="tiny-vlm", messages=MESSAGES, max_tokens=2, n=3)
     assert bad.value.param == "n"
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(

@@ -317,6 +317,7 @@ def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": 30,
+        "automountServiceAccountToken": False,  # the server never calls the API server
     }
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)

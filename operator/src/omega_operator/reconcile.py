@@ -71,8 +71,7 @@ async def _probe(prober: HealthProber | None, pods: list[dict[str, Any]]) -> dic
         return {}
     results = await prober.probe_many(targets)
     for r in results.values():
-        metrics.HEALTH_PROBES.labels(r.metric_result).inc()
-        metrics.HEALTH_PROBE_DURATION.observe(r.duration_s)
+        metrics.observe_probe(r)
     return results
 
 
@@ -93,12 +92,15 @@ async def reconcile(
     started = time.monotonic()
     try:
         res = await _reconcile(kube, body, observed, prober, probes, ledger)
-    except ApiError:
+    except Exception as exc:
         metrics.RECONCILES.labels("error").inc()
+        metrics.count_error(metrics.error_kind(exc))
         raise
     finally:
         metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
     metrics.RECONCILES.labels(res.outcome).inc()
+    if res.outcome == "invalid":
+        metrics.count_error("invalid_spec")
     return res
 
 
@@ -203,7 +205,7 @@ async def _reconcile(
 
     # 5. Events on transitions, and metrics.
     if rollback.is_rollback_write(decision, observed.deployment, "Deployment" in res.applied):
-        metrics.FALLBACKS.labels(str(decision.reason)).inc()
+        metrics.count_rollback(str(decision.reason), scope="fleet")
         await event("Warning", fallback.EVENT_REASON, decision.message)
     elif decision.action is fallback.Action.RESET:
         await event("Normal", "FlashAttentionRetry", decision.message)
@@ -213,6 +215,7 @@ async def _reconcile(
         await event("Normal", "VariantChanged", f"image variant {old.get('variant')} -> {variant} ({image})")
     await _transition_events(old.get("conditions"), new["conditions"], event)
     metrics.observe_object(ns, name, new.get("phase"), verdict.attention.get("active"))
+    metrics.observe_status(ns, name, b.replicas(spec), new.get("readyReplicas") or 0, new["conditions"])
     return res
 
 

@@ -17,7 +17,7 @@ applied)::
         old["attention"] = {**(old.get("attention") or {}), **recorded}
     ...  # apply the children (Deployment built with decision.variant)
     if rollback.is_rollback_write(decision, observed.deployment, "Deployment" in res.applied):
-        metrics.FALLBACKS.labels(decision.reason).inc()
+        metrics.count_rollback(decision.reason, scope="fleet")
         await event("Warning", fallback.EVENT_REASON, decision.message)
 
 The crash between the two writes is tested end to end (tests/e2e/test_fallback_restart.py) by a

@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from omega_server import __version__, flash_failure
+from omega_server.engine.errors import StartupError
 from omega_server.engine.types import EngineConfig
 from omega_server.errors import install_error_handlers
 from omega_server.http_config import HttpConfig
@@ -54,6 +55,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_images_per_request=settings.max_images_per_request,
         compile=settings.compile,
         fast_decode=settings.fast_decode,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        preprocess_workers=settings.preprocess_workers,
     )
 
 
@@ -67,6 +70,7 @@ def http_config(settings: Settings) -> HttpConfig:
         default_max_tokens=settings.default_max_tokens,
         max_images_per_request=settings.max_images_per_request,
         api_key=settings.api_key,
+        worker_stall_seconds=settings.worker_stall_seconds,
         images=ImageLimits(
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
@@ -101,7 +105,9 @@ def create_app(
                     loaded = _load_engine(engine_config(settings))
                 except BaseException as exc:
                     detail = (
-                        str(exc)
+                        f"{exc.kind}: {exc}"  # its own reason for the operator
+                        if isinstance(exc, StartupError)
+                        else str(exc)
                         if "MODEL_PATH" in str(exc)
                         else (
                             f"could not load the model from MODEL_PATH={settings.model_path}: {type(exc).__name__}: {exc}"

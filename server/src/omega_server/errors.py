@@ -21,6 +21,7 @@ from omega_server.engine.errors import (
     EngineDeadError,
     EngineError,
     InvalidRequestError,
+    OutOfMemoryError,
     PromptTooLongError,
     QueueFullError,
 )
@@ -84,7 +85,8 @@ def error_response(err: APIError) -> JSONResponse:
 
 
 def from_engine_error(exc: EngineError) -> APIError:
-    """Map the engine's typed errors to HTTP: overload 429, dead 503, bad request/too long 400."""
+    """Map the engine's typed errors to HTTP: overload 429, out of memory 503 + Retry-After, dead 503,
+    bad request/too long 400."""
     message = getattr(exc, "message", None) or str(exc)
     param = getattr(exc, "param", None)
     code = getattr(exc, "code", None)
@@ -96,6 +98,11 @@ def from_engine_error(exc: EngineError) -> APIError:
             param=param,
             code=code or "queue_full",
             headers={"Retry-After": str(retry_after)},
+        )
+    if isinstance(exc, OutOfMemoryError):
+        retry_after = max(1, math.ceil(exc.retry_after))
+        return APIError(
+            503, message, param=param, code=code or "out_of_memory", headers={"Retry-After": str(retry_after)}
         )
     if isinstance(exc, EngineDeadError):
         return APIError(503, message, param=param, code=code or "engine_dead")
@@ -162,21 +169,31 @@ def describe_validation_error(errors: Sequence[Any]) -> tuple[str, str | None]:
     return f"Invalid request: {where}{msg}{more}.", param
 
 
+#: ASGI scope key where the error handlers leave the answer's error code (the middleware counts
+#: refusals by it: ``metrics.rejection_reason``)
+ERROR_CODE = "omega.error_code"
+
+
+def _answer(request: Request, err: APIError) -> JSONResponse:
+    request.scope[ERROR_CODE] = err.code
+    return error_response(err)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that give every error response the OpenAI body."""
 
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return _answer(request, exc)
 
     @app.exception_handler(EngineError)
-    async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
-        return error_response(from_engine_error(exc))
+    async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
+        return _answer(request, from_engine_error(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = describe_validation_error(exc.errors())
-        return error_response(APIError(400, message, param=param, code="invalid_value"))
+        return _answer(request, APIError(400, message, param=param, code="invalid_value"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -26,7 +26,9 @@ def decode_report(info: Any) -> dict[str, Any]:
 
     ``kv_cache`` static|dynamic, ``cuda_graphs``, ``compiled`` (torch.compile), ``gqa_decode`` (one-token
     attention on the unexpanded key/value heads), ``experts`` (a MoE model's experts path, e.g.
-    ``omega_fused_decode`` or ``grouped_mm``; null for a dense model).
+    ``omega_fused_decode`` or ``grouped_mm``; null for a dense model), ``flash_kernels`` (the
+    flash-attn kernels the flash_attention_2 backend runs on the slot cache: ``flash_attn_with_kvcache``
+    for decoding, ``flash_attn_varlen_func`` for prefill and the vision tower; null otherwise).
     """
     return {
         "kv_cache": info_get(info, "kv_cache"),
@@ -34,6 +36,26 @@ def decode_report(info: Any) -> dict[str, Any]:
         "compiled": info_get(info, "compiled"),
         "gqa_decode": info_get(info, "gqa_decode"),
         "experts": info_get(info, "experts_implementation"),
+        "flash_kernels": info_get(info, "flash_kernels"),
+    }
+
+
+def kv_report(info: Any) -> dict[str, Any]:
+    """`kv` of /health: the KV cache the engine really has (null fields before it loads).
+
+    ``slots`` (requests decoded at once; fewer than ``max_batch_size`` when they did not fit in the
+    device's memory, then ``lowered`` is true), ``token_capacity`` (slots x max_model_length),
+    ``sized_from_memory`` (the slots were sized from the device's free memory) and ``budget_bytes``
+    (the memory granted to the cache). On the dynamic cache ``slots`` is 0: it grows as it goes.
+    """
+    slots = info_get(info, "kv_slots")
+    requested = info_get(info, "max_batch_size")
+    return {
+        "slots": slots,
+        "token_capacity": info_get(info, "kv_token_capacity"),
+        "lowered": None if info is None else bool(slots) and slots < requested,
+        "sized_from_memory": info_get(info, "kv_sized_from_memory"),
+        "budget_bytes": info_get(info, "kv_budget_bytes"),
     }
 
 
@@ -69,6 +91,7 @@ def health_body(phase: Phase, info: Any, config: HttpConfig, error: str | None) 
         "batch": {"max_batch_size": info_get(info, "max_batch_size", config.max_batch_size)},
         "max_model_length": info_get(info, "max_model_length", config.max_model_length),
         "decode": decode_report(info),
+        "kv": kv_report(info),
         "version": __version__,
         "error": error if phase != "dead" else (error or "the engine stopped"),
     }

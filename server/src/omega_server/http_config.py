@@ -21,7 +21,9 @@ class HttpConfig:
     attn_impl: str  # the attention backend asked for (reported before the engine has loaded)
     max_batch_size: int
     max_model_length: int
-    default_max_tokens: int  # max_tokens when a request gives none (capped by the room left)
+    default_max_tokens: int | None  # max_tokens when a request gives none (capped by the room left);
+    # None: the room left in max_model_length after the prompt
     max_images_per_request: int
     api_key: SecretStr | None  # when set, /v1/* needs ``Authorization: Bearer``
     images: ImageLimits
+    worker_stall_seconds: float = 300.0  # /live is 503 after this long without engine progress under work

@@ -2,6 +2,9 @@
 
 Limits (bytes, pixels, fetch timeout) are an `ImageLimits` (`app.http_config` makes it from the
 settings). Every failure is an `APIError(400)` whose `param` points at the offending `image_url.url`.
+An image over the pixel budget (`MAX_IMAGE_PIXELS`; `LOW_DETAIL_PIXELS` for `detail: low`) is
+downscaled to it, keeping its aspect ratio (`fit_pixels`; JPEGs are decoded at a reduced size first);
+only one over `ImageLimits.max_decode_pixels` is refused (a decompression bomb guard).
 
 Unless `ALLOW_PRIVATE_IMAGE_URLS` is set, an http(s) URL is fetched only when every address its
 host resolves to is public (`refused_address`): the request then goes to one of the addresses that
@@ -20,6 +23,7 @@ import base64
 import binascii
 import io
 import ipaddress
+import math
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -37,16 +41,42 @@ _MEDIA_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "
 _FORMATS = frozenset(_MEDIA_TYPES.values())
 
 
+#: ``detail: low``: OpenAI's 512x512
+LOW_DETAIL_PIXELS = 512 * 512
+
+
+def fit_pixels(width: int, height: int, budget: int) -> tuple[int, int]:
+    """The largest size of ``width`` x ``height``'s aspect ratio with at most ``budget`` pixels."""
+    if width * height <= budget:
+        return width, height
+    scale = math.sqrt(budget / (width * height))
+    w, h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+    while w * h > budget:  # floating point: never over the budget
+        if w >= h:
+            w -= 1
+        else:
+            h -= 1
+    return w, h
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     """How large an image may be and how long a URL fetch may take."""
 
     max_bytes: int
-    max_pixels: int
+    max_pixels: int  # the pixel budget: a larger image is downscaled to it, keeping its aspect ratio
     fetch_timeout: float
     allow_urls: bool = True
     #: fetch from hosts that resolve to loopback, private, link-local, ... addresses (SSRF guard off)
     allow_private: bool = False
+    #: the budget of an image part with ``detail: low``
+    low_detail_pixels: int = LOW_DETAIL_PIXELS
+    #: larger images are refused, not decoded (PIL's own decompression-bomb limit is about 89 MP)
+    max_decode_pixels: int = 64 * 1024 * 1024
+
+    def budget(self, detail: str | None) -> int:
+        """The pixel budget of an image part with this ``detail`` (auto, high, low or None)."""
+        return min(self.max_pixels, self.low_detail_pixels) if detail == "low" else self.max_pixels
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -166,13 +196,14 @@ def _is_compact(payload: str) -> bool:
     return payload.isascii() and not any(ch in payload for ch in _ASCII_WHITESPACE)
 
 
-def load_data_url(url: str, limits: ImageLimits, param: str) -> Image.Image:
+def load_data_url(url: str, limits: ImageLimits, param: str, detail: str | None = None) -> Image.Image:
     """The RGB image of a `data:` URL: base64 decode and image decode in one (blocking) call."""
-    return decode_image(parse_data_url(url, limits, param), limits, param)
+    return decode_image(parse_data_url(url, limits, param), limits, param, detail)
 
 
-def decode_image(raw: bytes, limits: ImageLimits, param: str) -> Image.Image:
-    """Decode PNG/JPEG/WebP bytes to an RGB image, refusing other formats and oversized images."""
+def decode_image(raw: bytes, limits: ImageLimits, param: str, detail: str | None = None) -> Image.Image:
+    """Decode PNG/JPEG/WebP bytes to an RGB image within the pixel budget of ``detail`` (downscaled,
+    aspect ratio kept), refusing other formats and images over ``max_decode_pixels``."""
     try:
         img = Image.open(io.BytesIO(raw))
         if img.format not in _FORMATS:
@@ -183,15 +214,21 @@ def decode_image(raw: bytes, limits: ImageLimits, param: str) -> Image.Image:
                 code="invalid_image",
             )
         width, height = img.size
-        if width * height > limits.max_pixels:
+        if width * height > limits.max_decode_pixels:
             raise APIError(
                 400,
-                f"Image is too large: {width}x{height} pixels, the limit is {limits.max_pixels} pixels.",
+                f"Image is too large: {width}x{height} pixels, the limit is {limits.max_decode_pixels} pixels.",
                 param=param,
                 code="image_too_large",
             )
+        size = fit_pixels(width, height, limits.budget(detail))
+        if size != (width, height) and img.format == "JPEG":
+            img.draft("RGB", size)  # decode at 1/2, 1/4 or 1/8 scale, still at least ``size``
         img.load()
-        return img if img.mode == "RGB" else img.convert("RGB")  # convert() would copy an RGB image
+        rgb = img if img.mode == "RGB" else img.convert("RGB")  # convert() would copy an RGB image
+        if rgb.size != size:
+            rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return rgb
     except APIError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError):
@@ -272,22 +309,23 @@ class ImageFetcher:
             await self._client.aclose()
             self._client = None
 
-    async def load(self, url: str, param: str) -> Image.Image:
-        """The RGB image behind a `data:` or http(s) URL. Decoding runs in a worker thread.
+    async def load(self, url: str, param: str, detail: str | None = None) -> Image.Image:
+        """The RGB image behind a `data:` or http(s) URL, within the pixel budget of ``detail``.
+        Decoding runs in a worker thread.
 
         A data URL takes one worker-thread call for its base64 and its image, off the event loop.
         """
         url = url.strip()
         lowered = url[:8].lower()
         if lowered.startswith("data:"):
-            return await asyncio.to_thread(load_data_url, url, self.limits, param)
+            return await asyncio.to_thread(load_data_url, url, self.limits, param, detail)
         if lowered.startswith(("http://", "https://")):
             if not self.limits.allow_urls:
                 raise APIError(
                     400, "Image URLs are disabled on this server; send a base64 data: URL.", param=param
                 )
             raw = await self.fetch(url, param)
-            return await asyncio.to_thread(decode_image, raw, self.limits, param)
+            return await asyncio.to_thread(decode_image, raw, self.limits, param, detail)
         raise APIError(
             400,
             "image_url.url must be a base64 'data:image/...' URL or an http(s) URL.",

@@ -1,4 +1,4 @@
-"""``ApiAccounting``: the ASGI middleware of /v1/*: the request-body limit (413), status counts, durations."""
+"""``ApiAccounting``: the ASGI middleware of /v1/*: the request-body limit (413), status and refusal counts, durations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from omega_server.errors import APIError, error_body
+from omega_server.errors import ERROR_CODE, APIError, error_body
 from omega_server.metrics import Metrics
 from omega_server.serving import ARRIVAL
 
@@ -25,7 +25,8 @@ class BodyTooLarge(APIError):
 
 
 class ApiAccounting:
-    """ASGI middleware for /v1/*: refuses bodies over the limit (413), counts statuses and durations.
+    """ASGI middleware for /v1/*: refuses bodies over the limit (413), counts statuses, refusals (by
+    the error code the handlers leave in the scope under ``ERROR_CODE``) and durations.
 
     The limit holds from the `Content-Length` header when there is one, and otherwise (a chunked
     body) on the bytes received: the message that passes the limit gets the 413 at once, with
@@ -84,6 +85,7 @@ class ApiAccounting:
                     await self.app(scope, limited_receive, counting_send)
         finally:
             self.metrics.requests.labels(status=str(status[0])).inc()
+            self.metrics.reject(status[0], scope.get(ERROR_CODE))
             self.metrics.request_duration.observe(time.monotonic() - start)
 
     async def _too_large(self, send: Send) -> None:

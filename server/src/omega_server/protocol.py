@@ -1,8 +1,9 @@
 """OpenAI-style wire models: chat-completion requests, responses, stream chunks and errors.
 
-Only the shapes live here; turning a request into engine work is `serving`'s job. Fields that the
-OpenAI API has but this server cannot honour are declared so that a non-default value is refused
-with a clear message (see `serving.check_supported`) instead of being silently ignored.
+Only the shapes live here (and ``choice_logprobs``, the wire form of the engine's log-probability
+entries); turning a request into engine work is `chat_request`'s and `serving`'s job. Fields that
+the API has but this server cannot honour are refused with a clear message, never silently ignored:
+those declared here in `chat_request.check_supported`, the others in `chat_request.UNHONOURED`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from omega_server.engine.types import TokenLogprob
 
 
 class _Wire(BaseModel):
@@ -72,11 +75,17 @@ class ChatCompletionRequest(_Wire):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=1, ge=1)
-    # Accepted only at their neutral values (checked in serving).
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None  # token id (a string, as OpenAI's) -> bias in [-100, 100]
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # vLLM's extra sampling fields (unset: the model's generation_config, then the neutral value)
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    stop_token_ids: list[int] | None = None
+    # Accepted only at their neutral values (checked in chat_request.check_supported).
     tools: list[Any] | None = None
     tool_choice: Any | None = None
     response_format: dict[str, Any] | None = None
@@ -98,13 +107,52 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    """One of the likeliest tokens at a position: its text, log-probability and UTF-8 bytes."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobs(TopLogprob):
+    """The chosen token at a position, with the likeliest tokens there (``top_logprobs`` of them)."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """A choice's (or a chunk's) ``logprobs``: one entry per generated token."""
+
+    content: list[TokenLogprobs] | None
+    refusal: list[TokenLogprobs] | None = None
+
+
+def choice_logprobs(entries: list[TokenLogprob]) -> ChoiceLogprobs:
+    """The wire form of the engine's log-probability entries (text, log-probability, UTF-8 bytes)."""
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprobs(
+                token=e.token,
+                logprob=e.logprob,
+                bytes=list(e.token.encode("utf-8", "surrogatepass")),
+                top_logprobs=[
+                    TopLogprob(token=text, logprob=v, bytes=list(text.encode("utf-8", "surrogatepass")))
+                    for _, text, v in e.top
+                ],
+            )
+            for e in entries
+        ]
+    )
+
+
 class Choice(BaseModel):
     """One choice of a non-streaming response."""
 
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -130,7 +178,7 @@ class ChunkChoice(BaseModel):
 
     index: int = 0
     delta: Delta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 

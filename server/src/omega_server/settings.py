@@ -45,16 +45,43 @@ class Settings(BaseSettings):
         description="One-token attention on the unexpanded key/value heads (split-K Triton kernel on a "
         "GPU) and fused Triton MoE experts at small batch; false keeps transformers' own paths.",
     )
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Share of the GPU's memory the server may use: the KV slots get what is left of it "
+        "after the weights and a profiled prefill; fewer slots than MAX_BATCH_SIZE when they do not fit "
+        "(log and /health say so), a fatal kv_cache_too_small error when not one MAX_MODEL_LENGTH "
+        "sequence fits.",
+    )
+    preprocess_workers: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Requests whose chat template and image processor run at once, each on its own "
+        "copy of the processor.",
+    )
     host: str = Field(default="0.0.0.0", description="Listen address.")
     port: int = Field(default=8000, ge=0, le=65535, description="Listen port (0 = any free port).")
     api_key: SecretStr | None = Field(
         default=None, description="When set, /v1/* needs `Authorization: Bearer`."
     )
     max_queue: int = Field(default=64, ge=1, description="Requests waiting for the engine before 429.")
-    default_max_tokens: int = Field(default=512, ge=1, description="max_tokens when a request gives none.")
+    default_max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="max_tokens when a request gives none (capped by the room left); unset: the room "
+        "left in MAX_MODEL_LENGTH after the prompt.",
+    )
     max_images_per_request: int = Field(default=8, ge=0, description="Image parts allowed in one request.")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest encoded image, bytes.")
-    max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="Largest image, width x height.")
+    max_image_pixels: int = Field(
+        default=1280 * 28 * 28,
+        ge=1,
+        description="Pixel budget of one image: a larger image is downscaled to it, keeping its aspect "
+        "ratio (default: about 1280 visual tokens on Qwen-VL, the max_pixels its model cards suggest; a "
+        "12 MP photo would otherwise be about 15k tokens). detail: low uses at most 512x512.",
+    )
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest request body.")
     allow_image_urls: bool = Field(default=True, description="Fetch http(s) image URLs.")
     allow_private_image_urls: bool = Field(
@@ -64,6 +91,12 @@ class Settings(BaseSettings):
         "with a 400 (every resolved address and every redirect hop is checked).",
     )
     image_fetch_timeout: float = Field(default=10.0, gt=0, description="Seconds to fetch one image URL.")
+    worker_stall_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="/live answers 503 when the engine's worker has made no progress for this many "
+        "seconds while requests are waiting or running (a stuck step), so the kubelet restarts it.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info")
 
     @field_validator("model_path")
@@ -74,7 +107,7 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
-    @field_validator("served_model_name", "api_key", mode="before")
+    @field_validator("served_model_name", "api_key", "default_max_tokens", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

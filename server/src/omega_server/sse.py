@@ -12,8 +12,17 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+from omega_server.engine.types import TokenLogprob
 from omega_server.errors import APIError, error_body
-from omega_server.protocol import ChatCompletionChunk, ChunkChoice, Delta, Usage, completion_id, now
+from omega_server.protocol import (
+    ChatCompletionChunk,
+    ChunkChoice,
+    Delta,
+    Usage,
+    choice_logprobs,
+    completion_id,
+    now,
+)
 
 DONE = "data: [DONE]\n\n"
 
@@ -44,21 +53,28 @@ class ChunkFrames:
         )
         return f"data: {body.model_dump_json(exclude_unset=True)}\n\n"
 
-    def _chunk(self, delta: Delta, finish: Literal["stop", "length"] | None = None) -> str:
-        choice = ChunkChoice(index=0, delta=delta, logprobs=None, finish_reason=finish)
+    def _chunk(
+        self,
+        delta: Delta,
+        finish: Literal["stop", "length"] | None = None,
+        logprobs: list[TokenLogprob] | None = None,
+        index: int = 0,
+    ) -> str:
+        lp = choice_logprobs(logprobs) if logprobs else None
+        choice = ChunkChoice(index=index, delta=delta, logprobs=lp, finish_reason=finish)
         return self._frame([choice], **self._usage)
 
-    def role(self) -> str:
-        """The first chunk: the assistant role, no content yet."""
-        return self._chunk(Delta(role="assistant", content=""))
+    def role(self, index: int = 0) -> str:
+        """The first chunk of choice ``index``: the assistant role, no content yet."""
+        return self._chunk(Delta(role="assistant", content=""), index=index)
 
-    def content(self, text: str) -> str:
-        """A chunk of generated text."""
-        return self._chunk(Delta(content=text))
+    def content(self, text: str, logprobs: list[TokenLogprob] | None = None, index: int = 0) -> str:
+        """A chunk of generated text, with its tokens' log-probabilities when they were asked for."""
+        return self._chunk(Delta(content=text), logprobs=logprobs, index=index)
 
-    def finish(self, reason: Literal["stop", "length"]) -> str:
-        """The chunk that says why generation ended."""
-        return self._chunk(Delta(), reason)
+    def finish(self, reason: Literal["stop", "length"], index: int = 0) -> str:
+        """The chunk that says why choice ``index`` ended."""
+        return self._chunk(Delta(), reason, index=index)
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> str:
         """The last chunk when usage was asked for: no choices, the token counts."""

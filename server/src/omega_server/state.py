@@ -29,13 +29,18 @@ class ServerState:
         self._closed = False
         self._lock = threading.Lock()
         self._chat: ChatService | None = None
-        self.metrics = Metrics(stats=self._stats, devices=self._devices)
+        self.metrics = Metrics(stats=self._stats, devices=self._devices, capacity=self._capacity)
 
     def _stats(self) -> Any | None:
         return self.engine.stats if self.engine is not None else None
 
     def _devices(self) -> list[str]:
         return [str(d) for d in self.engine.info.devices] if self.engine is not None else []
+
+    def _capacity(self) -> tuple[int, int]:
+        """(KV slots, tokens per slot) of the loaded engine: MAX_BATCH_SIZE, MAX_MODEL_LENGTH."""
+        info = self.engine.info if self.engine is not None else None
+        return (int(info.max_batch_size), int(info.max_model_length)) if info is not None else (0, 0)
 
     @property
     def phase(self) -> Phase:
@@ -44,8 +49,13 @@ class ServerState:
             return "dead"
         return self._phase
 
+    def stalled_seconds(self) -> float:
+        """How long the engine's worker has made no progress with work pending (0: fine or not loaded)."""
+        stalled = getattr(self.engine, "stalled_seconds", None)
+        return float(stalled()) if stalled is not None else 0.0
+
     def attach(self, engine: Any) -> bool:
-        """Start serving with a loaded engine: hook batch sizes into metrics, record the backend.
+        """Start serving with a loaded engine: hook batch sizes into metrics, record what it runs.
 
         Returns False (and leaves the engine alone) when the server is already closing.
         """
@@ -54,12 +64,7 @@ class ServerState:
                 return False
             self.engine = engine
             engine.batch_observer = self.metrics.batch_size.observe
-            info = engine.info
-            self.metrics.record_engine_info(
-                backend=str(info.attn),
-                requested=str(info.attn_requested),
-                flash_failures=info.flash_load_failures,
-            )
+            self.metrics.record_engine_info(engine.info, model=self.config.model_name)
             self._chat = ChatService(self.config, engine, self.metrics)
             self._phase = "ready"
             return True

@@ -59,7 +59,7 @@ def _text(tokenizer: Any, bos: int, eos: int, pad: int, **extra: Any) -> dict[st
         "num_hidden_layers": LAYERS,
         "num_attention_heads": HEADS,
         "num_key_value_heads": KV_HEADS,
-        "max_position_embeddings": 4096,
+        "max_position_embeddings": 32768,  # the server refuses a MAX_MODEL_LENGTH above it
         "bos_token_id": bos,
         "eos_token_id": eos,
         "pad_token_id": pad,

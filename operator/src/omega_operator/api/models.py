@@ -290,7 +290,10 @@ class OmegaVLMSpec(_Model):
         default=None, max_length=16, description="Secrets for pulling the server image."
     )
     service_account_name: str | None = Field(
-        default=None, max_length=253, description="Service account of the server pods."
+        default=None,
+        max_length=253,
+        description="Service account of the server pods. Its token is not mounted"
+        " (automountServiceAccountToken: false): the server never calls the API server.",
     )
     pod_annotations: dict[str, str] | None = Field(
         default=None, description="Extra annotations on the server pods."

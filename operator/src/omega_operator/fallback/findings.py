@@ -43,6 +43,8 @@ class Reason(StrEnum):
     IMAGE_PULL = "ImagePullFailed"  # ErrImagePull / ImagePullBackOff / InvalidImageName
     UNSCHEDULABLE = conditions.UNSCHEDULABLE
     MODEL_LOAD_FAILED = "ModelLoadFailed"
+    # the server exited with ``fatal: kv_cache_too_small``: not one MAX_MODEL_LENGTH sequence fits
+    KV_CACHE_TOO_SMALL = "KVCacheTooSmall"
     CRASH_LOOP = "CrashLoopBackOff"
     SERVER_UNHEALTHY = "ServerUnhealthy"
     # FlashAttentionDegraded=False reasons
@@ -59,6 +61,7 @@ _SEVERITY = (
     Reason.IMAGE_PULL,
     Reason.OOM_KILLED,
     Reason.OUT_OF_MEMORY,
+    Reason.KV_CACHE_TOO_SMALL,
     Reason.MODEL_LOAD_FAILED,
     Reason.FLASH_ATTEMPT_FAILED,
     Reason.CRASH_LOOP,
@@ -70,6 +73,7 @@ _IMAGE_PULL_REASONS = frozenset(
 )
 _FLASH_RE = re.compile(r"flash[-_ ]?attn|flash_attention|flashattention", re.IGNORECASE)
 _MODEL_RE = re.compile(r"MODEL_PATH|\bmodel\b|checkpoint|config\.json|safetensors", re.IGNORECASE)
+_KV_RE = re.compile(r"\bkv_cache_too_small\b")  # the server's StartupError kind
 _ERROR_LINE_RE = re.compile(r"\b\w*(Error|Exception)\b|^fatal\b|^error\b", re.IGNORECASE)
 # What the server's fatal line adds when a flash failure came first (omega_server.flash_failure).
 _KIND_RE = re.compile(r"\(flash_attn\.error_kind=(\w+): ?")
@@ -153,7 +157,9 @@ def pod_findings(
         and report.status not in ("loading", "starting")
     ):
         cause = _classify_termination(Termination(None, None, report.error))
-        if cause == Reason.FLASH_CRASH_LOOP and flash:
+        if cause == Reason.KV_CACHE_TOO_SMALL:
+            add(Reason.KV_CACHE_TOO_SMALL, report.error)
+        elif cause == Reason.FLASH_CRASH_LOOP and flash:
             if not any(f.reason == Reason.FLASH_LOAD_FAILED for f in out):
                 add(Reason.FLASH_LOAD_FAILED, report.error)
         elif cause == Reason.OUT_OF_MEMORY:
@@ -165,7 +171,7 @@ def pod_findings(
     return out
 
 
-_OTHER_CAUSES = (Reason.OOM_KILLED, Reason.OUT_OF_MEMORY, Reason.MODEL_LOAD_FAILED)
+_OTHER_CAUSES = (Reason.OOM_KILLED, Reason.OUT_OF_MEMORY, Reason.KV_CACHE_TOO_SMALL, Reason.MODEL_LOAD_FAILED)
 
 
 def _restarts_in_window(
@@ -183,7 +189,8 @@ def _restarts_in_window(
 
 
 def _classify_termination(t: Termination) -> Reason | None:
-    """Why a container ended: OOM, a flash-attn error, a model load error, or unknown (None).
+    """Why a container ended: OOM, a KV cache too small, a flash-attn error, a model load error, or
+    unknown (None).
 
     A kind the server named (``(flash_attn.error_kind=KIND: ...)``) decides first: a flash kind is a
     flash failure, unless the fatal error itself ran out of memory; ``out_of_memory`` is
@@ -192,6 +199,8 @@ def _classify_termination(t: Termination) -> Reason | None:
     if t.reason == "OOMKilled" or (t.exit_code == 137 and "oom" in (t.message or "").lower()):
         return Reason.OOM_KILLED
     line = _key_line(t.message)
+    if line and _KV_RE.search(line):
+        return Reason.KV_CACHE_TOO_SMALL
     kind = _KIND_RE.search(line)
     if kind is not None:
         fatal = line[: kind.start()]

@@ -26,25 +26,33 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import torch
 
 from omega_server import models
-from omega_server.engine import sampler
+from omega_server.engine import grammar, sampler
 from omega_server.engine.detok import IncrementalText
 from omega_server.engine.errors import (
     EngineDeadError,
     EngineError,
+    OutOfMemoryError,
     QueueFullError,
     describe_error,
     is_fatal,
 )
-from omega_server.engine.inputs import check_request, prefill_groups, prepare_inputs
-from omega_server.engine.load import load_engine, start_runner
-from omega_server.engine.runner import Pending
-from omega_server.engine.sequence import Seq
+from omega_server.engine.inputs import (
+    ProcessorPool,
+    check_request,
+    check_token_ids,
+    prefill_groups,
+    prepare_inputs,
+)
+from omega_server.engine.load import load_engine, start_runner, vocab_size
+from omega_server.engine.runner import Pending, RawLogprob
+from omega_server.engine.sequence import Seq, release_inputs
 from omega_server.engine.types import (
     EngineConfig,
     EngineInfo,
@@ -52,6 +60,7 @@ from omega_server.engine.types import (
     GenerationRequest,
     PreparedRequest,
     StepOutput,
+    TokenLogprob,
 )
 
 log = logging.getLogger(__name__)
@@ -73,14 +82,21 @@ class Engine:
         self.alive = True
         self._loaded = loaded
         self._processor = loaded.processor
-        self._prep_lock = threading.Lock()  # tokenizers/processors are not safe to share across threads
+        self.vocab_size = vocab_size(loaded.model)
+        # preprocessing: one processor copy per concurrent call (tokenizers are not thread-safe)
+        self._prep_pool = ProcessorPool(loaded.processor, config.preprocess_workers)
         self._cond = threading.Condition()
         self._waiting: collections.deque[Seq] = collections.deque()
         self._stopping = False
         self._dead_reason = ""
+        self._admitted: list[Seq] = []  # taken off the queue, not yet prefilled (a crash tells them too)
+        self._busy = False  # the worker has work (it is not waiting for requests)
+        self._beat = time.monotonic()  # when the worker last made progress (``stalled_seconds``)
         self._runner = start_runner(config, loaded, info)
+        self._max_running = info.kv_slots or config.max_batch_size  # fewer when the KV slots are fewer
         self._pending: Pending | None = None  # the decode step queued on the device, not yet read
         self._runner.stats = self.stats
+        self._grammars = grammar.Grammars(self._runner.tokenizer, self.vocab_size, self._runner.eos_ids)
         self._runner.observer = self._observe
         self._thread = threading.Thread(target=self._work, name="omega-engine", daemon=True)
         self._thread.start()
@@ -95,13 +111,13 @@ class Engine:
     def prepare(self, req: GenerationRequest) -> PreparedRequest:
         """Apply the chat template and the processor. Raises InvalidRequestError / PromptTooLongError."""
         images = check_request(req, self.config.max_images_per_request)
-        return prepare_inputs(
-            self._processor,
-            req,
-            images,
-            max_model_length=self.config.max_model_length,
-            lock=self._prep_lock,
-        )
+        check_token_ids(req.params, self.vocab_size)
+        grammar = req.params.grammar
+        constraint = self._grammars.constraint(grammar) if grammar is not None else None
+        with self._prep_pool.borrow() as processor:
+            prepared = prepare_inputs(processor, req, images, max_model_length=self.config.max_model_length)
+        prepared.constraint = constraint
+        return prepared
 
     async def stream(self, prepared: PreparedRequest) -> AsyncGenerator[StepOutput, None]:
         """Queue the request and yield its deltas; the last has ``finished=True``.
@@ -124,9 +140,7 @@ class Engine:
                     return
         finally:
             if not seq.done:
-                seq.cancelled = True
-                with self._cond:
-                    self._cond.notify_all()
+                self._cancel(seq)
 
     def _submit(self, seq: Seq) -> None:
         with self._cond:
@@ -155,11 +169,24 @@ class Engine:
         seq = Seq(prepared=prepared, loop=None, queue=None, emit=emit)
         self._submit(seq)
         if not done.wait(timeout):
-            seq.cancelled = True
+            self._cancel(seq)
             raise TimeoutError("generation did not finish in time")
         if isinstance(items[-1], BaseException):
             raise items[-1]
         return items
+
+    def _cancel(self, seq: Seq) -> None:
+        """Cancel a request: a queued one leaves the queue now (admission and queue depth see it
+        gone); a running one is evicted by the worker between steps."""
+        with self._cond:
+            seq.cancelled = True
+            for i, queued in enumerate(self._waiting):
+                if queued is seq:  # by identity: a Seq's fields hold tensors
+                    del self._waiting[i]
+                    seq.done = True
+                    self.stats.queue_depth = len(self._waiting)
+                    break
+            self._cond.notify_all()
 
     def shutdown(self) -> None:
         """Stop the worker; queued and running requests end with EngineDeadError."""
@@ -168,6 +195,13 @@ class Engine:
             self._cond.notify_all()
         self._thread.join(timeout=30)
         self._die("the engine was shut down")
+
+    def stalled_seconds(self) -> float:
+        """Seconds since the worker last made progress while it has work; 0 when it is idle.
+
+        /live turns 503 past ``WORKER_STALL_SECONDS``: a worker stuck in a step never comes back.
+        """
+        return time.monotonic() - self._beat if self._busy and self.alive else 0.0
 
     # -- worker
 
@@ -187,12 +221,12 @@ class Engine:
             self._waiting.clear()
             self.stats.queue_depth = 0
         err = EngineDeadError(self._dead_message())
-        for seq in pending + self._runner.seqs:
+        for seq in pending + self._admitted + self._runner.seqs:
             if not seq.done:
                 seq.done = True
                 seq.send(err)
         self._runner.evict([])
-        self.stats.running = 0
+        self.stats.running = self.stats.kv_tokens = 0
 
     def _work(self) -> None:
         runner = self._runner
@@ -207,10 +241,12 @@ class Engine:
                             and not runner.seqs
                             and self._pending is None
                         ):
+                            self._busy = False
                             self._cond.wait()
+                        self._busy, self._beat = True, time.monotonic()
                         if self._stopping:
                             return
-                        free = self.config.max_batch_size - len(runner.seqs)
+                        free = self._max_running - len(runner.seqs)
                         while free > 0 and self._waiting:
                             seq = self._waiting.popleft()
                             if seq.cancelled:
@@ -219,11 +255,15 @@ class Engine:
                             admitted.append(seq)
                             free -= 1
                         self.stats.queue_depth = len(self._waiting)
+                        self._admitted = admitted
                     self._admit_all(admitted)
+                    self._admitted = []
                     self._drop_finished()
                     if runner.seqs or self._pending is not None:
                         self._step()
                     self.stats.running = len(runner.seqs)
+                    self.stats.kv_tokens = sum(s.cache_len for s in runner.seqs)
+                    self._beat = time.monotonic()
         except Exception as exc:  # a bug or an unrecoverable device error: fail everything, loudly
             log.exception("engine worker crashed")
             self._die(f"worker crashed: {describe_error(exc)}")
@@ -232,7 +272,9 @@ class Engine:
         """The one failure path: count it, evict ``seqs``' rows, end their requests, re-raise if fatal.
 
         After a device error (``is_fatal``) the requests get EngineDeadError and the exception goes on
-        to stop the engine; otherwise they get a ``generation_failed`` error and the engine goes on.
+        to stop the engine; after an out-of-memory error they get ``OutOfMemoryError`` (HTTP 503 with
+        Retry-After), the allocator's cache is emptied, and the engine goes on; otherwise they get a
+        ``generation_failed`` error and the engine goes on.
         """
         self.stats.errors_total += 1
         failed = {id(s) for s in seqs}
@@ -240,6 +282,14 @@ class Engine:
         fatal = is_fatal(exc)
         if fatal:
             err: EngineError = EngineDeadError(f"device error: {describe_error(exc)}")
+        elif isinstance(exc, torch.OutOfMemoryError):
+            log.warning("%s ran out of device memory: %s", what, describe_error(exc))
+            err = OutOfMemoryError(
+                f"out of device memory during the {what}; retry later or send a smaller request",
+                retry_after=2.0,
+            )
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         else:
             log.warning("%s failed: %s", what, describe_error(exc))
             err = EngineError(f"generation failed: {describe_error(exc)}", code="generation_failed")
@@ -276,13 +326,16 @@ class Engine:
                     self._admit(seq)
                 continue
             for seq in group:
-                self._after_token(seq, seq.last_token)
+                release_inputs(seq)
+                self._deliver(seq, seq.last_token, seq.last_logprob)
 
     def _start(self, seq: Seq) -> None:
         """A sequence's sampler and text state, made when it is admitted (a generator only for a seed)."""
         runner = self._runner
         params = seq.prepared.params
         seq.generator = sampler.generator(params.seed, runner.device)
+        if seq.prepared.constraint is not None:
+            seq.constraint = seq.prepared.constraint.copy()
         seq.text = IncrementalText(runner.tokenizer, runner.eos_ids, params)
 
     def _admit(self, seq: Seq) -> None:
@@ -292,7 +345,8 @@ class Engine:
         except Exception as exc:
             self._fail([seq], exc, "prefill")
             return
-        self._after_token(seq, seq.last_token)
+        release_inputs(seq)
+        self._deliver(seq, seq.last_token, seq.last_logprob)
 
     def _step(self) -> None:
         """One decode step, pipelined one deep on runners that can (the static slot cache).
@@ -303,10 +357,23 @@ class Engine:
         step k+1: that token is dropped, and the row is freed before step k+2.
         """
         runner = self._runner
+        # a constrained row's mask needs its previous token: with one running, steps are not pipelined
+        serial = any(s.constraint is not None for s in runner.seqs)
+        if serial and self._pending is not None:
+            queued, self._pending = self._pending, None
+            try:
+                tokens = queued.wait()
+            except Exception as exc:
+                self._fail(list(runner.seqs), exc, "decode step")
+                return
+            self._take(queued, tokens)
+            self._drop_finished()
+            if not runner.seqs:
+                return
         pending, self._pending = self._pending, None
         try:
             launched = runner.launch() if runner.seqs else None
-            if not runner.pipelined:
+            if not runner.pipelined or serial:
                 pending, launched = launched, None
             tokens = pending.wait() if pending is not None else []
         except Exception as exc:
@@ -314,10 +381,15 @@ class Engine:
             return
         self._pending = launched
         if pending is not None:
-            for s, t in zip(pending.seqs, tokens, strict=True):
-                if not (s.done or s.cancelled):
-                    self._after_token(s, t)
+            self._take(pending, tokens)
         self._drop_finished()
+
+    def _take(self, pending: Pending, tokens: list[int]) -> None:
+        """A read step's tokens, each to its sequence (a row that finished meanwhile drops its token)."""
+        logprobs = pending.logprobs()
+        for s, t, lp in zip(pending.seqs, tokens, logprobs, strict=True):
+            if not (s.done or s.cancelled):
+                self._deliver(s, t, lp)
 
     def _drop_finished(self) -> None:
         runner = self._runner
@@ -327,11 +399,20 @@ class Engine:
                 s.done = True
         runner.evict(keep)
 
-    def _after_token(self, seq: Seq, token: int) -> None:
+    def _deliver(self, seq: Seq, token: int, logprob: RawLogprob | None = None) -> None:
+        """``_after_token`` for one request; an error there (detokenizer, stop checks, grammar) fails
+        that request only, and its row leaves the batch before the next step."""
+        try:
+            self._after_token(seq, token, logprob)
+        except Exception as exc:
+            self._fail([seq], exc, "detokenization")
+
+    def _after_token(self, seq: Seq, token: int, logprob: RawLogprob | None = None) -> None:
         """Record a sampled token: its text (``detok``), the finish checks, and the delta sent out."""
         self.stats.completion_tokens_total += 1
         text = seq.text
         assert text is not None
+        grammar.advance(seq, token)
         delta, finish = text.add(token)
         seq.done = finish is not None
         seq.send(
@@ -342,5 +423,19 @@ class Engine:
                 finish_reason=finish,
                 prompt_tokens=seq.prepared.prompt_tokens,
                 completion_tokens=len(text.token_ids),
+                logprobs=None if logprob is None else [self._named(token, text.piece, logprob, seq)],
             )
+        )
+
+    def _named(self, token: int, piece: str, raw: RawLogprob, seq: Seq) -> TokenLogprob:
+        """A token's log-probability entry with text: the chosen token named by the text it completed
+        (so that the entries join to the answer), each alternative by its own decoding."""
+        decode = self._runner.tokenizer.decode
+        value, top = raw
+        top = top[: seq.prepared.params.top_logprobs]  # a batch computes its rows' largest number
+        return TokenLogprob(
+            token_id=token,
+            token=piece,
+            logprob=value,
+            top=tuple((t, decode([t], skip_special_tokens=False), v) for t, v in top),
         )

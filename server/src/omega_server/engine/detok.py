@@ -3,7 +3,8 @@
 ``IncrementalText.add(token)`` returns the text to send now and the finish reason, if any. Text is
 decoded over a short window of tokens (prefix/read offsets), so the cost per token does not grow
 with the output; bytes of a character split over tokens wait for the rest (a trailing U+FFFD means
-the character is incomplete). While stop strings are set, the last ``longest stop - 1`` characters
+the character is incomplete). An EOS token or one of the request's ``stop_token_ids`` ends the
+sequence and is not part of the text. While stop strings are set, the last ``longest stop - 1`` characters
 are held back, so that no part of a stop string is ever sent; a stop string cuts the text before it.
 
 Pure: it needs only a tokenizer's ``decode(ids, skip_special_tokens=True)``.
@@ -22,6 +23,7 @@ class IncrementalText:
     def __init__(self, tokenizer: Any, eos_ids: set[int], params: SamplingParams) -> None:
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
+        self.stop_ids = frozenset(params.stop_token_ids)  # end the sequence even with ignore_eos
         self.stop = params.stop
         self.ignore_eos = params.ignore_eos
         self.max_tokens = params.max_tokens
@@ -31,12 +33,16 @@ class IncrementalText:
         self.read_offset = 0
         self.text = ""
         self.emitted = 0
+        # the text the last token completed (what its log-probability entry is named): the pieces of
+        # all tokens join to the text (a character split over tokens belongs to its last token)
+        self.piece = ""
 
     def add(self, token: int) -> tuple[str, str | None]:
         """Take the next token: the text to send now, and "stop" | "length" when the sequence ends."""
         self.token_ids.append(token)
+        before = len(self.text)
         finish: str | None = None
-        eos = token in self.eos_ids and not self.ignore_eos
+        eos = (token in self.eos_ids and not self.ignore_eos) or token in self.stop_ids
         if eos:
             finish = "stop"
         else:
@@ -56,6 +62,7 @@ class IncrementalText:
             upto = max(self.emitted, len(self.text) - self.hold)
             delta = self.text[self.emitted : upto]
             self.emitted = upto
+        self.piece = self.text[before:]
         return delta, finish
 
     def _decode(self) -> None:
@@ -71,7 +78,7 @@ class IncrementalText:
     def _flush(self) -> None:
         """At the end, add text still held back waiting for more bytes of a character."""
         ids = self.token_ids[self.read_offset :]
-        if ids and ids[-1] in self.eos_ids:
+        if ids and (ids[-1] in self.eos_ids or ids[-1] in self.stop_ids):
             ids = ids[:-1]
         if not ids:
             return

@@ -43,10 +43,38 @@ class QueueFullError(EngineError):
         self.retry_after = retry_after
 
 
+class OutOfMemoryError(EngineError):
+    """The device ran out of memory for this request; the engine goes on (HTTP 503 with Retry-After)."""
+
+    default_code = "out_of_memory"
+
+    def __init__(self, message: str, *, retry_after: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
 class EngineDeadError(EngineError):
     """The engine stopped (shut down or an unrecoverable device error) (HTTP 503)."""
 
     default_code = "engine_dead"
+
+
+class StartupError(Exception):
+    """A fatal start-up error whose ``kind`` the operator reads as its own reason (``fatal: kind: ...``)."""
+
+    kind = "startup_failed"
+
+
+class KVCacheTooSmallError(StartupError):
+    """Not even one sequence of MAX_MODEL_LENGTH tokens fits in the device memory left for the KV cache."""
+
+    kind = "kv_cache_too_small"
+
+
+class ContextTooLongError(StartupError):
+    """MAX_MODEL_LENGTH is more than the model's positions (``max_position_embeddings``)."""
+
+    kind = "max_model_length_too_large"
 
 
 def describe_error(exc: BaseException) -> str:

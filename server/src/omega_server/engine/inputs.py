@@ -3,20 +3,25 @@
 ``check_request`` is the engine API's contract for callers that build ``GenerationRequest``s
 themselves (the HTTP layer refuses all of it earlier, with its own messages). ``prepare_inputs``
 applies the chat template and the processor and refuses a prompt that does not fit. ``collate`` and
-``prefill_groups`` put several prepared requests into one prefill forward pass.
+``prefill_groups`` put several prepared requests into one prefill forward pass. ``ProcessorPool``
+holds the copies of the processor that requests are prepared with, several at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import queue
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from omega_server.engine.errors import InvalidRequestError, PromptTooLongError, describe_error
-from omega_server.engine.types import GenerationRequest, PreparedRequest
+from omega_server.engine.sampler import MAX_TOP_LOGPROBS
+from omega_server.engine.types import GenerationRequest, PreparedRequest, SamplingParams
 
 if TYPE_CHECKING:
     from omega_server.engine.sequence import Seq
@@ -41,6 +46,22 @@ def check_request(req: GenerationRequest, max_images: int) -> list[Any]:
         raise InvalidRequestError(f"temperature must be >= 0, got {p.temperature!r}", param="temperature")
     if not (isinstance(p.top_p, (int, float)) and 0 < p.top_p <= 1):
         raise InvalidRequestError(f"top_p must be in (0, 1], got {p.top_p!r}", param="top_p")
+    if not (isinstance(p.top_k, int) and p.top_k >= -1):
+        raise InvalidRequestError(f"top_k must be -1, 0 or positive, got {p.top_k!r}", param="top_k")
+    if not (isinstance(p.min_p, (int, float)) and 0 <= p.min_p <= 1):
+        raise InvalidRequestError(f"min_p must be in [0, 1], got {p.min_p!r}", param="min_p")
+    if not (isinstance(p.repetition_penalty, (int, float)) and 0 < p.repetition_penalty < math.inf):
+        raise InvalidRequestError(
+            f"repetition_penalty must be > 0, got {p.repetition_penalty!r}", param="repetition_penalty"
+        )
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(p, name)
+        if not (isinstance(value, (int, float)) and -2 <= value <= 2):
+            raise InvalidRequestError(f"{name} must be in [-2, 2], got {value!r}", param=name)
+    if not (isinstance(p.top_logprobs, int) and 0 <= p.top_logprobs <= MAX_TOP_LOGPROBS):
+        raise InvalidRequestError(
+            f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {p.top_logprobs!r}", param="top_logprobs"
+        )
     if any(not isinstance(s, str) or not s for s in p.stop):
         raise InvalidRequestError("stop strings must be non-empty strings", param="stop")
     # torch.Generator.manual_seed takes [-2**63, 2**64); outside it would raise on the worker thread.
@@ -82,6 +103,43 @@ def check_request(req: GenerationRequest, max_images: int) -> list[Any]:
     if len(images) > max_images:
         raise InvalidRequestError(f"too many images: {len(images)} (at most {max_images})", param="messages")
     return images
+
+
+class ProcessorPool:
+    """Copies of the processor, each used by one preprocessing call at a time (a tokenizer is not
+    safe to share across threads): up to ``size`` requests are prepared at once, not one under a lock.
+    The original stays with the engine's worker (detokenization)."""
+
+    def __init__(self, processor: Any, size: int) -> None:
+        if size < 1:
+            raise ValueError("the processor pool needs at least one processor")
+        self.size = size
+        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(size):
+            self._free.put(copy.deepcopy(processor))
+
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[Any]:
+        """A processor for the calling thread alone (waits while all are in use)."""
+        processor = self._free.get()
+        try:
+            yield processor
+        finally:
+            self._free.put(processor)
+
+
+def check_token_ids(params: SamplingParams, vocab: int) -> None:
+    """Refuse token ids outside the vocabulary (``stop_token_ids``, ``logit_bias``): on the device an
+    index out of range is an assert that would end the engine."""
+    for name, ids in (
+        ("stop_token_ids", params.stop_token_ids),
+        ("logit_bias", [t for t, _ in params.logit_bias]),
+    ):
+        bad = [i for i in ids if not (isinstance(i, int) and 0 <= i < vocab)]
+        if bad:
+            raise InvalidRequestError(
+                f"{name}: token id {bad[0]!r} is not in the vocabulary (0 to {vocab - 1}).", param=name
+            )
 
 
 def prepare_inputs(
@@ -152,6 +210,19 @@ def collate(items: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torc
     ).long()
     out["attention_mask"] = mask
     return out
+
+
+def without_full_mask(inputs: dict[str, Any]) -> dict[str, Any]:
+    """``inputs`` without an ``attention_mask`` that opens every column (a host tensor of ones).
+
+    For flash_attention_2: transformers unpads the prompts at every layer when a 2D mask is passed
+    (an index copy of the query/key/value and a host sync per layer), even when nothing is padded;
+    without the mask the prefill runs the dense flash kernel, with the same result.
+    """
+    mask = inputs.get("attention_mask")
+    if mask is None or mask.device.type != "cpu" or not bool(mask.all()):
+        return inputs
+    return {k: v for k, v in inputs.items() if k != "attention_mask"}
 
 
 def prefill_groups(seqs: list[Seq], max_tokens: int) -> list[list[Seq]]:

@@ -9,8 +9,10 @@ compacted) between steps.
 
 Every tensor a decode step reads or writes has a fixed address, so on CUDA one step can be captured
 as a CUDA graph per (batch bucket, width bucket) and replayed: the per-step cost then no longer
-depends on Python and kernel-launch overhead. Only the sdpa and eager attention backends take a 4D
-mask; flash_attention_2 keeps the dynamic cache.
+depends on Python and kernel-launch overhead. The sdpa and eager backends read the 4D mask; the
+flash_attention_2 backend (``flash = True``, ``kernels.flash_decode``) ignores it and reads
+``seqlens`` instead: int32 ``cache_seqlens`` (each slot's cached length before the step, a mirror of
+``write_pos`` made by ``prepare_step``), and flash-attn writes the new key/value itself.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class SlotCache:
         self.values: list[torch.Tensor] = []
         self.mask: torch.Tensor | None = None  # (slots, 1, 1, width) additive
         self.write_pos = torch.zeros(slots, dtype=torch.long, device=device)  # = cached length per slot
+        # flash-attn's cache_seqlens: write_pos as int32 at a fixed address (set by prepare_step)
+        self.seqlens = torch.zeros(slots, dtype=torch.int32, device=device)
+        self.flash = False  # update() hands the new key/value to flash_attn_with_kvcache unwritten
         self.text_pos = torch.zeros(slots, dtype=torch.long, device=device)  # next token's text position
         self.delta = torch.zeros(slots, dtype=torch.long, device=device)  # M-RoPE offset
         self.input_ids = torch.zeros(slots, 1, dtype=torch.long, device=device)
@@ -122,6 +127,7 @@ class SlotCache:
         assert self.mask is not None
         rows = self.rows[:n]
         self.mask[rows, 0, 0, self.write_pos[:n]] = 0  # the new token attends to itself
+        self.seqlens.copy_(self.write_pos)  # idle rows: 0 (their garbage goes to column 0)
         pos = self.text_pos + self.delta
         if self.mrope:
             self.position_ids[:, :, 0] = pos
@@ -143,6 +149,8 @@ class SlotCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # the batch from the states (a symbolic size under torch.compile's dynamic batch); the width
         # from the view (fixed when compiled)
+        if self.flash:  # flash_attn_with_kvcache writes them at column seqlens[row]
+            return key_states, value_states
         b, w = key_states.shape[0], self.view[1]
         rows, cols = self.rows[:b], self.write_pos[:b]
         self.keys[layer_idx][rows, :, cols] = key_states[:, :, 0]

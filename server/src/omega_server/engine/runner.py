@@ -16,12 +16,37 @@ from typing import Any
 import torch
 
 from omega_server.engine import sampler
+from omega_server.engine.inputs import without_full_mask
 from omega_server.engine.sequence import Seq
 from omega_server.engine.types import EngineStats
 
+#: a sampled token's log-probability and its top alternatives' (token id, log-probability)
+RawLogprob = tuple[float, tuple[tuple[int, float], ...]]
+
+#: what a log-probability of minus infinity is sent as (OpenAI's; JSON has no infinity)
+MIN_LOGPROB = -9999.0
+
+
+def host_logprobs(
+    n: int, rows: list[int], values: torch.Tensor | None, ids: torch.Tensor | None
+) -> list[RawLogprob | None]:
+    """Per row, its ``RawLogprob`` (rows that asked) or None, from ``sampler.Sampled``'s tensors on the host."""
+    out: list[RawLogprob | None] = [None] * n
+    if values is None:
+        return out
+    vals = values.clamp(min=MIN_LOGPROB).tolist()
+    top_ids = ids.tolist() if ids is not None else [[] for _ in rows]
+    for j, row in enumerate(rows):
+        if row < n:
+            out[row] = (vals[j][0], tuple(zip(top_ids[j], vals[j][1:], strict=True)))
+    return out
+
 
 class Pending:
-    """A decode step in flight: its sequences (in row order) and where its tokens will land on the host."""
+    """A decode step in flight: its sequences (in row order) and where its tokens will land on the host.
+
+    Rows that asked for log-probabilities have theirs copied next to the tokens (``logprobs``).
+    """
 
     def __init__(
         self,
@@ -30,11 +55,15 @@ class Pending:
         tokens: list[int] | None = None,
         host: torch.Tensor | None = None,
         event: Any = None,
+        logprobs: list[RawLogprob | None] | None = None,
+        logprob_host: tuple[list[int], torch.Tensor | None, torch.Tensor | None] | None = None,
     ) -> None:
         self.seqs = seqs
         self._tokens = tokens
         self._host = host
         self._event = event
+        self._logprobs = logprobs
+        self._logprob_host = logprob_host
 
     def wait(self) -> list[int]:
         """The step's tokens, in row order (waits only for this step, not for later queued ones)."""
@@ -44,6 +73,14 @@ class Pending:
                 self._event.synchronize()
             self._tokens = self._host[: len(self.seqs)].tolist()
         return self._tokens
+
+    def logprobs(self) -> list[RawLogprob | None]:
+        """Each row's log-probabilities (None for rows that did not ask); after ``wait``."""
+        if self._logprobs is None:
+            self.wait()
+            rows, values, ids = self._logprob_host or ([], None, None)
+            self._logprobs = host_logprobs(len(self.seqs), rows, values, ids)
+        return self._logprobs
 
 
 class Runner:
@@ -61,6 +98,8 @@ class Runner:
         params = inspect.signature(model.forward).parameters
         self.logits_to_keep = "logits_to_keep" in params
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        # flash_attention_2 prefills without an all-ones padding mask (``inputs.without_full_mask``)
+        self.flash_prefill = str(getattr(model.config, "_attn_implementation", "")) == "flash_attention_2"
         self.eos_ids = self._eos_ids()
         # the running batch
         self.seqs: list[Seq] = []
@@ -143,23 +182,37 @@ class Runner:
             self.model.model.rope_deltas = None
         return deltas
 
+    def _sample(self, seqs: list[Seq], logits: torch.Tensor) -> tuple[list[int], list[RawLogprob | None]]:
+        """Sample one token per row and read them (and the asked-for log-probabilities) back."""
+        out = sampler.sample_full(seqs, logits)
+        tokens: list[int] = out.tokens.tolist()
+        return tokens, host_logprobs(len(seqs), out.logprob_rows, out.logprobs, out.top_ids)
+
     def _join(
-        self, seqs: list[Seq], lengths: list[int], deltas: list[int], tokens: list[int], cache: Any
+        self,
+        seqs: list[Seq],
+        lengths: list[int],
+        deltas: list[int],
+        sampled: tuple[list[int], list[RawLogprob | None]],
+        cache: Any,
     ) -> None:
         """Record each prefilled sequence's position and first token, and add it to the batch."""
+        tokens, logprobs = sampled
         for row, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
             seq.cache_len = seq.next_pos = n
             seq.rope_delta = deltas[row]
             seq.last_token = tokens[row]
+            seq.last_logprob = logprobs[row]
             self._merge(seq, cache, row)
 
     def prefill(self, seq: Seq) -> None:
         """Run the prompt (with its images) alone, sample the first token, and join the batch."""
-        inputs = self._to_device(seq.prepared.inputs)
+        inputs = seq.prepared.inputs
+        inputs = self._to_device(without_full_mask(inputs) if self.flash_prefill else inputs)
         out, cache = self._prefill_pass(1, inputs)
         deltas = self._rope_deltas(1)
-        tokens = sampler.sample([seq], out.logits[:, -1, :])
-        self._join([seq], [int(inputs["input_ids"].shape[1])], deltas, tokens, cache)
+        sampled = self._sample([seq], out.logits[:, -1, :])
+        self._join([seq], [int(inputs["input_ids"].shape[1])], deltas, sampled, cache)
 
     def prefill_batch(self, seqs: list[Seq]) -> None:
         """Prefill several sequences in one forward pass (see ``StaticRunner``)."""
@@ -192,10 +245,14 @@ class Runner:
         width = self.cache.get_seq_length()
         kept = [self.seqs[i] for i in keep]
         trim = width - max(s.cache_len for s in kept)
-        index = torch.tensor(keep, device=self.cache.layers[0].keys.device)
+        index = torch.tensor(keep)
+        on_device: dict[torch.device, torch.Tensor] = {}  # layers may sit on several GPUs (device_map)
         for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, trim:, :]
-            layer.values = layer.values.index_select(0, index)[:, :, trim:, :]
+            device = layer.keys.device
+            if device not in on_device:
+                on_device[device] = index.to(device)
+            layer.keys = layer.keys.index_select(0, on_device[device])[:, :, trim:, :]
+            layer.values = layer.values.index_select(0, on_device[device])[:, :, trim:, :]
         self.seqs = kept
 
     def decode(self) -> list[int]:
@@ -220,15 +277,17 @@ class Runner:
         for s in seqs:
             s.cache_len += 1
             s.next_pos += 1
-        tokens = sampler.sample(seqs, out.logits[:, -1, :])
-        for s, t in zip(seqs, tokens, strict=True):
+        tokens, logprobs = self._sample(seqs, out.logits[:, -1, :])
+        for s, t, lp in zip(seqs, tokens, logprobs, strict=True):
             s.last_token = t
+            s.last_logprob = lp
         return tokens
 
     def launch(self) -> Pending:
         """Queue one decode step for every running sequence; ``wait()`` on the result gives its tokens."""
         seqs = list(self.seqs)
-        return Pending(seqs, tokens=self.decode())
+        tokens = self.decode()
+        return Pending(seqs, tokens=tokens, logprobs=[s.last_logprob for s in seqs])
 
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:

@@ -4,8 +4,9 @@ Prefill is the dynamic runner's (one sequence, or several right-padded in one pa
 ``prefill_batch``); each prefilled cache is then copied into a free slot of the ``kvslots.SlotCache``.
 A decode step reads and writes only fixed buffers, so on a GPU it is replayed as a CUDA graph per
 (batch, width) bucket (``kvslots.GraphRunner``), and it can be queued before the previous step's
-tokens are read (``launch`` / ``Pending.wait``). Only for attention backends that take a 4D mask
-(sdpa, eager) on one device.
+tokens are read (``launch`` / ``Pending.wait``). For sdpa and eager (the step passes the slot cache's
+4D mask) and flash_attention_2 (the step's attention runs ``flash_attn_with_kvcache`` on the slots
+over ``cache_seqlens``: ``kernels.flash_decode``), on one device.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 import torch
 
 from omega_server.engine import kvslots, sampler
-from omega_server.engine.inputs import collate
+from omega_server.engine.inputs import collate, without_full_mask
 from omega_server.engine.runner import Pending, Runner
 from omega_server.engine.sequence import Seq
+from omega_server.kernels import flash_decode
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,9 @@ class StaticRunner(Runner):
         super().__init__(model, processor)
         self.width = width
         self.slot_cache = kvslots.SlotCache(slots, width, self.device, self.mrope)
+        # flash_attention_2: decode attention through flash_attn_with_kvcache on the slots
+        self.flash = str(getattr(model.config, "_attn_implementation", "")) == flash_decode.BACKEND
+        self.slot_cache.flash = self.flash  # (kernels.install registers flash_decode for this backend)
         self.graphs = kvslots.GraphRunner(self._static_forward, graphs and self.device.type == "cuda")
         # the model call of one decode step; torch.compile'd when asked (the slicing and the slot
         # cache's view stay outside, so the compiled code sees tensors and one fixed width)
@@ -69,7 +74,12 @@ class StaticRunner(Runner):
         if self.compiled:  # (3, slots, 1)[:, :batch] is contiguous only at batch == slots: always a
             # fresh contiguous copy (not a view at one batch only), or that batch compiles again
             position_ids = position_ids.clone(memory_format=torch.contiguous_format)
-        return self._step(sc.input_ids[:batch], sc.mask[:batch, :, :, :width], position_ids)
+        # flash ignores the mask (a 4D one passes transformers' mask code untouched); it reads seqlens
+        mask = sc.mask[:batch, :, :, :width]
+        if not self.flash:
+            return self._step(sc.input_ids[:batch], mask, position_ids)
+        with flash_decode.slot_decode(sc):
+            return self._step(sc.input_ids[:batch], mask, position_ids)
 
     def _model_step(
         self, input_ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor
@@ -121,7 +131,8 @@ class StaticRunner(Runner):
         """
         lengths = [int(s.prepared.inputs["input_ids"].shape[1]) for s in seqs]
         pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
-        inputs = self._to_device(collate([s.prepared.inputs for s in seqs], pad_id))
+        batch = collate([s.prepared.inputs for s in seqs], pad_id)
+        inputs = self._to_device(without_full_mask(batch) if self.flash_prefill else batch)
         last = sorted({n - 1 for n in lengths})
         keep = torch.tensor(last, device=self.device)
         out, cache = self._prefill_pass(len(seqs), inputs, keep)
@@ -131,7 +142,7 @@ class StaticRunner(Runner):
             cols = torch.tensor([n - 1 for n in lengths], device=self.device)
         logits = out.logits[torch.arange(len(seqs), device=self.device), cols]
         deltas = self._rope_deltas(len(seqs))
-        self._join(seqs, lengths, deltas, sampler.sample(seqs, logits), cache)
+        self._join(seqs, lengths, deltas, self._sample(seqs, logits), cache)
 
     def evict(self, keep: list[int]) -> None:
         sc = self.slot_cache
@@ -169,13 +180,26 @@ class StaticRunner(Runner):
         for s in seqs:
             s.cache_len += 1
             s.next_pos += 1
-        sampled = sampler.sample_device(seqs, logits[:n])
+        out = sampler.sample_full(seqs, logits[:n])
+        sampled = out.tokens
         sc.set_tokens(n, sampled)
         host = self._host[self._flip]
         self._flip ^= 1
         host[:n].copy_(sampled, non_blocking=True)
+        logprobs = None
+        if out.logprob_rows:  # copied now, before the next step is queued behind them
+            logprobs = (out.logprob_rows, _to_host(out.logprobs), _to_host(out.top_ids))
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
-        return Pending(seqs, host=host, event=event)
+        return Pending(seqs, host=host, event=event, logprob_host=logprobs)
+
+
+def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A non-blocking copy into pinned host memory (read after the step's event)."""
+    if t is None or t.device.type != "cuda":
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host

@@ -5,16 +5,23 @@ No torch at import: the HTTP layer builds requests and reads outputs, info and s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
+    from omega_server.engine.kv_budget import DeviceMemory
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request sampling. ``temperature`` at or below ``sampler.SAMPLING_EPS`` is greedy decoding."""
+    """Per-request sampling. ``temperature`` at or below ``sampler.SAMPLING_EPS`` is greedy decoding.
+
+    The neutral value of each field turns it off (``top_k`` 0, ``min_p`` 0, penalties 0 or 1); the
+    order in which the sampler applies them is in ``engine.sampler``'s docstring.
+    """
 
     max_tokens: int
     temperature: float = 1.0
@@ -22,6 +29,17 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
+    top_k: int = 0  # keep the k most likely tokens; 0 (or -1) keeps all
+    min_p: float = 0.0  # drop tokens below min_p x the most likely token's probability
+    repetition_penalty: float = 1.0  # HF's: logits of prompt and output tokens divided (or times)
+    presence_penalty: float = 0.0  # OpenAI's: minus this for every token already in the output
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times the token's count in the output
+    stop_token_ids: tuple[int, ...] = ()  # these tokens end the sequence like EOS (not in the text)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    logprobs: bool = False  # report the chosen token's log-probability
+    top_logprobs: int = 0  # and the most likely tokens' at each position (needs logprobs)
+    # structured output: ("json_schema", the schema as JSON), see ``engine.grammar``; None: free text
+    grammar: tuple[str, str] | None = None
 
 
 @dataclass
@@ -39,6 +57,21 @@ class PreparedRequest:
     inputs: dict[str, torch.Tensor]
     prompt_tokens: int
     params: SamplingParams
+    constraint: Any = None  # structured output: the compiled grammar (``engine.grammar.Constraint``)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log-probability (the model's distribution) and the top alternatives'.
+
+    ``token`` is the text this token completed (the entries of a sequence join to its text); an
+    alternative's text is its own decoding.
+    """
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()  # (token id, text, log-probability), likeliest first
 
 
 @dataclass
@@ -51,6 +84,7 @@ class StepOutput:
     finish_reason: str | None  # "stop" | "length" | None
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # one per token of ``token_ids`` when asked for
 
 
 @dataclass
@@ -66,8 +100,8 @@ class EngineConfig:
     device: str = "auto"
     served_model_name: str | None = None
     max_images_per_request: int = 8
-    # "dynamic" (DynamicCache, any backend), "static" (slot cache; sdpa/eager only) or "auto"
-    # (static with CUDA graphs on a GPU with sdpa/eager, dynamic otherwise)
+    # "dynamic" (DynamicCache, any backend), "static" (slot cache; sdpa, eager, flash_attention_2) or
+    # "auto" (static with CUDA graphs on a GPU with those backends, dynamic otherwise)
     kv_cache: str = "auto"
     cuda_graphs: bool = True  # replay static-cache decode steps as CUDA graphs (GPU only)
     # static cache: waiting requests are prefilled together, up to this many (padded) prompt tokens
@@ -86,6 +120,14 @@ class EngineConfig:
     # (``kernels.gqa_decode``), and on a GPU with Triton the fused experts for MoE layers at small
     # batch (``kernels.moe_decode``); False keeps transformers' own paths
     fast_decode: bool = True
+    # static cache: the share of the device's memory the server may use; the KV slots get what is
+    # left of it after the weights and a profiled prefill (``kv_budget``)
+    gpu_memory_utilization: float = 0.9
+    # requests whose chat template and processor run at once (each on its own processor copy)
+    preprocess_workers: int = 2
+    # tests and CPU runs: ``probe(profile) -> kv_budget.DeviceMemory`` in place of the device's own
+    # numbers (``kv_budget.measure_cuda``); on the CPU without one the slots are not sized from memory
+    memory_probe: Callable[[Callable[[], None]], DeviceMemory] | None = None
 
 
 @dataclass
@@ -114,6 +156,15 @@ class EngineInfo:
     gqa_decode: bool = False  # one-token attention packs the grouped heads (no key/value copies)
     # MoE models: the experts path (omega_fused_decode, grouped_mm, ...); None for a dense model
     experts_implementation: str | None = None
+    # flash_attention_2 on the slot cache: the flash-attn kernels in use (kernels.flash_decode.KERNELS)
+    flash_kernels: list[str] | None = None
+    # the static cache's KV slots (``kv_budget``): 0 on the dynamic cache
+    kv_slots: int = 0
+    kv_token_capacity: int = 0  # kv_slots x max_model_length
+    kv_sized_from_memory: bool = False  # the slot count came from the device's free memory
+    kv_budget_bytes: int = 0  # memory granted to the KV cache (0 when not sized from memory)
+    # the checkpoint's generation_config values for unset request fields (``load.sampling_defaults``)
+    sampling_defaults: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,6 +176,7 @@ class EngineStats:
     max_batch_seen: int = 0
     queue_depth: int = 0
     running: int = 0
+    kv_tokens: int = 0  # tokens in the KV cache rows of the running sequences
     prefill_passes: int = 0
     decode_passes: int = 0
     requests_total: int = 0

@@ -2,6 +2,8 @@
 
 - ``gqa_decode``: one-token SDPA on the unexpanded key/value heads (``splitk_attention``'s Triton
   kernels on a GPU, PyTorch's SDPA on the packed heads elsewhere), for the ``sdpa`` backend.
+- ``flash_decode``: one-token attention on the static slot cache through flash-attn's
+  ``flash_attn_with_kvcache``, for the ``flash_attention_2`` backend.
 - ``moe_decode``: the experts of a MoE model at small batch as two Triton GEMV kernels.
 - ``tritonrt``: the one Triton import, and where its kernels can run.
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from omega_server.kernels import gqa_decode, moe_decode
+from omega_server.kernels import flash_decode, gqa_decode, moe_decode
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ def install(model: Any, backend: str, *, enabled: bool = True) -> Installed:
     if gqa:
         gqa_decode.install(True)  # the process's sdpa function, which asks each model (enable)
     gqa_decode.enable(model, gqa)
+    if backend == flash_decode.BACKEND:  # the static slot cache's decode step needs it: always on
+        flash_decode.install(True)
     if enabled:
         moe_decode.install(model)
     return Installed(gqa_decode=gqa, experts=moe_decode.experts_implementation(model))

@@ -26,10 +26,15 @@ async def health(request: Request) -> JSONResponse:
 @router.get("/live")
 async def live(request: Request) -> JSONResponse:
     """Liveness: 200 while the process can still serve (loading included); 503 once the engine is dead
-    or failed to load, which nothing in-process repairs, so the kubelet restarts the container."""
-    phase = _state(request).phase
+    or failed to load, or its worker has made no progress for ``WORKER_STALL_SECONDS`` while requests
+    wait or run (a stuck step): nothing in-process repairs these, so the kubelet restarts the container."""
+    state = _state(request)
+    phase = state.phase
     if phase in ("dead", "failed"):
         return JSONResponse({"status": phase}, status_code=503)
+    stalled = state.stalled_seconds()
+    if stalled > state.config.worker_stall_seconds:
+        return JSONResponse({"status": "stalled", "stalled_seconds": round(stalled, 1)}, status_code=503)
     return JSONResponse({"status": "alive"})
 
 
