@@ -71,7 +71,9 @@ def manifests(args: argparse.Namespace) -> int:
     ):
         install_crd(cluster)
         for variant in ("flash", "sdpa"):
-            cluster.add_image(f"{BASE_SPEC['image']['repository']}:v1-{variant}", ["sleep", "3600"], uid=10001)
+            cluster.add_image(
+                f"{BASE_SPEC['image']['repository']}:v1-{variant}", ["sleep", "3600"], uid=10001
+            )
         ns = make_namespace(cluster, "badm")
         op = OperatorProcess(cluster, ns, Path(tmp) / "operator.log").start()
         try:
