@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         app,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_timeout,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
         server_header=False,
         proxy_headers=False,
     )

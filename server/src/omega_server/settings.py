@@ -74,6 +74,15 @@ class Settings(BaseSettings):
             "new connections are refused at once. The operator sets it from the pod's grace period."
         ),
     )
+    http_keep_alive_seconds: int = Field(
+        default=75,
+        ge=1,
+        description=(
+            "Seconds an idle keep-alive connection stays open. Longer than a client's pool keeps idle "
+            "connections (httpx 5 s) and than a load balancer's idle timeout (60 s on many), so the server "
+            "never closes a connection just as the client sends on it (the client sees a dropped request)."
+        ),
+    )
     max_queue: int = Field(default=64, ge=1, description="Requests waiting for the engine before 429.")
     default_max_tokens: int | None = Field(
         default=None,
