@@ -111,6 +111,19 @@ def measure(args: argparse.Namespace, shape: shapes.ModelShape) -> list[dict[str
     return rows
 
 
+def measure_alone(args: argparse.Namespace, length: int) -> list[dict[str, Any]]:
+    """``measure`` for one length in a process of its own: an engine shut down in this process does
+    not give all of its memory back (a second length in the same process ran out of memory at its
+    profiled prefill with the first engine's weights and slots still allocated)."""
+    import subprocess
+
+    command = [sys.executable, __file__, "--measure", "--shape", args.shape, "--lengths", str(length)]
+    command += ["--max-batch-size", str(args.max_batch_size), "--utilization", str(args.utilization)]
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return rows or [{"mode": "measured", "max_model_length": length, "error": out.stderr[-2000:]}]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="omega17_vl_exp")
@@ -124,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     shape = shapes.get_shape(args.shape)
-    rows = measure(args, shape) if args.measure else estimate(args, shape)
+    if args.measure and len(args.lengths) > 1:
+        rows = [row for length in args.lengths for row in measure_alone(args, length)]
+    else:
+        rows = measure(args, shape) if args.measure else estimate(args, shape)
     for row in rows:
         print(json.dumps(row))
     if args.out is not None:
