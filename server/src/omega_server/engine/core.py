@@ -117,6 +117,7 @@ class Engine:
         with self._prep_pool.borrow() as processor:
             prepared = prepare_inputs(processor, req, images, max_model_length=self.config.max_model_length)
         prepared.constraint = constraint
+        prepared.prefix_key = self._runner.prompt_key(prepared.inputs)
         return prepared
 
     async def stream(self, prepared: PreparedRequest) -> AsyncGenerator[StepOutput, None]:
@@ -303,11 +304,15 @@ class Engine:
         """Prefill newly admitted sequences, in batches where the runner can, and join them."""
         runner = self._runner
         limit = self.config.max_prefill_tokens
-        if not runner.batch_prefill or limit <= 0 or len(seqs) < 2:
-            for seq in seqs:
-                self._admit(seq)
+        # a prompt with a cached prefix is prefilled alone, over its uncached tokens only
+        alone = [s for s in seqs if runner.cached_blocks(s)]
+        if not runner.batch_prefill or limit <= 0 or len(seqs) - len(alone) < 2:
+            alone = seqs
+        for seq in alone:
+            self._admit(seq)
+        if alone is seqs:
             return
-        for group in prefill_groups(seqs, limit):
+        for group in prefill_groups([s for s in seqs if not any(s is a for a in alone)], limit):
             if len(group) == 1:
                 self._admit(group[0])
                 continue

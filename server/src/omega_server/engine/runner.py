@@ -218,6 +218,14 @@ class Runner:
         """Prefill several sequences in one forward pass (see ``StaticRunner``)."""
         raise NotImplementedError
 
+    def prompt_key(self, inputs: dict[str, torch.Tensor]) -> Any:
+        """Prefix caching's key for a prompt (``StaticRunner``); None: not cached."""
+        return None
+
+    def cached_blocks(self, seq: Seq) -> int:
+        """Leading prompt blocks in the prefix cache (``StaticRunner``); always 0 here."""
+        return 0
+
     def _merge(self, seq: Seq, cache: Any, row: int) -> None:
         """Append a prefilled sequence's cache rows to the batch cache, left-padding the shorter side."""
         if self.cache is None or not self.seqs:

@@ -7,6 +7,10 @@ A decode step reads and writes only fixed buffers, so on a GPU it is replayed as
 tokens are read (``launch`` / ``Pending.wait``). For sdpa and eager (the step passes the slot cache's
 4D mask) and flash_attention_2 (the step's attention runs ``flash_attn_with_kvcache`` on the slots
 over ``cache_seqlens``: ``kernels.flash_decode``), on one device.
+
+With prefix caching (``prefix``, a ``prefix_cache.PrefixCache``) a prompt whose leading blocks are
+cached is prefilled alone, from those blocks' keys and values, over its remaining tokens only
+(``prefill``); every prefilled prompt's blocks are kept (``_merge``).
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from typing import Any
 
 import torch
 
-from omega_server.engine import kvslots, sampler
-from omega_server.engine.inputs import collate, without_full_mask
+from omega_server.engine import kvslots, prefix_cache, sampler
+from omega_server.engine.inputs import TOKEN_KEYS, collate, without_full_mask
 from omega_server.engine.runner import Pending, Runner
 from omega_server.engine.sequence import Seq
 from omega_server.kernels import flash_decode
@@ -62,6 +66,8 @@ class StaticRunner(Runner):
         # two host buffers: step k+1's tokens are copied while the host still reads step k's
         self._host = [torch.zeros(slots, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
         self._flip = 0
+        self.prefix: prefix_cache.PrefixCache | None = None  # set by ``load`` (ENABLE_PREFIX_CACHING)
+        self._media_ids = prefix_cache.image_token_ids(model.config)
 
     batch_prefill = True
     pipelined = True
@@ -121,6 +127,64 @@ class StaticRunner(Runner):
             sc.allocate(layers, self.model.dtype)
         sc.load(len(self.seqs), layers, seq.next_pos, seq.rope_delta, seq.last_token, seq.cache_len)
         self.seqs.append(seq)
+        key = seq.prepared.prefix_key
+        if self.prefix is not None and isinstance(key, prefix_cache.PromptKey):
+            self.prefix.insert(key, layers)
+            if self.stats is not None:
+                self.stats.prefix_cache_queries += 1
+
+    # -- prefix caching
+
+    def prompt_key(self, inputs: dict[str, torch.Tensor]) -> prefix_cache.PromptKey | None:
+        """The prompt's block hashes when prefix caching is on and can serve this prompt."""
+        if self.prefix is None:
+            return None
+        images = any(k not in TOKEN_KEYS for k in inputs)
+        if images and self.mrope and "mm_token_type_ids" not in inputs:
+            return None  # get_rope_index needs it to place the image positions
+        return prefix_cache.prompt_key(inputs, self._media_ids)
+
+    def cached_blocks(self, seq: Seq) -> int:
+        """Leading blocks of ``seq``'s prompt in the prefix cache (0 when off or none)."""
+        key = seq.prepared.prefix_key
+        if self.prefix is None or not isinstance(key, prefix_cache.PromptKey):
+            return 0
+        return self.prefix.match(key)
+
+    def prefill(self, seq: Seq) -> None:
+        """Prefill one sequence: from its cached prefix blocks when there are any, else in full."""
+        blocks = self.cached_blocks(seq)
+        if not blocks:
+            super().prefill(seq)
+            return
+        from transformers import DynamicCache
+
+        assert self.prefix is not None and isinstance(seq.prepared.prefix_key, prefix_cache.PromptKey)
+        key = seq.prepared.prefix_key
+        start = blocks * prefix_cache.BLOCK
+        inputs = seq.prepared.inputs
+        positions, delta = prefix_cache.suffix_positions(self.model, inputs, start, self.mrope)
+        feed: dict[str, Any] = {"input_ids": inputs["input_ids"][:, start:], "position_ids": positions}
+        if start <= key.media_start < key.length:  # the images are in the suffix: encode them
+            for name, value in inputs.items():
+                if name not in TOKEN_KEYS:
+                    feed[name] = value
+                elif name != "input_ids" and name != "attention_mask":
+                    feed[name] = value[:, start:]
+        feed = self._to_device(feed)
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(self.prefix.take(key, blocks)):
+            cache.update(k, v, i)
+        feed[self.cache_kw] = cache
+        if self.mrope:
+            self.model.model.rope_deltas = None
+        out = self._forward(1, **feed)
+        if self.stats is not None:
+            self.stats.prefill_passes += 1
+            self.stats.prefix_cache_hits += 1
+            self.stats.prefix_cache_hit_tokens += start
+        sampled = self._sample([seq], out.logits[:, -1, :])
+        self._join([seq], [key.length], [delta], sampled, getattr(out, "past_key_values", None) or cache)
 
     def prefill_batch(self, seqs: list[Seq]) -> None:
         """Prefill several sequences (their images too) in one forward pass, then load each into a slot.

@@ -58,6 +58,7 @@ class PreparedRequest:
     prompt_tokens: int
     params: SamplingParams
     constraint: Any = None  # structured output: the compiled grammar (``engine.grammar.Constraint``)
+    prefix_key: Any = None  # prefix caching: the prompt's block hashes (``engine.prefix_cache.PromptKey``)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,11 @@ class EngineConfig:
     # tests and CPU runs: ``probe(profile) -> kv_budget.DeviceMemory`` in place of the device's own
     # numbers (``kv_budget.measure_cuda``); on the CPU without one the slots are not sized from memory
     memory_probe: Callable[[Callable[[], None]], DeviceMemory] | None = None
+    # static cache: keep prefilled prompt blocks' KV on the device and prefill only the uncached rest
+    # of a prompt that shares leading blocks with an earlier one (``engine.prefix_cache``)
+    prefix_caching: bool = True
+    # tokens of prefix KV kept (taken out of the KV budget when the slots are sized from memory)
+    prefix_cache_tokens: int = 16384
 
 
 @dataclass
@@ -165,6 +171,8 @@ class EngineInfo:
     kv_budget_bytes: int = 0  # memory granted to the KV cache (0 when not sized from memory)
     # the checkpoint's generation_config values for unset request fields (``load.sampling_defaults``)
     sampling_defaults: dict[str, float] = field(default_factory=dict)
+    prefix_caching: bool = False  # prompt prefixes' KV is reused (static cache with ENABLE_PREFIX_CACHING)
+    prefix_cache_tokens: int = 0  # tokens of prefix KV the prefix cache keeps (0 when off)
 
 
 @dataclass
@@ -182,3 +190,6 @@ class EngineStats:
     requests_total: int = 0
     completion_tokens_total: int = 0
     errors_total: int = 0
+    prefix_cache_queries: int = 0  # prefills that looked up the prefix cache
+    prefix_cache_hits: int = 0  # of them, prefilled from cached prefix blocks
+    prefix_cache_hit_tokens: int = 0  # prompt tokens taken from the prefix cache, not recomputed
