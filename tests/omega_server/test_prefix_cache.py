@@ -144,3 +144,39 @@ def test_the_store_keeps_its_capacity_evicting_the_least_recently_used() -> None
     cache.insert(b, layers)
     assert len(cache) == 4 and cache.match(b) == 2
     assert cache.match(a) == 0  # a's blocks were the least recently used
+
+
+def test_hits_on_metrics_and_health_say_it_is_on(tiny_checkpoint: Callable[[str], Path]) -> None:
+    """The engine's counters through the server's real /metrics collector; /health's kv section."""
+    from omega_server.metrics import Metrics
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.contracts.server_bodies import body
+
+    eng = load(tiny_checkpoint("qwen2_5_vl"), True, prefix_cache_tokens=4096)
+    try:
+        for r in REQUESTS[:2]:
+            eng.generate_sync(eng.prepare(r), timeout=120)
+        text = Metrics(stats=lambda: eng.stats).render().decode()
+        kv = body("ready", eng.info)["kv"]
+    finally:
+        eng.shutdown()
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples["omega_server_prefix_cache_queries_total"] == 2
+    assert samples["omega_server_prefix_cache_hits_total"] == 1
+    assert samples["omega_server_prefix_cache_hit_tokens_total"] == eng.stats.prefix_cache_hit_tokens > 0
+    assert kv["prefix_caching"] is True and kv["prefix_cache_tokens"] == 4096
+
+
+def test_off_on_the_dynamic_cache_and_when_disabled(tiny_checkpoint: Callable[[str], Path]) -> None:
+    path = tiny_checkpoint("qwen2_5_vl")
+    for config in (
+        EngineConfig(model_path=str(path), attn_impl="sdpa", kv_cache="dynamic"),
+        EngineConfig(model_path=str(path), attn_impl="sdpa", kv_cache="static", prefix_caching=False),
+    ):
+        eng = Engine.load(config)
+        try:
+            assert not eng.info.prefix_caching and eng.info.prefix_cache_tokens == 0
+            assert eng.prepare(REQUESTS[0]).prefix_key is None
+        finally:
+            eng.shutdown()

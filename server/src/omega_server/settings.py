@@ -45,6 +45,18 @@ class Settings(BaseSettings):
         description="One-token attention on the unexpanded key/value heads (split-K Triton kernel on a "
         "GPU) and fused Triton MoE experts at small batch; false keeps transformers' own paths.",
     )
+    enable_prefix_caching: bool = Field(
+        default=True,
+        description="Static cache: keep the keys and values of prefilled prompt blocks (16 tokens, named by "
+        "their token ids and the images' content) and prefill only the rest of a prompt that begins with "
+        "cached blocks; the same greedy outputs as without it (/health kv.prefix_caching).",
+    )
+    prefix_cache_tokens: int = Field(
+        default=16384,
+        ge=0,
+        description="Tokens of prompt-prefix KV the prefix cache keeps on the GPU, least recently used "
+        "out first; taken out of the KV cache's memory budget before the slots are sized.",
+    )
     gpu_memory_utilization: float = Field(
         default=0.9,
         gt=0,
