@@ -33,8 +33,7 @@ from typing import Any
 import torch
 
 from omega_server import models
-from omega_server.engine import grammar, sampler
-from omega_server.engine.detok import IncrementalText
+from omega_server.engine import emit, grammar
 from omega_server.engine.errors import (
     EngineDeadError,
     EngineError,
@@ -60,7 +59,6 @@ from omega_server.engine.types import (
     GenerationRequest,
     PreparedRequest,
     StepOutput,
-    TokenLogprob,
 )
 
 log = logging.getLogger(__name__)
@@ -302,23 +300,20 @@ class Engine:
 
     def _admit_all(self, seqs: list[Seq]) -> None:
         """Prefill newly admitted sequences, in batches where the runner can, and join them."""
-        runner = self._runner
-        limit = self.config.max_prefill_tokens
+        runner, limit = self._runner, self.config.max_prefill_tokens
         # a prompt with a cached prefix is prefilled alone, over its uncached tokens only
-        alone = [s for s in seqs if runner.cached_blocks(s)]
-        if not runner.batch_prefill or limit <= 0 or len(seqs) - len(alone) < 2:
-            alone = seqs
-        for seq in alone:
-            self._admit(seq)
-        if alone is seqs:
-            return
-        for group in prefill_groups([s for s in seqs if not any(s is a for a in alone)], limit):
+        batched = runner.batch_prefill and limit > 0
+        rest = [s for s in seqs if batched and not runner.cached_blocks(s)]
+        for seq in seqs:
+            if not any(seq is r for r in rest):
+                self._admit(seq)
+        for group in prefill_groups(rest, limit):
             if len(group) == 1:
                 self._admit(group[0])
                 continue
             try:
                 for seq in group:
-                    self._start(seq)
+                    emit.start(seq, runner)
                 runner.prefill_batch(group)
             except Exception as exc:
                 if is_fatal(exc):
@@ -334,18 +329,9 @@ class Engine:
                 release_inputs(seq)
                 self._deliver(seq, seq.last_token, seq.last_logprob)
 
-    def _start(self, seq: Seq) -> None:
-        """A sequence's sampler and text state, made when it is admitted (a generator only for a seed)."""
-        runner = self._runner
-        params = seq.prepared.params
-        seq.generator = sampler.generator(params.seed, runner.device)
-        if seq.prepared.constraint is not None:
-            seq.constraint = seq.prepared.constraint.copy()
-        seq.text = IncrementalText(runner.tokenizer, runner.eos_ids, params)
-
     def _admit(self, seq: Seq) -> None:
         try:
-            self._start(seq)
+            emit.start(seq, self._runner)
             self._runner.prefill(seq)
         except Exception as exc:
             self._fail([seq], exc, "prefill")
@@ -405,42 +391,9 @@ class Engine:
         runner.evict(keep)
 
     def _deliver(self, seq: Seq, token: int, logprob: RawLogprob | None = None) -> None:
-        """``_after_token`` for one request; an error there (detokenizer, stop checks, grammar) fails
-        that request only, and its row leaves the batch before the next step."""
+        """``emit.deliver``; an error there (detokenizer, stop checks, grammar) fails this request only."""
+        self.stats.completion_tokens_total += 1
         try:
-            self._after_token(seq, token, logprob)
+            emit.deliver(seq, token, logprob, self._runner.tokenizer)
         except Exception as exc:
             self._fail([seq], exc, "detokenization")
-
-    def _after_token(self, seq: Seq, token: int, logprob: RawLogprob | None = None) -> None:
-        """Record a sampled token: its text (``detok``), the finish checks, and the delta sent out."""
-        self.stats.completion_tokens_total += 1
-        text = seq.text
-        assert text is not None
-        grammar.advance(seq, token)
-        delta, finish = text.add(token)
-        seq.done = finish is not None
-        seq.send(
-            StepOutput(
-                text=delta,
-                token_ids=[token],
-                finished=seq.done,
-                finish_reason=finish,
-                prompt_tokens=seq.prepared.prompt_tokens,
-                completion_tokens=len(text.token_ids),
-                logprobs=None if logprob is None else [self._named(token, text.piece, logprob, seq)],
-            )
-        )
-
-    def _named(self, token: int, piece: str, raw: RawLogprob, seq: Seq) -> TokenLogprob:
-        """A token's log-probability entry with text: the chosen token named by the text it completed
-        (so that the entries join to the answer), each alternative by its own decoding."""
-        decode = self._runner.tokenizer.decode
-        value, top = raw
-        top = top[: seq.prepared.params.top_logprobs]  # a batch computes its rows' largest number
-        return TokenLogprob(
-            token_id=token,
-            token=piece,
-            logprob=value,
-            top=tuple((t, decode([t], skip_special_tokens=False), v) for t, v in top),
-        )
