@@ -180,3 +180,27 @@ def test_off_on_the_dynamic_cache_and_when_disabled(tiny_checkpoint: Callable[[s
             assert eng.prepare(REQUESTS[0]).prefix_key is None
         finally:
             eng.shutdown()
+
+
+def test_the_store_gets_what_the_kv_budget_holds_beyond_the_slots(
+    tiny_checkpoint: Callable[[str], Path],
+) -> None:
+    """Sized from memory, the prefix cache never takes a slot's memory: only what is left over."""
+    from omega_server.engine.kv_budget import GIB, DeviceMemory, bytes_per_token
+
+    from tests.omega_server.test_kv_budget import probe
+
+    path = tiny_checkpoint("qwen2_5_vl")
+    eng = load(path, True, max_batch_size=1)
+    per_token = bytes_per_token(eng._loaded.model.config, eng._loaded.model.dtype.itemsize)
+    eng.shutdown()
+    length = 512
+    for batch, slots, spare in ((2, 2, 300), (4, 2, 300), (2, 2, 0)):  # fits, lowered, nothing over
+        budget = (slots * length + spare) * per_token
+        memory = DeviceMemory(total=10 * GIB, used=int(10 * GIB * 0.9) - budget)
+        eng = load(path, True, max_batch_size=batch, max_model_length=length, memory_probe=probe(memory, []))
+        try:
+            assert eng.info.kv_slots == slots
+            assert eng.info.prefix_caching is (spare > 0) and eng.info.prefix_cache_tokens == spare
+        finally:
+            eng.shutdown()

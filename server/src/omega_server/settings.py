@@ -55,7 +55,8 @@ class Settings(BaseSettings):
         default=16384,
         ge=0,
         description="Tokens of prompt-prefix KV the prefix cache keeps on the GPU, least recently used "
-        "out first; taken out of the KV cache's memory budget before the slots are sized.",
+        "out first; on a GPU at most what the KV memory budget holds beyond the slots (never a slot's "
+        "memory; /health kv.prefix_cache_tokens).",
     )
     gpu_memory_utilization: float = Field(
         default=0.9,

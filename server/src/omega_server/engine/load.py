@@ -13,7 +13,6 @@ failure falls back to the dynamic cache with a warning.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import logging
@@ -217,11 +216,8 @@ def size_kv(config: EngineConfig, loaded: models.LoadedModel) -> kv_budget.KVBud
         probe = lambda profile: kv_budget.measure_cuda(device, profile)  # noqa: E731
     tokens = max(config.max_model_length - 1, 1)
     memory = probe(lambda: profile_prefill(loaded, tokens))
-    per_token = kv_budget.bytes_per_token(loaded.model.config, loaded.model.dtype.itemsize)
-    if config.prefix_caching:  # the prefix cache's blocks come out of the same budget
-        memory = dataclasses.replace(memory, used=memory.used + config.prefix_cache_tokens * per_token)
     budget = kv_budget.plan_slots(
-        bytes_per_token=per_token,
+        bytes_per_token=kv_budget.bytes_per_token(loaded.model.config, loaded.model.dtype.itemsize),
         memory=memory,
         utilization=config.gpu_memory_utilization,
         max_batch_size=config.max_batch_size,
@@ -256,10 +252,14 @@ def start_runner(config: EngineConfig, loaded: models.LoadedModel, info: EngineI
                 ) from exc
             runner = _after_static_failure(config, loaded, info, runner, exc, slots)
     static = runner if isinstance(runner, StaticRunner) else None
-    if static is not None and config.prefix_caching and config.prefix_cache_tokens >= prefix_cache.BLOCK:
-        static.prefix = prefix_cache.PrefixCache(config.prefix_cache_tokens)
+    # the prefix cache takes what the KV budget holds beyond the slots (never a slot of it)
+    prefix_tokens = config.prefix_cache_tokens if config.prefix_caching else 0
+    if budget is not None:
+        prefix_tokens = min(prefix_tokens, budget.spare_tokens)
+    if static is not None and prefix_tokens >= prefix_cache.BLOCK:
+        static.prefix = prefix_cache.PrefixCache(prefix_tokens)
     info.prefix_caching = static is not None and static.prefix is not None
-    info.prefix_cache_tokens = config.prefix_cache_tokens if info.prefix_caching else 0
+    info.prefix_cache_tokens = prefix_tokens if info.prefix_caching else 0
     info.kv_cache = "static" if static is not None else "dynamic"
     info.cuda_graphs = static is not None and static.graphs.use_graphs
     info.compiled = static is not None and static.compiled

@@ -4,8 +4,8 @@ As vLLM's automatic prefix caching, adapted to the slot cache: a prompt is cut i
 ``BLOCK`` tokens, and each full block is named by a chained hash (the previous block's hash, the
 block's token ids and, from the first image token on, a digest of the request's image inputs: the
 same image by content, not by URL). ``PrefixCache`` keeps the keys and values of recently prefilled
-blocks on the device (least recently used first out, at most ``capacity`` tokens, reserved out of
-the KV budget). A new request looks up its longest run of cached leading blocks (``match``); the
+blocks on the device (least recently used first out, at most ``capacity`` tokens: on a GPU what the
+KV memory budget holds beyond the slots, ``load.start_runner``). A new request looks up its longest run of cached leading blocks (``match``); the
 runner copies them into a fresh cache and prefills only the rest of the prompt, at the positions
 the whole prompt would have (M-RoPE included: ``suffix_positions``), and the slot is loaded as
 after a full prefill.

@@ -132,7 +132,7 @@ class EngineConfig:
     # static cache: keep prefilled prompt blocks' KV on the device and prefill only the uncached rest
     # of a prompt that shares leading blocks with an earlier one (``engine.prefix_cache``)
     prefix_caching: bool = True
-    # tokens of prefix KV kept (taken out of the KV budget when the slots are sized from memory)
+    # tokens of prefix KV kept (sized from memory: at most what the KV budget holds beyond the slots)
     prefix_cache_tokens: int = 16384
 
 
