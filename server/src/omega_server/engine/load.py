@@ -258,6 +258,7 @@ def start_runner(config: EngineConfig, loaded: models.LoadedModel, info: EngineI
         prefix_tokens = min(prefix_tokens, budget.spare_tokens)
     if static is not None and prefix_tokens >= prefix_cache.BLOCK:
         static.prefix = prefix_cache.PrefixCache(prefix_tokens)
+        log.info("prefix caching on: up to %d tokens of prompt-prefix KV", prefix_tokens)
     info.prefix_caching = static is not None and static.prefix is not None
     info.prefix_cache_tokens = prefix_tokens if info.prefix_caching else 0
     info.kv_cache = "static" if static is not None else "dynamic"

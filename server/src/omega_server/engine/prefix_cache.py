@@ -106,6 +106,10 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._blocks)
 
+    def clear(self) -> None:
+        """Drop every block (after running out of device memory)."""
+        self._blocks.clear()
+
     def match(self, key: PromptKey) -> int:
         """How many leading blocks of this prompt can be taken from the cache (0: none)."""
         found = 0

@@ -129,7 +129,13 @@ class StaticRunner(Runner):
         self.seqs.append(seq)
         key = seq.prepared.prefix_key
         if self.prefix is not None and isinstance(key, prefix_cache.PromptKey):
-            self.prefix.insert(key, layers)
+            try:
+                self.prefix.insert(key, layers)
+            except torch.OutOfMemoryError:  # the store gives its memory back; the request goes on
+                log.warning(
+                    "the prefix cache ran out of device memory; emptied (%d blocks)", len(self.prefix)
+                )
+                self.prefix.clear()
             if self.stats is not None:
                 self.stats.prefix_cache_queries += 1
 
