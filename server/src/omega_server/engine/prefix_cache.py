@@ -69,17 +69,34 @@ def media_digest(inputs: dict[str, torch.Tensor]) -> bytes:
     return h.digest()
 
 
-def prompt_key(inputs: dict[str, torch.Tensor], media_ids: set[int]) -> PromptKey:
-    """The block hashes of one prepared prompt (batch 1)."""
+def media_span(inputs: dict[str, torch.Tensor], media_ids: set[int]) -> tuple[int, int]:
+    """Where a prompt's image tokens are: (first, one past the last); ``(n, 0)`` without images, and
+    the whole prompt ``(0, n)`` for images whose placeholder tokens are not known."""
     ids = inputs["input_ids"][0]
     n = int(ids.shape[0])
     is_media = torch.isin(ids, torch.tensor(sorted(media_ids), dtype=ids.dtype)) if media_ids else None
     where = is_media.nonzero().flatten().tolist() if is_media is not None else []
-    has_media = bool(where) or any(k not in TOKEN_KEYS for k in inputs)
-    if has_media and not where:  # images without placeholders we know: cache no image prompt
+    if where:
+        return where[0], where[-1] + 1
+    return (0, n) if any(k not in TOKEN_KEYS for k in inputs) else (n, 0)
+
+
+def chunk_end(done: int, budget: int, length: int, media: tuple[int, int]) -> int:
+    """Where the next prefill chunk from ``done`` ends: ``budget`` tokens on (0: the rest), but never
+    inside the image tokens (a chunk that reaches them takes them all)."""
+    end = length if budget <= 0 else min(done + budget, length)
+    start, stop = media
+    return stop if done <= start < end < stop else end
+
+
+def prompt_key(inputs: dict[str, torch.Tensor], media_ids: set[int]) -> PromptKey:
+    """The block hashes of one prepared prompt (batch 1)."""
+    ids = inputs["input_ids"][0]
+    n = int(ids.shape[0])
+    start, end = media_span(inputs, media_ids)
+    if (start, end) == (0, n) and n:  # images without placeholders we know: cache no image prompt
         return PromptKey(hashes=(), length=n, media_start=0, media_end=n)
-    start, end = (where[0], where[-1] + 1) if where else (n, 0)
-    digest = media_digest(inputs) if where else b""
+    digest = media_digest(inputs) if end else b""
     hashes: list[bytes] = []
     parent = b""
     token_bytes = ids.to(torch.int64).numpy().tobytes()
@@ -91,6 +108,19 @@ def prompt_key(inputs: dict[str, torch.Tensor], media_ids: set[int]) -> PromptKe
         parent = h.digest()
         hashes.append(parent)
     return PromptKey(hashes=tuple(hashes), length=n, media_start=start, media_end=end)
+
+
+@dataclass
+class Partial:
+    """A prompt prefilled up to ``done`` tokens (from cached prefix blocks, or chunk by chunk)."""
+
+    seq: Any  # sequence.Seq
+    cache: Any  # a transformers DynamicCache holding the keys and values of tokens [0, done)
+    done: int
+    length: int  # prompt tokens
+    positions: torch.Tensor  # the whole prompt's position ids (``suffix_positions`` from 0)
+    delta: int  # the prompt's M-RoPE offset
+    media: tuple[int, int]  # ``media_span``
 
 
 class PrefixCache:

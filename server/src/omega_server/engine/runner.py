@@ -170,6 +170,7 @@ class Runner:
         out = self._forward(rows, keep=keep, **inputs)
         if self.stats is not None:
             self.stats.prefill_passes += 1
+            self.stats.prefill_tokens += int(inputs["input_ids"].numel())
         return out, getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
     def _rope_deltas(self, rows: int) -> list[int]:
@@ -225,6 +226,10 @@ class Runner:
     def cached_blocks(self, seq: Seq) -> int:
         """Leading prompt blocks in the prefix cache (``StaticRunner``); always 0 here."""
         return 0
+
+    def chunked(self, seq: Seq, budget: int) -> bool:
+        """Prefill ``seq`` in chunks between decode steps (``StaticRunner``); never here."""
+        return False
 
     def _merge(self, seq: Seq, cache: Any, row: int) -> None:
         """Append a prefilled sequence's cache rows to the batch cache, left-padding the shorter side."""

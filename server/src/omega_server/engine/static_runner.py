@@ -143,11 +143,8 @@ class StaticRunner(Runner):
 
     def prompt_key(self, inputs: dict[str, torch.Tensor]) -> prefix_cache.PromptKey | None:
         """The prompt's block hashes when prefix caching is on and can serve this prompt."""
-        if self.prefix is None:
+        if self.prefix is None or not self.resumable(inputs):
             return None
-        images = any(k not in TOKEN_KEYS for k in inputs)
-        if images and self.mrope and "mm_token_type_ids" not in inputs:
-            return None  # get_rope_index needs it to place the image positions
         return prefix_cache.prompt_key(inputs, self._media_ids)
 
     def cached_blocks(self, seq: Seq) -> int:
@@ -157,40 +154,75 @@ class StaticRunner(Runner):
             return 0
         return self.prefix.match(key)
 
-    def prefill(self, seq: Seq) -> None:
-        """Prefill one sequence: from its cached prefix blocks when there are any, else in full."""
-        blocks = self.cached_blocks(seq)
-        if not blocks:
-            super().prefill(seq)
-            return
+    def resumable(self, inputs: dict[str, torch.Tensor]) -> bool:
+        """A prompt can be prefilled in parts: its positions are known without the model's own pass
+        (M-RoPE with images needs ``mm_token_type_ids`` for ``get_rope_index``)."""
+        images = any(k not in TOKEN_KEYS for k in inputs)
+        return not (images and self.mrope and "mm_token_type_ids" not in inputs)
+
+    def chunked(self, seq: Seq, budget: int) -> bool:
+        """Prefill ``seq`` in chunks of ``budget`` tokens between decode steps (``begin``/``advance``)."""
+        inputs = seq.prepared.inputs
+        return 0 < budget < int(inputs["input_ids"].shape[1]) and self.resumable(inputs)
+
+    def begin(self, seq: Seq) -> prefix_cache.Partial:
+        """A prompt's prefill made resumable, from its cached prefix blocks if any; ``advance`` runs it."""
         from transformers import DynamicCache
 
-        assert self.prefix is not None and isinstance(seq.prepared.prefix_key, prefix_cache.PromptKey)
-        key = seq.prepared.prefix_key
-        start = blocks * prefix_cache.BLOCK
         inputs = seq.prepared.inputs
-        positions, delta = prefix_cache.suffix_positions(self.model, inputs, start, self.mrope)
-        feed: dict[str, Any] = {"input_ids": inputs["input_ids"][:, start:], "position_ids": positions}
-        if start <= key.media_start < key.length:  # the images are in the suffix: encode them
+        blocks = self.cached_blocks(seq)
+        cache = DynamicCache()
+        if blocks:
+            assert self.prefix is not None and isinstance(seq.prepared.prefix_key, prefix_cache.PromptKey)
+            for i, (k, v) in enumerate(self.prefix.take(seq.prepared.prefix_key, blocks)):
+                cache.update(k, v, i)
+            if self.stats is not None:
+                self.stats.prefix_cache_hits += 1
+                self.stats.prefix_cache_hit_tokens += blocks * prefix_cache.BLOCK
+        positions, delta = prefix_cache.suffix_positions(self.model, inputs, 0, self.mrope)
+        media = prefix_cache.media_span(inputs, self._media_ids)
+        length = int(inputs["input_ids"].shape[1])
+        return prefix_cache.Partial(seq, cache, blocks * prefix_cache.BLOCK, length, positions, delta, media)
+
+    def advance(self, part: prefix_cache.Partial, budget: int = 0) -> bool:
+        """Prefill the prompt's next chunk (``budget`` tokens, 0: all the rest; never cutting its
+        images). True when the prompt is done: then its first token is sampled and it has joined."""
+        inputs = part.seq.prepared.inputs
+        start = part.done
+        end = prefix_cache.chunk_end(start, budget, part.length, part.media)
+        feed: dict[str, Any] = {
+            "input_ids": inputs["input_ids"][:, start:end],
+            "position_ids": part.positions[..., start:end],
+        }
+        if start <= part.media[0] < end:  # the chunk holds the images: encode them
             for name, value in inputs.items():
                 if name not in TOKEN_KEYS:
                     feed[name] = value
                 elif name != "input_ids" and name != "attention_mask":
-                    feed[name] = value[:, start:]
+                    feed[name] = value[:, start:end]
         feed = self._to_device(feed)
-        cache = DynamicCache()
-        for i, (k, v) in enumerate(self.prefix.take(key, blocks)):
-            cache.update(k, v, i)
-        feed[self.cache_kw] = cache
+        feed[self.cache_kw] = part.cache
         if self.mrope:
             self.model.model.rope_deltas = None
         out = self._forward(1, **feed)
         if self.stats is not None:
             self.stats.prefill_passes += 1
-            self.stats.prefix_cache_hits += 1
-            self.stats.prefix_cache_hit_tokens += start
-        sampled = self._sample([seq], out.logits[:, -1, :])
-        self._join([seq], [key.length], [delta], sampled, getattr(out, "past_key_values", None) or cache)
+            self.stats.prefill_tokens += end - start
+        part.done = end
+        if end < part.length:
+            return False
+        sampled = self._sample([part.seq], out.logits[:, -1, :])
+        cache = getattr(out, "past_key_values", None) or part.cache
+        self._join([part.seq], [part.length], [part.delta], sampled, cache)
+        return True
+
+    def prefill(self, seq: Seq) -> None:
+        """Prefill one sequence: from its cached prefix blocks over the rest when there are any, else
+        in full."""
+        if self.cached_blocks(seq) and self.resumable(seq.prepared.inputs):
+            self.advance(self.begin(seq))
+        else:
+            super().prefill(seq)
 
     def prefill_batch(self, seqs: list[Seq]) -> None:
         """Prefill several sequences (their images too) in one forward pass, then load each into a slot.

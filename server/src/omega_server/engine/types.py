@@ -186,6 +186,7 @@ class EngineStats:
     running: int = 0
     kv_tokens: int = 0  # tokens in the KV cache rows of the running sequences
     prefill_passes: int = 0
+    prefill_tokens: int = 0  # prompt tokens (padding included) run through prefill passes
     decode_passes: int = 0
     requests_total: int = 0
     completion_tokens_total: int = 0
