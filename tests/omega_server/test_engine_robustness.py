@@ -114,7 +114,7 @@ def test_a_crash_tells_requests_taken_off_the_queue_but_not_prefilled(
 ) -> None:
     """A worker crash between taking requests off the queue and prefilling them ends them with an
     error (EngineDeadError), instead of leaving their clients waiting forever."""
-    import omega_server.engine.core as core
+    import omega_server.engine.admission as admission
     from omega_server.engine import EngineDeadError
 
     eng = load(tiny_checkpoint, max_batch_size=4, kv_cache="static")
@@ -122,7 +122,7 @@ def test_a_crash_tells_requests_taken_off_the_queue_but_not_prefilled(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug in prefill grouping")
 
-    monkeypatch.setattr(core, "prefill_groups", broken)
+    monkeypatch.setattr(admission, "prefill_groups", broken)
 
     async def main() -> list[BaseException | list[StepOutput]]:
         # queued together before the worker wakes: admitted (and grouped) as one lot

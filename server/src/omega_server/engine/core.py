@@ -5,7 +5,8 @@ and warms up. ``prepare()`` turns a chat into model inputs (validation errors ar
 ``stream()`` queues it and yields ``StepOutput`` deltas.
 
 How generation runs: one worker thread owns the model. Waiting requests are prefilled (their images
-and exact prompts) and then join the running batch between decode steps. Every decode step is one
+and exact prompts; ``engine.admission``: batched, from cached prefix blocks, or in chunks between
+decode steps) and then join the running batch between decode steps. Every decode step is one
 forward pass for all running sequences (up to ``max_batch_size``), each with its own sampling
 parameters, seed, stop strings and token budget; sampling runs on the device for the whole batch.
 Finished or cancelled sequences leave between steps. Greedy outputs equal ``model.generate()``'s.
@@ -34,6 +35,7 @@ import torch
 
 from omega_server import models
 from omega_server.engine import emit, grammar
+from omega_server.engine.admission import Admission
 from omega_server.engine.errors import (
     EngineDeadError,
     EngineError,
@@ -46,12 +48,11 @@ from omega_server.engine.inputs import (
     ProcessorPool,
     check_request,
     check_token_ids,
-    prefill_groups,
     prepare_inputs,
 )
 from omega_server.engine.load import load_engine, start_runner, vocab_size
 from omega_server.engine.runner import Pending, RawLogprob
-from omega_server.engine.sequence import Seq, release_inputs
+from omega_server.engine.sequence import Seq
 from omega_server.engine.types import (
     EngineConfig,
     EngineInfo,
@@ -96,6 +97,7 @@ class Engine:
         self._runner.stats = self.stats
         self._grammars = grammar.Grammars(self._runner.tokenizer, self.vocab_size, self._runner.eos_ids)
         self._runner.observer = self._observe
+        self._admission = Admission(self._runner, config, self._fail, self._deliver)
         self._thread = threading.Thread(target=self._work, name="omega-engine", daemon=True)
         self._thread.start()
 
@@ -220,11 +222,12 @@ class Engine:
             self._waiting.clear()
             self.stats.queue_depth = 0
         err = EngineDeadError(self._dead_message())
-        for seq in pending + self._admitted + self._runner.seqs:
+        for seq in pending + self._admitted + self._admission.seqs + self._runner.seqs:
             if not seq.done:
                 seq.done = True
                 seq.send(err)
         self._runner.evict([])
+        self._admission.partial.clear()
         self.stats.running = self.stats.kv_tokens = 0
 
     def _work(self) -> None:
@@ -239,13 +242,14 @@ class Engine:
                             and not self._waiting
                             and not runner.seqs
                             and self._pending is None
+                            and not self._admission.partial
                         ):
                             self._busy = False
                             self._cond.wait()
                         self._busy, self._beat = True, time.monotonic()
                         if self._stopping:
                             return
-                        free = self._max_running - len(runner.seqs)
+                        free = self._max_running - len(runner.seqs) - len(self._admission.partial)
                         while free > 0 and self._waiting:
                             seq = self._waiting.popleft()
                             if seq.cancelled:
@@ -255,8 +259,9 @@ class Engine:
                             free -= 1
                         self.stats.queue_depth = len(self._waiting)
                         self._admitted = admitted
-                    self._admit_all(admitted)
+                    self._admission.admit(admitted)
                     self._admitted = []
+                    self._admission.advance()  # chunked prefill: one chunk per step
                     self._drop_finished()
                     if runner.seqs or self._pending is not None:
                         self._step()
@@ -297,47 +302,6 @@ class Engine:
             seq.send(err)
         if fatal:
             raise exc
-
-    def _admit_all(self, seqs: list[Seq]) -> None:
-        """Prefill newly admitted sequences, in batches where the runner can, and join them."""
-        runner, limit = self._runner, self.config.max_prefill_tokens
-        # a prompt with a cached prefix is prefilled alone, over its uncached tokens only
-        batched = runner.batch_prefill and limit > 0
-        rest = [s for s in seqs if batched and not runner.cached_blocks(s)]
-        for seq in seqs:
-            if not any(seq is r for r in rest):
-                self._admit(seq)
-        for group in prefill_groups(rest, limit):
-            if len(group) == 1:
-                self._admit(group[0])
-                continue
-            try:
-                for seq in group:
-                    emit.start(seq, runner)
-                runner.prefill_batch(group)
-            except Exception as exc:
-                if is_fatal(exc):
-                    self._fail(group, exc, "batched prefill")
-                # one bad request must not fail the others: prefill them one by one
-                ids = {id(s) for s in group}
-                runner.evict([i for i, s in enumerate(runner.seqs) if id(s) not in ids])
-                log.warning("batched prefill failed (%s); prefilling one by one", describe_error(exc))
-                for seq in group:
-                    self._admit(seq)
-                continue
-            for seq in group:
-                release_inputs(seq)
-                self._deliver(seq, seq.last_token, seq.last_logprob)
-
-    def _admit(self, seq: Seq) -> None:
-        try:
-            emit.start(seq, self._runner)
-            self._runner.prefill(seq)
-        except Exception as exc:
-            self._fail([seq], exc, "prefill")
-            return
-        release_inputs(seq)
-        self._deliver(seq, seq.last_token, seq.last_logprob)
 
     def _step(self) -> None:
         """One decode step, pipelined one deep on runners that can (the static slot cache).

@@ -17,6 +17,7 @@ import torch
 
 from omega_server.engine import sampler
 from omega_server.engine.inputs import without_full_mask
+from omega_server.engine.prefix_cache import Partial
 from omega_server.engine.sequence import Seq
 from omega_server.engine.types import EngineStats
 
@@ -230,6 +231,14 @@ class Runner:
     def chunked(self, seq: Seq, budget: int) -> bool:
         """Prefill ``seq`` in chunks between decode steps (``StaticRunner``); never here."""
         return False
+
+    def begin(self, seq: Seq) -> Partial:
+        """A resumable prefill (``StaticRunner``)."""
+        raise NotImplementedError
+
+    def advance(self, part: Partial, budget: int = 0) -> bool:
+        """The next chunk of a resumable prefill (``StaticRunner``)."""
+        raise NotImplementedError
 
     def _merge(self, seq: Seq, cache: Any, row: int) -> None:
         """Append a prefilled sequence's cache rows to the batch cache, left-padding the shorter side."""

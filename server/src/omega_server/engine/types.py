@@ -108,6 +108,10 @@ class EngineConfig:
     # static cache: waiting requests are prefilled together, up to this many (padded) prompt tokens
     # per forward pass; 0 prefills one request at a time
     max_prefill_tokens: int = 8192
+    # static cache: chunked prefill. A prompt longer than this many tokens is prefilled in chunks of
+    # it, one chunk per engine step between decode steps (the running streams keep getting tokens);
+    # a chunk never cuts the image tokens (it takes them all). 0: every prompt in one pass
+    prefill_chunk_tokens: int = 0
     # static cache: torch.compile the decode step (opt-in). The compiled step is warmed up (compiled)
     # and, on a GPU, captured in the engine's own CUDA graphs for every batch bucket at load time; it
     # decodes at one width (max_model_length), so each batch shape compiles once.
