@@ -117,3 +117,21 @@ def test_running_streams_keep_getting_tokens_while_a_long_prompt_prefills(
         assert got == reference(eng, long_req)[: len(got)]
     finally:
         eng.shutdown()
+
+
+def test_the_environment_sets_chunked_prefill_and_prefix_caching() -> None:
+    from omega_server.app import engine_config
+    from omega_server.settings import load_settings
+
+    env = {"MODEL_PATH": "/models/x", "PREFILL_CHUNK_TOKENS": "512"}
+    config = engine_config(
+        load_settings({**env, "ENABLE_PREFIX_CACHING": "false", "PREFIX_CACHE_TOKENS": "4096"})
+    )
+    assert config.prefill_chunk_tokens == 512
+    assert config.prefix_caching is False and config.prefix_cache_tokens == 4096
+    defaults = engine_config(load_settings({"MODEL_PATH": "/models/x"}))
+    assert (
+        defaults.prefill_chunk_tokens == 0
+        and defaults.prefix_caching
+        and defaults.prefix_cache_tokens == 16384
+    )
