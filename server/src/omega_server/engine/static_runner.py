@@ -8,9 +8,11 @@ tokens are read (``launch`` / ``Pending.wait``). For sdpa and eager (the step pa
 4D mask) and flash_attention_2 (the step's attention runs ``flash_attn_with_kvcache`` on the slots
 over ``cache_seqlens``: ``kernels.flash_decode``), on one device.
 
-With prefix caching (``prefix``, a ``prefix_cache.PrefixCache``) a prompt whose leading blocks are
-cached is prefilled alone, from those blocks' keys and values, over its remaining tokens only
-(``prefill``); every prefilled prompt's blocks are kept (``_merge``).
+A prompt can also be prefilled in parts (``begin`` then ``advance``, over a transformers
+DynamicCache, at the positions the whole prompt's pass gives them): with prefix caching (``prefix``,
+a ``prefix_cache.PrefixCache``) a prompt whose leading blocks are cached starts from those blocks'
+keys and values and computes only the rest (``prefill``); with chunked prefill the engine advances a
+long prompt one chunk per step. Every prefilled prompt's blocks are kept (``_merge``).
 """
 
 from __future__ import annotations
