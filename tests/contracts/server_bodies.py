@@ -59,6 +59,8 @@ def engine_info(
         kv_token_capacity=4 * 8192,
         kv_sized_from_memory=True,
         kv_budget_bytes=40 << 30,
+        prefix_caching=True,
+        prefix_cache_tokens=16384,
         gqa_decode=attn == "sdpa",
     )
 

@@ -100,7 +100,15 @@ def test_both_sides_agree_which_error_kinds_are_flash_faults() -> None:
 def test_every_body_reports_the_kv_cache(name: str) -> None:
     """`kv` (slots, token capacity, lowered, sized from memory) is in every phase's body; null before load."""
     kv = BODIES[name]["kv"]
-    assert set(kv) == {"slots", "token_capacity", "lowered", "sized_from_memory", "budget_bytes"}
+    assert set(kv) == {
+        "slots",
+        "token_capacity",
+        "lowered",
+        "sized_from_memory",
+        "budget_bytes",
+        "prefix_caching",
+        "prefix_cache_tokens",
+    }
     if name == "loading" or name == "failed":
         assert set(kv.values()) == {None}
     else:

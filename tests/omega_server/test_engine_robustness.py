@@ -56,15 +56,18 @@ def test_cancelled_queued_requests_leave_the_queue_at_once(tiny_checkpoint: Call
         eng.shutdown()
 
 
-def test_a_detokenizer_error_fails_that_request_only(tiny_checkpoint: Callable[[str], Path]) -> None:
+def test_a_detokenizer_error_fails_that_request_only(
+    tiny_checkpoint: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An exception while decoding one request's tokens ends that request; the batch goes on."""
+    from omega_server.engine import emit
     from omega_server.engine.errors import EngineError
 
     eng = load(tiny_checkpoint, max_batch_size=2)
-    real = eng._start
+    real = emit.start
 
-    def start(seq: Any) -> None:
-        real(seq)
+    def start(seq: Any, runner: Any) -> None:
+        real(seq, runner)
         if seq.prepared.params.max_tokens == 7:  # the bad request
             text = seq.text
             add = text.add
@@ -76,7 +79,7 @@ def test_a_detokenizer_error_fails_that_request_only(tiny_checkpoint: Callable[[
 
             text.add = broken
 
-    eng._start = start  # type: ignore[method-assign]
+    monkeypatch.setattr(emit, "start", start)
 
     async def main() -> tuple[BaseException | None, list[StepOutput]]:
         async def bad() -> BaseException | None:
@@ -111,7 +114,7 @@ def test_a_crash_tells_requests_taken_off_the_queue_but_not_prefilled(
 ) -> None:
     """A worker crash between taking requests off the queue and prefilling them ends them with an
     error (EngineDeadError), instead of leaving their clients waiting forever."""
-    import omega_server.engine.core as core
+    import omega_server.engine.admission as admission
     from omega_server.engine import EngineDeadError
 
     eng = load(tiny_checkpoint, max_batch_size=4, kv_cache="static")
@@ -119,7 +122,7 @@ def test_a_crash_tells_requests_taken_off_the_queue_but_not_prefilled(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug in prefill grouping")
 
-    monkeypatch.setattr(core, "prefill_groups", broken)
+    monkeypatch.setattr(admission, "prefill_groups", broken)
 
     async def main() -> list[BaseException | list[StepOutput]]:
         # queued together before the worker wakes: admitted (and grouped) as one lot

@@ -57,6 +57,9 @@ def engine_config(settings: Settings) -> EngineConfig:
         fast_decode=settings.fast_decode,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         preprocess_workers=settings.preprocess_workers,
+        prefix_caching=settings.enable_prefix_caching,
+        prefill_chunk_tokens=settings.prefill_chunk_tokens,
+        prefix_cache_tokens=settings.prefix_cache_tokens,
     )
 
 

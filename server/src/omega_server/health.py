@@ -47,6 +47,8 @@ def kv_report(info: Any) -> dict[str, Any]:
     device's memory, then ``lowered`` is true), ``token_capacity`` (slots x max_model_length),
     ``sized_from_memory`` (the slots were sized from the device's free memory) and ``budget_bytes``
     (the memory granted to the cache). On the dynamic cache ``slots`` is 0: it grows as it goes.
+    ``prefix_caching``: prompts that share leading blocks with earlier ones reuse their keys and
+    values (``ENABLE_PREFIX_CACHING`` on the static cache), in a store of ``prefix_cache_tokens``.
     """
     slots = info_get(info, "kv_slots")
     requested = info_get(info, "max_batch_size")
@@ -56,6 +58,8 @@ def kv_report(info: Any) -> dict[str, Any]:
         "lowered": None if info is None else bool(slots) and slots < requested,
         "sized_from_memory": info_get(info, "kv_sized_from_memory"),
         "budget_bytes": info_get(info, "kv_budget_bytes"),
+        "prefix_caching": info_get(info, "prefix_caching"),
+        "prefix_cache_tokens": info_get(info, "prefix_cache_tokens"),
     }
 
 

@@ -21,7 +21,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from omega_server import __version__
@@ -79,7 +79,7 @@ class _LiveGauges(Collector):
         self._devices = devices
         self._capacity = capacity
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         stats = self._stats()
         waiting = float(stats.queue_depth) if stats is not None else 0.0
         running = float(stats.running) if stats is not None else 0.0
@@ -115,6 +115,29 @@ class _LiveGauges(Collector):
         for device, allocated in _gpu_memory(self._devices()):
             mem.add_metric([device], float(allocated))
         yield mem
+        for name, field, documentation in _PREFIX_COUNTERS:
+            value = float(getattr(stats, field)) if stats is not None else 0.0
+            yield CounterMetricFamily(name, documentation, value=value)
+
+
+#: prefix caching's counters (``EngineStats``), read at scrape time
+_PREFIX_COUNTERS = (
+    (
+        "omega_server_prefix_cache_queries",
+        "prefix_cache_queries",
+        "Prompts prefilled with prefix caching on (each looked up the prefix cache).",
+    ),
+    (
+        "omega_server_prefix_cache_hits",
+        "prefix_cache_hits",
+        "Of them, prompts prefilled from cached prefix blocks (only the rest of the prompt computed).",
+    ),
+    (
+        "omega_server_prefix_cache_hit_tokens",
+        "prefix_cache_hit_tokens",
+        "Prompt tokens whose keys and values came from the prefix cache instead of a prefill.",
+    ),
+)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -45,6 +45,26 @@ class Settings(BaseSettings):
         description="One-token attention on the unexpanded key/value heads (split-K Triton kernel on a "
         "GPU) and fused Triton MoE experts at small batch; false keeps transformers' own paths.",
     )
+    prefill_chunk_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="Static cache: chunked prefill. A prompt longer than this is prefilled in chunks of "
+        "this many tokens, one chunk per engine step between decode steps, so running streams keep "
+        "getting tokens while it prefills (a chunk never cuts an image's tokens); 0: one pass per prompt.",
+    )
+    enable_prefix_caching: bool = Field(
+        default=True,
+        description="Static cache: keep the keys and values of prefilled prompt blocks (16 tokens, named by "
+        "their token ids and the images' content) and prefill only the rest of a prompt that begins with "
+        "cached blocks; the same greedy outputs as without it (/health kv.prefix_caching).",
+    )
+    prefix_cache_tokens: int = Field(
+        default=16384,
+        ge=0,
+        description="Tokens of prompt-prefix KV the prefix cache keeps on the GPU, least recently used "
+        "out first; on a GPU at most what the KV memory budget holds beyond the slots (never a slot's "
+        "memory; /health kv.prefix_cache_tokens).",
+    )
     gpu_memory_utilization: float = Field(
         default=0.9,
         gt=0,

@@ -5,7 +5,8 @@ and warms up. ``prepare()`` turns a chat into model inputs (validation errors ar
 ``stream()`` queues it and yields ``StepOutput`` deltas.
 
 How generation runs: one worker thread owns the model. Waiting requests are prefilled (their images
-and exact prompts) and then join the running batch between decode steps. Every decode step is one
+and exact prompts; ``engine.admission``: batched, from cached prefix blocks, or in chunks between
+decode steps) and then join the running batch between decode steps. Every decode step is one
 forward pass for all running sequences (up to ``max_batch_size``), each with its own sampling
 parameters, seed, stop strings and token budget; sampling runs on the device for the whole batch.
 Finished or cancelled sequences leave between steps. Greedy outputs equal ``model.generate()``'s.
@@ -33,8 +34,8 @@ from typing import Any
 import torch
 
 from omega_server import models
-from omega_server.engine import grammar, sampler
-from omega_server.engine.detok import IncrementalText
+from omega_server.engine import emit, grammar
+from omega_server.engine.admission import Admission
 from omega_server.engine.errors import (
     EngineDeadError,
     EngineError,
@@ -47,12 +48,11 @@ from omega_server.engine.inputs import (
     ProcessorPool,
     check_request,
     check_token_ids,
-    prefill_groups,
     prepare_inputs,
 )
 from omega_server.engine.load import load_engine, start_runner, vocab_size
 from omega_server.engine.runner import Pending, RawLogprob
-from omega_server.engine.sequence import Seq, release_inputs
+from omega_server.engine.sequence import Seq
 from omega_server.engine.types import (
     EngineConfig,
     EngineInfo,
@@ -60,7 +60,6 @@ from omega_server.engine.types import (
     GenerationRequest,
     PreparedRequest,
     StepOutput,
-    TokenLogprob,
 )
 
 log = logging.getLogger(__name__)
@@ -98,6 +97,7 @@ class Engine:
         self._runner.stats = self.stats
         self._grammars = grammar.Grammars(self._runner.tokenizer, self.vocab_size, self._runner.eos_ids)
         self._runner.observer = self._observe
+        self._admission = Admission(self._runner, config, self._fail, self._deliver)
         self._thread = threading.Thread(target=self._work, name="omega-engine", daemon=True)
         self._thread.start()
 
@@ -117,6 +117,7 @@ class Engine:
         with self._prep_pool.borrow() as processor:
             prepared = prepare_inputs(processor, req, images, max_model_length=self.config.max_model_length)
         prepared.constraint = constraint
+        prepared.prefix_key = self._runner.prompt_key(prepared.inputs)
         return prepared
 
     async def stream(self, prepared: PreparedRequest) -> AsyncGenerator[StepOutput, None]:
@@ -221,11 +222,12 @@ class Engine:
             self._waiting.clear()
             self.stats.queue_depth = 0
         err = EngineDeadError(self._dead_message())
-        for seq in pending + self._admitted + self._runner.seqs:
+        for seq in pending + self._admitted + self._admission.seqs + self._runner.seqs:
             if not seq.done:
                 seq.done = True
                 seq.send(err)
         self._runner.evict([])
+        self._admission.partial.clear()
         self.stats.running = self.stats.kv_tokens = 0
 
     def _work(self) -> None:
@@ -240,13 +242,14 @@ class Engine:
                             and not self._waiting
                             and not runner.seqs
                             and self._pending is None
+                            and not self._admission.partial
                         ):
                             self._busy = False
                             self._cond.wait()
                         self._busy, self._beat = True, time.monotonic()
                         if self._stopping:
                             return
-                        free = self._max_running - len(runner.seqs)
+                        free = self._max_running - len(runner.seqs) - len(self._admission.partial)
                         while free > 0 and self._waiting:
                             seq = self._waiting.popleft()
                             if seq.cancelled:
@@ -256,8 +259,9 @@ class Engine:
                             free -= 1
                         self.stats.queue_depth = len(self._waiting)
                         self._admitted = admitted
-                    self._admit_all(admitted)
+                    self._admission.admit(admitted)
                     self._admitted = []
+                    self._admission.advance()  # chunked prefill: one chunk per step
                     self._drop_finished()
                     if runner.seqs or self._pending is not None:
                         self._step()
@@ -298,55 +302,6 @@ class Engine:
             seq.send(err)
         if fatal:
             raise exc
-
-    def _admit_all(self, seqs: list[Seq]) -> None:
-        """Prefill newly admitted sequences, in batches where the runner can, and join them."""
-        runner = self._runner
-        limit = self.config.max_prefill_tokens
-        if not runner.batch_prefill or limit <= 0 or len(seqs) < 2:
-            for seq in seqs:
-                self._admit(seq)
-            return
-        for group in prefill_groups(seqs, limit):
-            if len(group) == 1:
-                self._admit(group[0])
-                continue
-            try:
-                for seq in group:
-                    self._start(seq)
-                runner.prefill_batch(group)
-            except Exception as exc:
-                if is_fatal(exc):
-                    self._fail(group, exc, "batched prefill")
-                # one bad request must not fail the others: prefill them one by one
-                ids = {id(s) for s in group}
-                runner.evict([i for i, s in enumerate(runner.seqs) if id(s) not in ids])
-                log.warning("batched prefill failed (%s); prefilling one by one", describe_error(exc))
-                for seq in group:
-                    self._admit(seq)
-                continue
-            for seq in group:
-                release_inputs(seq)
-                self._deliver(seq, seq.last_token, seq.last_logprob)
-
-    def _start(self, seq: Seq) -> None:
-        """A sequence's sampler and text state, made when it is admitted (a generator only for a seed)."""
-        runner = self._runner
-        params = seq.prepared.params
-        seq.generator = sampler.generator(params.seed, runner.device)
-        if seq.prepared.constraint is not None:
-            seq.constraint = seq.prepared.constraint.copy()
-        seq.text = IncrementalText(runner.tokenizer, runner.eos_ids, params)
-
-    def _admit(self, seq: Seq) -> None:
-        try:
-            self._start(seq)
-            self._runner.prefill(seq)
-        except Exception as exc:
-            self._fail([seq], exc, "prefill")
-            return
-        release_inputs(seq)
-        self._deliver(seq, seq.last_token, seq.last_logprob)
 
     def _step(self) -> None:
         """One decode step, pipelined one deep on runners that can (the static slot cache).
@@ -400,42 +355,9 @@ class Engine:
         runner.evict(keep)
 
     def _deliver(self, seq: Seq, token: int, logprob: RawLogprob | None = None) -> None:
-        """``_after_token`` for one request; an error there (detokenizer, stop checks, grammar) fails
-        that request only, and its row leaves the batch before the next step."""
+        """``emit.deliver``; an error there (detokenizer, stop checks, grammar) fails this request only."""
+        self.stats.completion_tokens_total += 1
         try:
-            self._after_token(seq, token, logprob)
+            emit.deliver(seq, token, logprob, self._runner.tokenizer)
         except Exception as exc:
             self._fail([seq], exc, "detokenization")
-
-    def _after_token(self, seq: Seq, token: int, logprob: RawLogprob | None = None) -> None:
-        """Record a sampled token: its text (``detok``), the finish checks, and the delta sent out."""
-        self.stats.completion_tokens_total += 1
-        text = seq.text
-        assert text is not None
-        grammar.advance(seq, token)
-        delta, finish = text.add(token)
-        seq.done = finish is not None
-        seq.send(
-            StepOutput(
-                text=delta,
-                token_ids=[token],
-                finished=seq.done,
-                finish_reason=finish,
-                prompt_tokens=seq.prepared.prompt_tokens,
-                completion_tokens=len(text.token_ids),
-                logprobs=None if logprob is None else [self._named(token, text.piece, logprob, seq)],
-            )
-        )
-
-    def _named(self, token: int, piece: str, raw: RawLogprob, seq: Seq) -> TokenLogprob:
-        """A token's log-probability entry with text: the chosen token named by the text it completed
-        (so that the entries join to the answer), each alternative by its own decoding."""
-        decode = self._runner.tokenizer.decode
-        value, top = raw
-        top = top[: seq.prepared.params.top_logprobs]  # a batch computes its rows' largest number
-        return TokenLogprob(
-            token_id=token,
-            token=piece,
-            logprob=value,
-            top=tuple((t, decode([t], skip_special_tokens=False), v) for t, v in top),
-        )

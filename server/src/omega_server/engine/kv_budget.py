@@ -50,6 +50,12 @@ class KVBudget:
         return self.slots * self.max_model_length
 
     @property
+    def spare_tokens(self) -> int:
+        """Tokens of keys and values the budget holds beyond the slots (the prefix cache's share)."""
+        spare = self.budget_bytes - self.token_capacity * self.bytes_per_token
+        return max(spare, 0) // self.bytes_per_token
+
+    @property
     def lowered(self) -> bool:
         """Fewer slots than MAX_BATCH_SIZE asked for."""
         return self.slots < self.requested_slots

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from omega_server import attention, kernels, models
-from omega_server.engine import kv_budget
+from omega_server.engine import kv_budget, prefix_cache
 from omega_server.engine.errors import ContextTooLongError, KVCacheTooSmallError, describe_error, is_fatal
 from omega_server.engine.inputs import check_request, prepare_inputs
 from omega_server.engine.runner import Runner
@@ -252,6 +252,15 @@ def start_runner(config: EngineConfig, loaded: models.LoadedModel, info: EngineI
                 ) from exc
             runner = _after_static_failure(config, loaded, info, runner, exc, slots)
     static = runner if isinstance(runner, StaticRunner) else None
+    # the prefix cache takes what the KV budget holds beyond the slots (never a slot of it)
+    prefix_tokens = config.prefix_cache_tokens if config.prefix_caching else 0
+    if budget is not None:
+        prefix_tokens = min(prefix_tokens, budget.spare_tokens)
+    if static is not None and prefix_tokens >= prefix_cache.BLOCK:
+        static.prefix = prefix_cache.PrefixCache(prefix_tokens)
+        log.info("prefix caching on: up to %d tokens of prompt-prefix KV", prefix_tokens)
+    info.prefix_caching = static is not None and static.prefix is not None
+    info.prefix_cache_tokens = prefix_tokens if info.prefix_caching else 0
     info.kv_cache = "static" if static is not None else "dynamic"
     info.cuda_graphs = static is not None and static.graphs.use_graphs
     info.compiled = static is not None and static.compiled

@@ -17,6 +17,7 @@ import torch
 
 from omega_server.engine import sampler
 from omega_server.engine.inputs import without_full_mask
+from omega_server.engine.prefix_cache import Partial
 from omega_server.engine.sequence import Seq
 from omega_server.engine.types import EngineStats
 
@@ -170,6 +171,7 @@ class Runner:
         out = self._forward(rows, keep=keep, **inputs)
         if self.stats is not None:
             self.stats.prefill_passes += 1
+            self.stats.prefill_tokens += int(inputs["input_ids"].numel())
         return out, getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
     def _rope_deltas(self, rows: int) -> list[int]:
@@ -216,6 +218,26 @@ class Runner:
 
     def prefill_batch(self, seqs: list[Seq]) -> None:
         """Prefill several sequences in one forward pass (see ``StaticRunner``)."""
+        raise NotImplementedError
+
+    def prompt_key(self, inputs: dict[str, torch.Tensor]) -> Any:
+        """Prefix caching's key for a prompt (``StaticRunner``); None: not cached."""
+        return None
+
+    def cached_blocks(self, seq: Seq) -> int:
+        """Leading prompt blocks in the prefix cache (``StaticRunner``); always 0 here."""
+        return 0
+
+    def chunked(self, seq: Seq, budget: int) -> bool:
+        """Prefill ``seq`` in chunks between decode steps (``StaticRunner``); never here."""
+        return False
+
+    def begin(self, seq: Seq) -> Partial:
+        """A resumable prefill (``StaticRunner``)."""
+        raise NotImplementedError
+
+    def advance(self, part: Partial, budget: int = 0) -> bool:
+        """The next chunk of a resumable prefill (``StaticRunner``)."""
         raise NotImplementedError
 
     def _merge(self, seq: Seq, cache: Any, row: int) -> None:

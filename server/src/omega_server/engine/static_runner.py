@@ -7,6 +7,12 @@ A decode step reads and writes only fixed buffers, so on a GPU it is replayed as
 tokens are read (``launch`` / ``Pending.wait``). For sdpa and eager (the step passes the slot cache's
 4D mask) and flash_attention_2 (the step's attention runs ``flash_attn_with_kvcache`` on the slots
 over ``cache_seqlens``: ``kernels.flash_decode``), on one device.
+
+A prompt can also be prefilled in parts (``begin`` then ``advance``, over a transformers
+DynamicCache, at the positions the whole prompt's pass gives them): with prefix caching (``prefix``,
+a ``prefix_cache.PrefixCache``) a prompt whose leading blocks are cached starts from those blocks'
+keys and values and computes only the rest (``prefill``); with chunked prefill the engine advances a
+long prompt one chunk per step. Every prefilled prompt's blocks are kept (``_merge``).
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ from typing import Any
 
 import torch
 
-from omega_server.engine import kvslots, sampler
-from omega_server.engine.inputs import collate, without_full_mask
+from omega_server.engine import kvslots, prefix_cache, sampler
+from omega_server.engine.inputs import TOKEN_KEYS, collate, without_full_mask
 from omega_server.engine.runner import Pending, Runner
 from omega_server.engine.sequence import Seq
 from omega_server.kernels import flash_decode
@@ -62,6 +68,8 @@ class StaticRunner(Runner):
         # two host buffers: step k+1's tokens are copied while the host still reads step k's
         self._host = [torch.zeros(slots, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
         self._flip = 0
+        self.prefix: prefix_cache.PrefixCache | None = None  # set by ``load`` (ENABLE_PREFIX_CACHING)
+        self._media_ids = prefix_cache.image_token_ids(model.config)
 
     batch_prefill = True
     pipelined = True
@@ -121,6 +129,102 @@ class StaticRunner(Runner):
             sc.allocate(layers, self.model.dtype)
         sc.load(len(self.seqs), layers, seq.next_pos, seq.rope_delta, seq.last_token, seq.cache_len)
         self.seqs.append(seq)
+        key = seq.prepared.prefix_key
+        if self.prefix is not None and isinstance(key, prefix_cache.PromptKey):
+            try:
+                self.prefix.insert(key, layers)
+            except torch.OutOfMemoryError:  # the store gives its memory back; the request goes on
+                log.warning(
+                    "the prefix cache ran out of device memory; emptied (%d blocks)", len(self.prefix)
+                )
+                self.prefix.clear()
+            if self.stats is not None:
+                self.stats.prefix_cache_queries += 1
+
+    # -- prefix caching
+
+    def prompt_key(self, inputs: dict[str, torch.Tensor]) -> prefix_cache.PromptKey | None:
+        """The prompt's block hashes when prefix caching is on and can serve this prompt."""
+        if self.prefix is None or not self.resumable(inputs):
+            return None
+        return prefix_cache.prompt_key(inputs, self._media_ids)
+
+    def cached_blocks(self, seq: Seq) -> int:
+        """Leading blocks of ``seq``'s prompt in the prefix cache (0 when off or none)."""
+        key = seq.prepared.prefix_key
+        if self.prefix is None or not isinstance(key, prefix_cache.PromptKey):
+            return 0
+        return self.prefix.match(key)
+
+    def resumable(self, inputs: dict[str, torch.Tensor]) -> bool:
+        """A prompt can be prefilled in parts: its positions are known without the model's own pass
+        (M-RoPE with images needs ``mm_token_type_ids`` for ``get_rope_index``)."""
+        images = any(k not in TOKEN_KEYS for k in inputs)
+        return not (images and self.mrope and "mm_token_type_ids" not in inputs)
+
+    def chunked(self, seq: Seq, budget: int) -> bool:
+        """Prefill ``seq`` in chunks of ``budget`` tokens between decode steps (``begin``/``advance``)."""
+        inputs = seq.prepared.inputs
+        return 0 < budget < int(inputs["input_ids"].shape[1]) and self.resumable(inputs)
+
+    def begin(self, seq: Seq) -> prefix_cache.Partial:
+        """A prompt's prefill made resumable, from its cached prefix blocks if any; ``advance`` runs it."""
+        from transformers import DynamicCache
+
+        inputs = seq.prepared.inputs
+        blocks = self.cached_blocks(seq)
+        cache = DynamicCache()
+        if blocks:
+            assert self.prefix is not None and isinstance(seq.prepared.prefix_key, prefix_cache.PromptKey)
+            for i, (k, v) in enumerate(self.prefix.take(seq.prepared.prefix_key, blocks)):
+                cache.update(k, v, i)
+            if self.stats is not None:
+                self.stats.prefix_cache_hits += 1
+                self.stats.prefix_cache_hit_tokens += blocks * prefix_cache.BLOCK
+        positions, delta = prefix_cache.suffix_positions(self.model, inputs, 0, self.mrope)
+        media = prefix_cache.media_span(inputs, self._media_ids)
+        length = int(inputs["input_ids"].shape[1])
+        return prefix_cache.Partial(seq, cache, blocks * prefix_cache.BLOCK, length, positions, delta, media)
+
+    def advance(self, part: prefix_cache.Partial, budget: int = 0) -> bool:
+        """Prefill the prompt's next chunk (``budget`` tokens, 0: all the rest; never cutting its
+        images). True when the prompt is done: then its first token is sampled and it has joined."""
+        inputs = part.seq.prepared.inputs
+        start = part.done
+        end = prefix_cache.chunk_end(start, budget, part.length, part.media)
+        feed: dict[str, Any] = {
+            "input_ids": inputs["input_ids"][:, start:end],
+            "position_ids": part.positions[..., start:end],
+        }
+        if start <= part.media[0] < end:  # the chunk holds the images: encode them
+            for name, value in inputs.items():
+                if name not in TOKEN_KEYS:
+                    feed[name] = value
+                elif name != "input_ids" and name != "attention_mask":
+                    feed[name] = value[:, start:end]
+        feed = self._to_device(feed)
+        feed[self.cache_kw] = part.cache
+        if self.mrope:
+            self.model.model.rope_deltas = None
+        out = self._forward(1, **feed)
+        if self.stats is not None:
+            self.stats.prefill_passes += 1
+            self.stats.prefill_tokens += end - start
+        part.done = end
+        if end < part.length:
+            return False
+        sampled = self._sample([part.seq], out.logits[:, -1, :])
+        cache = getattr(out, "past_key_values", None) or part.cache
+        self._join([part.seq], [part.length], [part.delta], sampled, cache)
+        return True
+
+    def prefill(self, seq: Seq) -> None:
+        """Prefill one sequence: from its cached prefix blocks over the rest when there are any, else
+        in full."""
+        if self.cached_blocks(seq) and self.resumable(seq.prepared.inputs):
+            self.advance(self.begin(seq))
+        else:
+            super().prefill(seq)
 
     def prefill_batch(self, seqs: list[Seq]) -> None:
         """Prefill several sequences (their images too) in one forward pass, then load each into a slot.

@@ -58,6 +58,7 @@ class PreparedRequest:
     prompt_tokens: int
     params: SamplingParams
     constraint: Any = None  # structured output: the compiled grammar (``engine.grammar.Constraint``)
+    prefix_key: Any = None  # prefix caching: the prompt's block hashes (``engine.prefix_cache.PromptKey``)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,10 @@ class EngineConfig:
     # static cache: waiting requests are prefilled together, up to this many (padded) prompt tokens
     # per forward pass; 0 prefills one request at a time
     max_prefill_tokens: int = 8192
+    # static cache: chunked prefill. A prompt longer than this many tokens is prefilled in chunks of
+    # it, one chunk per engine step between decode steps (the running streams keep getting tokens);
+    # a chunk never cuts the image tokens (it takes them all). 0: every prompt in one pass
+    prefill_chunk_tokens: int = 0
     # static cache: torch.compile the decode step (opt-in). The compiled step is warmed up (compiled)
     # and, on a GPU, captured in the engine's own CUDA graphs for every batch bucket at load time; it
     # decodes at one width (max_model_length), so each batch shape compiles once.
@@ -128,6 +133,11 @@ class EngineConfig:
     # tests and CPU runs: ``probe(profile) -> kv_budget.DeviceMemory`` in place of the device's own
     # numbers (``kv_budget.measure_cuda``); on the CPU without one the slots are not sized from memory
     memory_probe: Callable[[Callable[[], None]], DeviceMemory] | None = None
+    # static cache: keep prefilled prompt blocks' KV on the device and prefill only the uncached rest
+    # of a prompt that shares leading blocks with an earlier one (``engine.prefix_cache``)
+    prefix_caching: bool = True
+    # tokens of prefix KV kept (sized from memory: at most what the KV budget holds beyond the slots)
+    prefix_cache_tokens: int = 16384
 
 
 @dataclass
@@ -165,6 +175,8 @@ class EngineInfo:
     kv_budget_bytes: int = 0  # memory granted to the KV cache (0 when not sized from memory)
     # the checkpoint's generation_config values for unset request fields (``load.sampling_defaults``)
     sampling_defaults: dict[str, float] = field(default_factory=dict)
+    prefix_caching: bool = False  # prompt prefixes' KV is reused (static cache with ENABLE_PREFIX_CACHING)
+    prefix_cache_tokens: int = 0  # tokens of prefix KV the prefix cache keeps (0 when off)
 
 
 @dataclass
@@ -178,7 +190,11 @@ class EngineStats:
     running: int = 0
     kv_tokens: int = 0  # tokens in the KV cache rows of the running sequences
     prefill_passes: int = 0
+    prefill_tokens: int = 0  # prompt tokens (padding included) run through prefill passes
     decode_passes: int = 0
     requests_total: int = 0
     completion_tokens_total: int = 0
     errors_total: int = 0
+    prefix_cache_queries: int = 0  # prefills that looked up the prefix cache
+    prefix_cache_hits: int = 0  # of them, prefilled from cached prefix blocks
+    prefix_cache_hit_tokens: int = 0  # prompt tokens taken from the prefix cache, not recomputed
