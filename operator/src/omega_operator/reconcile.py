@@ -17,7 +17,7 @@ from typing import Any
 
 from omega_operator import builders as b
 from omega_operator import conditions as c
-from omega_operator import drift, fallback, metrics, model_claim, rollback
+from omega_operator import drift, fallback, metrics, model_cache, model_claim, rollback
 from omega_operator import status as st
 from omega_operator.api.validation import InvalidSpec, parse_spec
 from omega_operator.health_report import ProbeResult
@@ -173,6 +173,11 @@ async def _reconcile(
                 res.deleted.append("PodDisruptionBudget")
 
     try:
+        cache_claim = model_cache.claim(spec, owner)
+        if cache_claim is not None and drift.needs_apply(drift.stamp(deployment), observed.deployment):
+            # The created cache claim goes with each Deployment write (it exists before the pods).
+            res.objects["PersistentVolumeClaim"] = await kube.apply(cache_claim)
+            res.applied.append("PersistentVolumeClaim")
         # Independent objects: write them concurrently.
         await asyncio.gather(
             converge("Deployment", deployment, observed.deployment),
@@ -215,6 +220,8 @@ async def _reconcile(
         await event("Warning", fallback.EVENT_REASON, decision.message)
     elif decision.action is fallback.Action.RESET:
         await event("Normal", "FlashAttentionRetry", decision.message)
+    if "Deployment" in res.applied and (no_cache := model_cache.no_cache_warning(spec)):
+        await event("Warning", model_cache.NO_CACHE_REASON, no_cache)
     if "Deployment" in res.applied and observed.deployment is None:
         await event("Normal", "Created", f"Deployment {name} created ({variant} variant, image {image})")
     elif old.get("variant") and old.get("variant") != variant:
