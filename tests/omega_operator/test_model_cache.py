@@ -44,7 +44,7 @@ def test_existing_claim_download_init_container_and_offline_server(variant: str)
         assert {"name": mc.VOLUME, "mountPath": mc.HF_HOME} in c["volumeMounts"]
         assert _env(c)["HF_HOME"] == mc.HF_HOME and _env(c)["MODEL_PATH"] == "hf://org/tiny@v1"
         assert _env(c)["HF_ENDPOINT"] == "http://hub"  # the user's env reaches the download
-    assert _env(server)["HF_HUB_OFFLINE"] == "1" and "HF_HUB_OFFLINE" not in _env(init)
+    assert _env(server)["HF_HUB_OFFLINE"] == "1" and _env(init)["HF_HUB_OFFLINE"] == "0"
     assert "startupProbe" not in init and "lifecycle" not in init and "ports" not in init
     assert init["securityContext"] == server["securityContext"]
     assert (

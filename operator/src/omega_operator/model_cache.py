@@ -93,8 +93,11 @@ def server_env(spec: OmegaVLMSpec) -> dict[str, str]:
 def init_container(server: dict[str, Any]) -> dict[str, Any]:
     """The download init container, made from the server container (same image and so the same
     variant, user, env and envFrom: HF_TOKEN or HF_ENDPOINT from spec.env reach it; resources),
-    less HF_HUB_OFFLINE, probes, ports and hooks."""
-    env = [e for e in server.get("env") or [] if e.get("name") != "HF_HUB_OFFLINE"]
+    online (HF_HUB_OFFLINE=0), without probes, ports and hooks."""
+    env = [
+        {"name": "HF_HUB_OFFLINE", "value": "0"} if e.get("name") == "HF_HUB_OFFLINE" else e
+        for e in server.get("env") or []
+    ]
     out: dict[str, Any] = {
         "name": INIT_CONTAINER,
         "image": server["image"],
