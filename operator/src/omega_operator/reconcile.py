@@ -35,13 +35,18 @@ class Observed:
     service: dict[str, Any] | None = None
     pdb: dict[str, Any] | None = None
     pods: list[dict[str, Any]] = field(default_factory=list)
-    claim_modes: list[str] | None = None  # access modes of the pvc:// model claim, when known
+    claim_modes: list[str] | None = None  # access modes of the pvc:// or cache claim, when known
 
 
 def model_claim_of(body: dict[str, Any]) -> str | None:
-    """The claim of a pvc:// spec.model.uri, read from the raw body (None otherwise)."""
-    uri = ((body.get("spec") or {}).get("model") or {}).get("uri")
-    return b.model_volume(uri).claim if isinstance(uri, str) else None
+    """The claim of a pvc:// spec.model.uri or of spec.model.cache, read from the raw body (None otherwise)."""
+    model = (body.get("spec") or {}).get("model") or {}
+    uri, cache = model.get("uri"), model.get("cache")
+    if isinstance(uri, str) and (claim := b.model_volume(uri).claim):
+        return claim
+    if isinstance(uri, str) and uri.startswith("hf://") and isinstance(cache, dict):
+        return str(cache.get("claimName") or f"{body['metadata']['name']}{model_cache.CLAIM_SUFFIX}")
+    return None
 
 
 @dataclass
@@ -192,7 +197,7 @@ async def _reconcile(
     # 4. Status.
     verdict = st.verdict(spec, decision)
     problems = verdict.problems
-    claim_msg = model_claim.problem(spec, observed.claim_modes, observed.pods)
+    claim_msg = model_claim.problem(spec, observed.claim_modes, observed.pods, name)
     if claim_msg:  # after Unschedulable (the scheduler's word first), before the pods' own problems
         unsched = [p for p in problems if p.reason == c.UNSCHEDULABLE]
         rest = [p for p in problems if p.reason != c.UNSCHEDULABLE]
