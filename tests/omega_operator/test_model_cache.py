@@ -117,3 +117,19 @@ def test_cache_env_is_the_operators(name: str) -> None:
     with pytest.raises(InvalidSpec) as err:
         parse_spec(_spec(env=[{"name": name, "value": "x"}]))
     assert err.value.fields == ["spec.env[0].name"]
+
+
+def test_the_hf_cache_example_is_valid() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    example = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "examples" / "omegavlm-hf-cache.yaml").read_text()
+    )
+    spec = parse_spec(example["spec"])
+    owner = b.Owner(example["metadata"]["name"], example["metadata"]["namespace"], "uid")
+    pvc = mc.claim(spec, owner)
+    assert pvc is not None and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    kubernetes_validate.validate(pvc, "1.25", strict=True)
+    kubernetes_validate.validate(b.deployment(spec, owner, "flash"), "1.25", strict=True)
