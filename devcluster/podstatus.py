@@ -105,12 +105,25 @@ def pod_status(
     host_ip: str,
     start_time: str,
     now: str,
+    init: list[ContainerView] | None = None,
 ) -> dict[str, Any]:
-    """The full ``status`` of a pod bound to a devcluster node."""
+    """The full ``status`` of a pod bound to a devcluster node (``init``: its initContainers)."""
     spec = pod.get("spec", {})
     old = pod.get("status") or {}
     previous = {c["type"]: c for c in old.get("conditions") or []}
+    init = init or []
+    for c in init:  # an init container that exited 0 counts as ready, as the kubelet reports it
+        c.ready = c.state.get("terminated", {}).get("exitCode") == 0
+    pending_init = [c.name for c in init if not c.ready]
     phase = pod_phase(spec.get("restartPolicy", "Always"), containers)
+    if pending_init:
+        init_failed = spec.get("restartPolicy") == "Never" and any(
+            c.state.get("terminated", {}).get("exitCode", 0) != 0 for c in init
+        )
+        phase = "Failed" if init_failed else "Pending"
+        for c in containers:
+            if "waiting" in c.state and c.state["waiting"].get("reason") == "ContainerCreating":
+                c.state = {"waiting": {"reason": "PodInitializing"}}
     unready = [c.name for c in containers if not c.ready]
     terminal = phase in ("Succeeded", "Failed")
     if terminal:
@@ -120,7 +133,16 @@ def pod_status(
     else:
         ready_args = ("True", None, None)
     conditions = [
-        _condition(previous, "Initialized", "True", now, "PodCompleted" if terminal else None),
+        _condition(previous, "Initialized", "True", now, "PodCompleted" if terminal else None)
+        if not pending_init
+        else _condition(
+            previous,
+            "Initialized",
+            "False",
+            now,
+            "ContainersNotInitialized",
+            f"containers with incomplete status: [{' '.join(pending_init)}]",
+        ),
         _condition(previous, "Ready", ready_args[0], now, ready_args[1], ready_args[2]),
         _condition(previous, "ContainersReady", ready_args[0], now, ready_args[1], ready_args[2]),
     ]
@@ -136,5 +158,6 @@ def pod_status(
         "podIPs": [{"ip": pod_ip}],
         "startTime": start_time,
         "containerStatuses": [container_status(c) for c in containers],
+        **({"initContainerStatuses": [container_status(c) for c in init]} if init else {}),
         "qosClass": old.get("qosClass", "BestEffort"),
     }

@@ -60,7 +60,13 @@ class PodWorker(threading.Thread):
             ContainerRuntime(spec=c, log_path=self.dir / f"{c['name']}.log")
             for c in pod["spec"].get("containers", [])
         ]
-        for c in self.containers:  # a new pod of the same name starts without the old one's logs
+        # initContainers run one at a time, each to success, before any container starts
+        self.init_containers = [
+            ContainerRuntime(spec=c, log_path=self.dir / f"{c['name']}.log")
+            for c in pod["spec"].get("initContainers", [])
+        ]
+        # a new pod of the same name starts without the old one's logs
+        for c in [*self.init_containers, *self.containers]:
             for stale in (c.log_path, self.dir / f"{c.name}.previous.log"):
                 stale.unlink(missing_ok=True)
         self.volume_specs = podroot.pod_volumes(pod)
@@ -103,7 +109,7 @@ class PodWorker(threading.Thread):
                 if meta.get("deletionTimestamp"):
                     self._terminate_and_delete()
                     break
-                if self._mount():
+                if self._mount() and self._inits_done():
                     for c in self.containers:
                         try:
                             self._step(c)
@@ -156,7 +162,20 @@ class PodWorker(threading.Thread):
         return True
 
     # -- containers ---------------------------------------------------------------------------
-    def _step(self, c: ContainerRuntime) -> None:
+    def _inits_done(self) -> bool:
+        """Step the first init container that has not succeeded; True once all have."""
+        for c in self.init_containers:
+            if c.done and c.state.get("terminated", {}).get("exitCode") == 0:
+                continue
+            if not c.done:  # done with a failure (restartPolicy Never): the pod stays Failed
+                try:
+                    self._step(c, init=True)
+                except Exception:
+                    log.exception("pod %s init container %s: step failed", self.key, c.name)
+            return False
+        return True
+
+    def _step(self, c: ContainerRuntime, init: bool = False) -> None:
         now = time.monotonic()
         if c.proc is None:
             if c.done or now < c.next_start:
@@ -167,7 +186,7 @@ class PodWorker(threading.Thread):
         if rc is None:
             self._probe(c, now)
             return
-        self._exited(c, rc, now)
+        self._exited(c, rc, now, init)
 
     def _start(self, c: ContainerRuntime, now: float) -> None:
         entry = images.resolve(self.kubelet.image_entries(), c.image)
@@ -276,18 +295,21 @@ class PodWorker(threading.Thread):
 
         container.kill(c, grace, self.pod_ip, self._http, lambda: self._gone, hook_failed)
 
-    def _exited(self, c: ContainerRuntime, rc: int, now: float) -> None:
+    def _exited(self, c: ContainerRuntime, rc: int, now: float, init: bool = False) -> None:
         assert c.proc is not None
         # Anything the container left in its process group goes with it.
         signal_group(c.proc.pid, signal.SIGKILL)
         code = 128 - rc if rc < 0 else rc  # killed by signal N -> 128+N, as runtimes report it
         reason = "Completed" if code == 0 else "Error"
-        self._exited_record(c, code, reason, c.termination_message(code), c.started_wall, now_iso(), now)
+        self._exited_record(
+            c, code, reason, c.termination_message(code), c.started_wall, now_iso(), now, init
+        )
 
     def _exited_record(
         self, c: ContainerRuntime, code: int, reason: str, message: str | None, started: str, finished: str,
-        now: float,
+        now: float, init: bool = False,
     ) -> None:  # fmt: skip
+        """Record an exit; restart per restartPolicy (an init container that succeeded is done)."""
         self.kubelet.registry.remove(f"pod:{self.key}/{c.name}")
         terminated: dict[str, Any] = {
             "exitCode": code,
@@ -302,7 +324,7 @@ class PodWorker(threading.Thread):
         c.proc = None
         c.readiness = c.liveness = c.startup = None
         policy = self.pod["spec"].get("restartPolicy", "Always")
-        restart = policy == "Always" or (policy == "OnFailure" and code != 0)
+        restart = (policy == "Always" and not (init and code == 0)) or (policy == "OnFailure" and code != 0)
         if not restart:
             c.state = {"terminated": terminated}
             c.done = True
@@ -342,7 +364,7 @@ class PodWorker(threading.Thread):
 
     def _stop_containers(self, grace: float, reason: str, hooks: bool = False) -> None:
         """Stop every running container at once (with preStop hooks when ``hooks``)."""
-        running = [c for c in self.containers if c.proc is not None]
+        running = [c for c in [*self.init_containers, *self.containers] if c.proc is not None]
         for c in running:
             self._event(reason, f"Stopping container {c.name}", container=c.name)
 
@@ -398,6 +420,7 @@ class PodWorker(threading.Thread):
         status = pod_status(
             self.pod,
             [c.view() for c in self.containers],
+            init=[c.view() for c in self.init_containers],
             pod_ip=self.pod_ip,
             host_ip=self.host_ip,
             start_time=self.start_time,

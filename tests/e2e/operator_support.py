@@ -146,6 +146,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("product-in-node-selector", {"nodeSelector": {"nvidia.com/gpu.product": "X"}}, "spec.nodeSelector"),
     ("products-with-selector-none", {"gpu": {"selector": "none", "products": ["X"]}}, "spec.gpu.products"),
     (
+        "cache-with-file-uri",
+        {"model": {"name": "m", "uri": "file:///m", "cache": {"claimName": "w"}}},
+        "spec.model.cache",
+    ),
+    (
+        "cache-claim-and-size",
+        {"model": {"name": "m", "uri": "hf://o/m", "cache": {"claimName": "w", "size": "1Gi"}}},
+        "spec.model.cache",
+    ),
+    (
         "env-value-and-value-from",
         {"env": [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},
         "spec.env[0].valueFrom",

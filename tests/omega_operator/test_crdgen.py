@@ -27,7 +27,7 @@ CROSS_FIELD = {
     i
     for i, _, f in INVALID
     if f.startswith(("spec.env[", "spec.image.tag", "spec.resources", "spec.nodeSelector"))
-    or i == "products-with-selector-none"
+    or i in ("products-with-selector-none", "cache-with-file-uri", "cache-claim-and-size")
 }
 
 

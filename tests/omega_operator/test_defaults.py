@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 from omega_operator import builders as b
+from omega_operator import model_cache
 from omega_operator.api import defaults, parse_spec
 from omega_operator.fallback import fallback_spec
 
@@ -52,6 +53,8 @@ def applied_defaults() -> dict[str, Any]:
     gpu_term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     family = gpu_term["nodeSelectorTerms"][0]["matchExpressions"][-1]
     view = fallback_spec(spec)
+    hub = {**MINIMAL, "model": {"name": "tiny", "uri": "hf://org/tiny", "cache": {"size": "1Gi"}}}
+    cache_claim = model_cache.claim(parse_spec(hub), b.Owner("x", "ml", "uid")) or {}
     return {
         "spec.replicas": deployment["spec"]["replicas"],
         "spec.attention": view.attention,
@@ -72,6 +75,7 @@ def applied_defaults() -> dict[str, Any]:
         "spec.terminationGracePeriodSeconds": pod["terminationGracePeriodSeconds"],
         "spec.service.type": service["spec"]["type"],
         "spec.service.port": service["spec"]["ports"][0]["port"],
+        "spec.model.cache.accessMode": cache_claim["spec"]["accessModes"][0],
     }
 
 

@@ -44,3 +44,21 @@ def test_what_is_not_a_problem(minimal_spec: dict[str, Any]) -> None:
 def test_rwop_claim_admits_one_pod_even_on_one_node(minimal_spec: dict[str, Any]) -> None:
     msg = model_claim.problem(_spec(minimal_spec, 2), ["ReadWriteOncePod"], [_pod("a"), _pod("a")])
     assert msg is not None and "one pod" in msg
+
+
+def test_rwo_cache_claim_with_pods_on_two_nodes_is_a_problem(minimal_spec: dict[str, Any]) -> None:
+    from omega_operator.reconcile import model_claim_of
+
+    model = {"name": "m", "uri": "hf://org/m", "cache": {"size": "1Gi", "accessMode": "ReadWriteOnce"}}
+    raw = {**minimal_spec, "replicas": 2, "model": model}
+    msg = model_claim.problem(parse_spec(raw), ["ReadWriteOnce"], [_pod("a"), _pod("b")], "cap")
+    assert msg is not None and msg.startswith(
+        "spec.model.cache claim cap-model-cache: the claim is ReadWriteOnce"
+    )
+    assert "ReadWriteMany cache" in msg
+    assert model_claim_of({"metadata": {"name": "cap"}, "spec": raw}) == "cap-model-cache"
+    mine = {**raw, "model": {**model, "cache": {"claimName": "mine"}}}
+    assert model_claim_of({"metadata": {"name": "cap"}, "spec": mine}) == "mine"
+    no_cache = {**raw, "model": {"name": "m", "uri": "hf://org/m"}}
+    assert model_claim_of({"metadata": {"name": "cap"}, "spec": no_cache}) is None
+    assert model_claim.problem(parse_spec(no_cache), ["ReadWriteOnce"], [_pod("a"), _pod("b")], "cap") is None

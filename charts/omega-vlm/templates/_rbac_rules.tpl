@@ -43,10 +43,11 @@ rule names the code path (operator/src/omega_operator/...) that needs it.
   resources: ["pods"]
   verbs: ["list", "watch"]
 # indexes.py claims_idx: kopf index (list+watch) of the claims' access modes: a pvc:// model
-# claim that is ReadWriteOnce cannot serve pods on several nodes (model_claim.py).
+# claim that is ReadWriteOnce cannot serve pods on several nodes (model_claim.py);
+# kube.py Kube.apply of the spec.model.cache claim the operator creates (model_cache.py).
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "watch", "create", "patch"]
 {{- if ne .Values.operator.probe.mode "direct" }}
 # prober.py HealthProber in proxy or auto mode (OMEGA_OPERATOR_HEALTH_PROBE_MODE=proxy|auto; auto
 # only after a failed direct connection): GET /api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/health.

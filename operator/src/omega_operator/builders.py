@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from omega_operator import model_cache
 from omega_operator.api.defaults import (
     DEFAULT_ATTENTION,
     DEFAULT_CRASH_LOOP_RESTARTS,
@@ -178,6 +179,7 @@ def server_env(spec: OmegaVLMSpec, variant_: str) -> list[dict[str, Any]]:
         "SERVED_MODEL_NAME": spec.model.name,
         "PORT": str(CONTAINER_PORT),
         "SHUTDOWN_TIMEOUT": str(shutdown_timeout(termination_grace(spec))),
+        **model_cache.server_env(spec),  # hf://: HF_HOME on the cache volume, offline
     }
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in ours.items()]
     for item in spec.env or []:
@@ -374,6 +376,7 @@ def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]
         "automountServiceAccountToken": False,  # the server never calls the API server
     }
     pod_spec.update(scheduling(spec, name))
+    model_cache.attach(spec, name, pod_spec)  # hf://: cache volume and the download init container
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.image_pull_secrets:

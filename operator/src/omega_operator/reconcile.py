@@ -17,7 +17,7 @@ from typing import Any
 
 from omega_operator import builders as b
 from omega_operator import conditions as c
-from omega_operator import drift, fallback, metrics, model_claim, rollback, rollout
+from omega_operator import drift, fallback, metrics, model_cache, model_claim, rollback, rollout
 from omega_operator import status as st
 from omega_operator.api.validation import InvalidSpec, parse_spec
 from omega_operator.health_probed import ProbeLedger
@@ -36,13 +36,18 @@ class Observed:
     service: dict[str, Any] | None = None
     pdb: dict[str, Any] | None = None
     pods: list[dict[str, Any]] = field(default_factory=list)
-    claim_modes: list[str] | None = None  # access modes of the pvc:// model claim, when known
+    claim_modes: list[str] | None = None  # access modes of the pvc:// or cache claim, when known
 
 
 def model_claim_of(body: dict[str, Any]) -> str | None:
-    """The claim of a pvc:// spec.model.uri, read from the raw body (None otherwise)."""
-    uri = ((body.get("spec") or {}).get("model") or {}).get("uri")
-    return b.model_volume(uri).claim if isinstance(uri, str) else None
+    """The claim of a pvc:// spec.model.uri or of spec.model.cache, read from the raw body (None otherwise)."""
+    model = (body.get("spec") or {}).get("model") or {}
+    uri, cache = model.get("uri"), model.get("cache")
+    if isinstance(uri, str) and (claim := b.model_volume(uri).claim):
+        return claim
+    if isinstance(uri, str) and uri.startswith("hf://") and isinstance(cache, dict):
+        return str(cache.get("claimName") or f"{body['metadata']['name']}{model_cache.CLAIM_SUFFIX}")
+    return None
 
 
 @dataclass
@@ -181,6 +186,11 @@ async def _reconcile(
                 res.deleted.append("PodDisruptionBudget")
 
     try:
+        cache_claim = model_cache.claim(spec, owner)
+        if cache_claim is not None and drift.needs_apply(drift.stamp(deployment), observed.deployment):
+            # The created cache claim goes with each Deployment write (it exists before the pods).
+            res.objects["PersistentVolumeClaim"] = await kube.apply(cache_claim)
+            res.applied.append("PersistentVolumeClaim")
         # Independent objects: write them concurrently.
         await asyncio.gather(
             converge("Deployment", deployment, observed.deployment),
@@ -195,7 +205,7 @@ async def _reconcile(
     # 4. Status.
     verdict = st.verdict(spec, decision)
     problems = verdict.problems
-    claim_msg = model_claim.problem(spec, observed.claim_modes, observed.pods)
+    claim_msg = model_claim.problem(spec, observed.claim_modes, observed.pods, name)
     if claim_msg:  # after Unschedulable (the scheduler's word first), before the pods' own problems
         unsched = [p for p in problems if p.reason == c.UNSCHEDULABLE]
         rest = [p for p in problems if p.reason != c.UNSCHEDULABLE]
@@ -225,6 +235,8 @@ async def _reconcile(
         await event("Warning", fallback.EVENT_REASON, decision.message)
     elif decision.action is fallback.Action.RESET:
         await event("Normal", "FlashAttentionRetry", decision.message)
+    if "Deployment" in res.applied and (no_cache := model_cache.no_cache_warning(spec)):
+        await event("Warning", model_cache.NO_CACHE_REASON, no_cache)
     if "Deployment" in res.applied and observed.deployment is None:
         await event("Normal", "Created", f"Deployment {name} created ({variant} variant, image {image})")
     elif old.get("variant") and old.get("variant") != variant:

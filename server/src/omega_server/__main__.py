@@ -1,5 +1,7 @@
 """`python -m omega_server` / `omega-vlm-server`: validate the environment, listen, load, serve.
 
+`omega-vlm-server download` runs the model download (omega_server.download) instead.
+
 Fatal start-up errors (bad environment, port in use, model load failure) print one `fatal: ...`
 line on stderr and exit non-zero, so a crash-looping pod says why in its termination message.
 """
@@ -39,7 +41,16 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the server until SIGTERM/SIGINT; returns the process exit status."""
+    """Run the server until SIGTERM/SIGINT; returns the process exit status.
+
+    `omega-vlm-server download` instead fetches an hf:// MODEL_PATH into HF_HOME and exits (the
+    model-download init container: omega_server.download).
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["download"]:
+        from omega_server import download
+
+        return download.main(args[1:])
     try:
         settings = load_settings()
     except SettingsError as exc:

@@ -95,10 +95,13 @@ def resolve_model_path(model_path: str, *, cache_dir: str | None = None) -> Path
     if not model_path:
         raise ModelPathError("MODEL_PATH is empty")
     if model_path.startswith("hf://"):
-        spec = model_path[len("hf://") :]
-        repo_id, _, revision = spec.partition("@")
-        if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-            raise ModelPathError(f"MODEL_PATH {model_path!r}: expected hf://org/name[@revision]")
+        from omega_server.download import DownloadError, parse_hf_uri
+
+        try:
+            hub = parse_hf_uri(model_path)
+        except DownloadError as exc:
+            raise ModelPathError(str(exc)) from None
+        repo_id, revision = hub.repo_id, hub.revision or ""
         try:
             from huggingface_hub import snapshot_download
 

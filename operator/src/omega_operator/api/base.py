@@ -1,8 +1,8 @@
-"""The building blocks every OmegaVLM API model uses: the base model and the open-object schema."""
+"""The building blocks every OmegaVLM API model uses: the base model, open objects, quantities."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, WithJsonSchema
 from pydantic.alias_generators import to_camel
@@ -19,3 +19,10 @@ class ApiModel(BaseModel):
     """snake_case fields, camelCase aliases (the Kubernetes spelling), unknown fields refused."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False)
+
+
+# Kubernetes resource quantity: an integer or a string such as "64Gi".
+Quantity = Annotated[
+    int | str,
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}),
+]

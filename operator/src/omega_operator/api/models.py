@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, WithJsonSchema
+from pydantic import Field
 
 from omega_operator.api import defaults as d
 from omega_operator.api.base import ApiModel as _Model
+from omega_operator.api.base import Quantity
 from omega_operator.api.base import open_object as _open_object
 from omega_operator.api.fallback_spec import FallbackSpec
+from omega_operator.api.cache import ModelCache
 from omega_operator.api.lifecycle import PodLifecycle
 from omega_operator.api.placement import GpuSpec, PodScheduling
 
@@ -47,6 +49,8 @@ RESERVED_ENV = (
     "SERVED_MODEL_NAME",
     "PORT",
     "SHUTDOWN_TIMEOUT",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
 )
 
 Attention = Literal["auto", "flash_attention_2", "sdpa"]
@@ -55,12 +59,6 @@ Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"]
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
-
-# Kubernetes resource quantity: an integer or a string such as "64Gi".
-Quantity = Annotated[
-    int | str,
-    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}),
-]
 
 
 class ModelSource(_Model):
@@ -78,9 +76,18 @@ class ModelSource(_Model):
         description=(
             "Where the weights are: `pvc://claim/path` (the claim is mounted read-only and MODEL_PATH "
             "points into it; with replicas on several nodes it must be ReadOnlyMany or ReadWriteMany), "
-            "`hf://org/name[@revision]` (downloaded by the server at start; needs network) or "
-            "`file:///path` (a path inside the server image; nothing is mounted for it). Passed to "
-            "the server as MODEL_PATH."
+            "`hf://org/name[@revision]` (downloaded once into spec.model.cache by the pod's "
+            "model-download init container, before the startup probe; without a cache into an "
+            "emptyDir at every pod start) or `file:///path` (a path inside the server image; nothing "
+            "is mounted for it). Passed to the server as MODEL_PATH."
+        ),
+    )
+    cache: ModelCache | None = Field(
+        default=None,
+        description=(
+            "Where hf:// weights are kept for every pod, both image variants and rollbacks: an "
+            "existing claim (claimName) or one the operator creates (size, storageClass, accessMode). "
+            "Only with an hf:// uri. Without it each pod downloads into an emptyDir at every start."
         ),
     )
 

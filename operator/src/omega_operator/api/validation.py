@@ -89,6 +89,22 @@ def _gpu_selector_rule(spec: OmegaVLMSpec) -> list[FieldError]:
     return []
 
 
+def _cache_uri_rule(spec: OmegaVLMSpec) -> list[FieldError]:
+    if spec.model.cache is not None and not spec.model.uri.startswith("hf://"):
+        return [FieldError("spec.model.cache", SPEC_RULES[5].message)]
+    return []
+
+
+def _cache_claim_rule(spec: OmegaVLMSpec) -> list[FieldError]:
+    cache = spec.model.cache
+    if cache is None:
+        return []
+    created = cache.size is not None or cache.storage_class is not None or cache.access_mode is not None
+    if (cache.claim_name is not None) == created or (created and cache.size is None):
+        return [FieldError("spec.model.cache", SPEC_RULES[6].message)]
+    return []
+
+
 _RESERVED_CEL = ", ".join(f"'{n}'" for n in RESERVED_ENV)
 
 SPEC_RULES: list[Rule] = [
@@ -131,6 +147,28 @@ SPEC_RULES: list[Rule] = [
         message="gpu.products needs GPU Feature Discovery labels: it cannot be used with gpu.selector none",
         field=".gpu.products",
         check=_gpu_selector_rule,
+    ),
+    Rule(
+        cel="!has(self.model.cache) || self.model.uri.startsWith('hf://')",
+        message=(
+            "model.cache keeps hf:// downloads: it cannot be used with a pvc:// or file:// model.uri "
+            "(those are read where they are)"
+        ),
+        field=".model.cache",
+        check=_cache_uri_rule,
+    ),
+    Rule(
+        cel=(
+            "!has(self.model.cache) || (has(self.model.cache.claimName) ? "
+            "!(has(self.model.cache.size) || has(self.model.cache.storageClass) || "
+            "has(self.model.cache.accessMode)) : has(self.model.cache.size))"
+        ),
+        message=(
+            "model.cache takes claimName (an existing claim) or size, with optional storageClass and "
+            "accessMode (a claim the operator creates), not both"
+        ),
+        field=".model.cache",
+        check=_cache_claim_rule,
     ),
 ]
 
