@@ -17,8 +17,8 @@ from omega_operator.api import defaults as d
 from omega_operator.api.base import ApiModel as _Model
 from omega_operator.api.base import Quantity
 from omega_operator.api.base import open_object as _open_object
-from omega_operator.api.fallback_spec import FallbackSpec
 from omega_operator.api.cache import ModelCache
+from omega_operator.api.fallback_spec import FallbackSpec
 from omega_operator.api.lifecycle import PodLifecycle
 from omega_operator.api.placement import GpuSpec, PodScheduling
 
