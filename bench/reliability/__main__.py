@@ -71,7 +71,9 @@ def manifests(args: argparse.Namespace) -> int:
     ):
         install_crd(cluster)
         for variant in ("flash", "sdpa"):
-            cluster.add_image(f"{BASE_SPEC['image']['repository']}:v1-{variant}", ["sleep", "3600"], uid=10001)
+            cluster.add_image(
+                f"{BASE_SPEC['image']['repository']}:v1-{variant}", ["sleep", "3600"], uid=10001
+            )
         ns = make_namespace(cluster, "badm")
         op = OperatorProcess(cluster, ns, Path(tmp) / "operator.log").start()
         try:
@@ -140,6 +142,60 @@ def soak(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def operator_kill(args: argparse.Namespace) -> int:
+    import os
+    import random
+
+    from bench.reliability.operator_kill import run_iteration
+    from devcluster import TEST_KUBELET, Cluster
+    from tests.e2e.fallback_support import install_crd, tiny_checkpoint
+
+    rng = random.Random(args.seed)
+    runs = []
+    start = time.monotonic()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Cluster.start(Path(tmp) / "cluster", kubelet=TEST_KUBELET, owner_pid=os.getpid()) as cluster,
+    ):
+        install_crd(cluster)
+        model_dir = tiny_checkpoint(Path(tmp) / "tiny")
+        for i in range(args.iterations):
+            run = run_iteration(cluster, model_dir, Path(tmp), i, delay_s=rng.uniform(0.0, args.max_delay))
+            runs.append(run.as_dict())
+            print(
+                f"  {i}: kill {run.killed_after_s:.1f} s into the window ({run.phase_at_kill}), Ready "
+                f"{run.ready_after_kill_s:.1f} s later, images {len(run.image_writes)}, "
+                f"violations {run.violations}",
+                flush=True,
+            )
+    phases: dict[str, int] = {}
+    for r in runs:
+        phases[r["phase_at_kill"]] = phases.get(r["phase_at_kill"], 0) + 1
+    ready = sorted(r["ready_after_kill_s"] for r in runs if not r["violations"])
+    result = {
+        "experiment": "operator_kill",
+        "what": "OmegaVLM attention auto on devcluster (flash cannot load on CPU); the operator SIGKILLed at a "
+        f"random moment (uniform 0-{args.max_delay:.0f} s) after the flash pod's first failing /health, "
+        "a new operator process started at once",
+        "expected": "each time exactly one Deployment image write to sdpa (watch), revision 2, one fallback "
+        "record, status Ready/sdpa/FlashAttentionDegraded, at most one FlashAttentionFallback Event",
+        "iterations": args.iterations,
+        "seed": args.seed,
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": round(time.monotonic() - start, 1),
+        "phase_at_kill": phases,
+        "events_lost": sum(1 for r in runs if r["events"] == 0),
+        "ready_after_kill_s_max": max(ready) if ready else None,
+        "failed_iterations": sum(1 for r in runs if r["violations"]),
+        "runs": runs,
+    }
+    result["ok"] = result["failed_iterations"] == 0
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if result["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.reliability")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -161,6 +217,18 @@ def main(argv: list[str] | None = None) -> int:
         "--out", help="write the result JSON here (bench/results/reliability-manifests-<date>.json)"
     )
     p.set_defaults(func=manifests)
+    p = sub.add_parser(
+        "operator-kill", help="SIGKILL the operator during a rollback on devcluster, restart it"
+    )
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument(
+        "--max-delay", type=float, default=20.0, help="kill up to this long after the window opens"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", help="write the result JSON here (bench/results/reliability-operator-kill-<date>.json)"
+    )
+    p.set_defaults(func=operator_kill)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
