@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from devcluster import build, images
+from devcluster import build, images, restarts
 from devcluster.controlplane import PROCESSES, Layout
 from devcluster.kubelet import KubeletConfig
 from devcluster.nodes import DEFAULT_NODES, NodeSpec
@@ -282,6 +282,13 @@ class Cluster:
         """
         entry = images.stand_in(repository_suffix_or_image, tuple(command), dict(env or {}), uid)
         images.add(self.layout.images, entry)
+
+    def restart_component(self, name: str, down_s: float = 0.0, timeout: float = 90.0) -> dict[str, Any]:
+        """Stop a control-plane process (``etcd``, ``kube-apiserver``, ``kube-controller-manager``,
+        ``kube-scheduler``), keep it down ``down_s`` seconds and start it again (same ports, same etcd
+        data); returns once it is healthy, with the times (:mod:`devcluster.restarts`)."""
+        restarts.request(self.state_dir, name, down_s)
+        return restarts.wait_done(self.state_dir, name, timeout + down_s)
 
     def pod_log(self, namespace: str, pod: str, container: str | None = None, previous: bool = False) -> str:
         """The output of a pod's container (the only one when ``container`` is None)."""

@@ -1,18 +1,22 @@
-"""The operator killed with SIGKILL during a flash->sdpa rollback and restarted: still exactly one rollback.
+"""A fault injected into the operator's loop on devcluster at a chosen moment: nothing done twice, nothing lost.
 
 One iteration, on devcluster with the real operator and inference-server processes (tiny checkpoint, CPU:
-flash-attn cannot load, so the flash pod's ``/health`` reports the failure the operator acts on):
+flash-attn cannot load, so a flash pod's ``/health`` reports the failure the operator acts on):
 
-1. an OmegaVLM with ``attention: auto`` is created; a Deployment watch records every spec version;
-2. the window opens at the first failing ``/health`` of a flash pod (polled by us at ``podIP:8000``)
-   and closes when the OmegaVLM is Ready on sdpa;
-3. the operator is killed (SIGKILL) at a trigger: a delay after the window opened (the benchmark draws
-   it at random) or the moment a phase is reached (``recorded``: the fallback record is in the status;
-   ``moved``: the Deployment is on sdpa) — the CI test takes every phase once;
-4. a new operator process is started at once; the iteration waits for Ready on sdpa, lets a few probe
-   intervals pass and checks: the Deployment's server image went flash -> sdpa once (no second image
-   write), one sdpa ReplicaSet (revision 2), the fallback record written once and unchanged, the status
-   consistent (Ready, variant/active/image sdpa, FlashAttentionDegraded True), at most one Event.
+1. an OmegaVLM is created: ``attention: auto`` (a flash->sdpa rollback follows) or ``attention: sdpa``
+   (a plain reconcile); a Deployment watch (re-listing after errors) records every spec version;
+2. the window opens at the first failing ``/health`` of a flash pod (polled by us at ``podIP:8000``), or
+   for sdpa at the create; it closes when the OmegaVLM is Ready on sdpa;
+3. the fault comes at a trigger: a delay after the window opened (the benchmark draws it at random) or the
+   moment a phase is reached (``recorded``: the fallback record is in the status; ``moved``: the
+   Deployment is on sdpa). Faults: ``operator`` (SIGKILL, then a new operator process at once),
+   ``kube-apiserver`` or ``etcd`` (stopped, kept down a few seconds, started again by devcluster's
+   supervisor, :meth:`devcluster.Cluster.restart_component`; the operator is not restarted);
+4. the iteration waits for Ready on sdpa, lets a few probe intervals pass and checks: the Deployment's
+   server image written once per variant (flash -> sdpa, or sdpa alone: no second image write), the
+   revision, one fallback record (unchanged), the status consistent (Ready, variant/active/image sdpa,
+   FlashAttentionDegraded as expected), at most one Event, and for a control-plane fault that the
+   operator process is the one started first (it converged without a restart of its own).
 """
 
 from __future__ import annotations
@@ -46,9 +50,11 @@ from tests.e2e.fallback_support import (
     wait_for,
 )
 
-NAME = "killed"
+NAME = "faulted"
 SERVER_PORT = 8000  # omega_operator.builders.CONTAINER_PORT
 PHASES = ("window_open", "recorded", "moved")
+FAULTS = ("none", "operator", "kube-apiserver", "etcd")
+DOWN_S = 5.0  # how long a restarted control-plane process stays down
 
 
 class DeploymentWatch:
@@ -61,6 +67,7 @@ class DeploymentWatch:
         self._watch = watch.Watch()
         self.namespace = namespace
         self.versions: list[tuple[int, str]] = []  # (metadata.generation, server image), in watch order
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> DeploymentWatch:
@@ -68,22 +75,24 @@ class DeploymentWatch:
         return self
 
     def _run(self) -> None:
-        try:
-            for ev in self._watch.stream(
-                self._apps.list_namespaced_deployment, self.namespace, timeout_seconds=900
-            ):
-                dep = ev["object"].to_dict()
-                gen = int(dep["metadata"].get("generation") or 0)
-                containers = dep["spec"]["template"]["spec"]["containers"]
-                image = next(
-                    (c["image"] for c in containers if c["name"] == "server"), containers[0]["image"]
-                )
-                if not self.versions or self.versions[-1][0] != gen:
-                    self.versions.append((gen, image))
-        except Exception:  # the watch ends with the iteration (stop) or the cluster
-            return
+        while not self._stopped.is_set():
+            try:
+                for ev in self._watch.stream(
+                    self._apps.list_namespaced_deployment, self.namespace, timeout_seconds=900
+                ):
+                    self._record(ev["object"].to_dict())
+            except Exception:  # the API server restarting: list and watch again
+                time.sleep(0.5)
+
+    def _record(self, dep: dict[str, Any]) -> None:
+        gen = int(dep["metadata"].get("generation") or 0)
+        containers = dep["spec"]["template"]["spec"]["containers"]
+        image = next((c["image"] for c in containers if c["name"] == "server"), containers[0]["image"])
+        if all(g != gen for g, _ in self.versions):  # a re-list sends the same version again
+            self.versions.append((gen, image))
 
     def stop(self) -> None:
+        self._stopped.set()
         self._watch.stop()
 
     @property
@@ -137,16 +146,18 @@ def _reached(cluster: Cluster, namespace: str, phase: str) -> bool:
 
 
 @dataclass
-class KillRun:
+class FaultRun:
     """What one iteration did and saw."""
 
     index: int
+    fault: str
+    attention: str
     trigger: str  # "delay:<s>" or "phase:<name>"
     namespace: str = ""
-    window_open_s: float = 0.0  # from the create to the first failing /health
-    killed_after_s: float = 0.0  # from the window opening to the kill
-    phase_at_kill: str = ""
-    ready_after_kill_s: float = 0.0  # from the kill to Ready on sdpa (restart included)
+    window_open_s: float = 0.0  # from the create to the first failing /health (0 for sdpa)
+    fault_after_s: float = 0.0  # from the window opening to the fault
+    phase_at_fault: str = ""
+    ready_after_fault_s: float = 0.0  # from the fault to Ready on sdpa (restart included)
     image_writes: list[str] = field(default_factory=list)
     spec_generations: int = 0
     fallback_records: int = 0
@@ -157,7 +168,7 @@ class KillRun:
         return asdict(self)
 
 
-def _status_violations(obj: dict[str, Any]) -> list[str]:
+def _status_violations(obj: dict[str, Any], rollback: bool) -> list[str]:
     status = obj.get("status") or {}
     att = status.get("attention") or {}
     fb = att.get("fallback") or {}
@@ -166,15 +177,34 @@ def _status_violations(obj: dict[str, Any]) -> list[str]:
         bad.append(f"phase {status.get('phase')}")
     if att.get("active") != "sdpa" or status.get("variant") != "sdpa" or status.get("image") != SDPA_IMAGE:
         bad.append(f"status not on sdpa: {att.get('active')}, {status.get('variant')}, {status.get('image')}")
-    if fb.get("reason") != "FlashAttentionLoadFailed" or (fb.get("fromImage"), fb.get("toImage")) != (
-        FLASH_IMAGE,
-        SDPA_IMAGE,
-    ):
-        bad.append(f"fallback record {fb}")
     degraded = condition(obj, "FlashAttentionDegraded")
-    if degraded is None or degraded.get("status") != "True":
-        bad.append(f"FlashAttentionDegraded {degraded}")
+    if rollback:
+        if fb.get("reason") != "FlashAttentionLoadFailed" or (fb.get("fromImage"), fb.get("toImage")) != (
+            FLASH_IMAGE,
+            SDPA_IMAGE,
+        ):
+            bad.append(f"fallback record {fb}")
+        if degraded is None or degraded.get("status") != "True":
+            bad.append(f"FlashAttentionDegraded {degraded}")
+    elif fb or (degraded is not None and degraded.get("status") == "True"):
+        bad.append(f"a fallback without flash: {fb} {degraded}")
     return bad
+
+
+def _inject(fault: str, cluster: Cluster, op: OperatorProcess) -> OperatorProcess | None:
+    """Do the fault; returns the operator process started after a SIGKILL (None otherwise).
+    ``none``: nothing (the benchmark's calibration run, which measures the window)."""
+    if fault == "none":
+        return None
+    if fault == "operator":
+        assert op.proc is not None
+        op.proc.kill()  # SIGKILL: no shutdown of any kind
+        op.proc.wait(timeout=10)
+        return OperatorProcess(
+            cluster, op.namespace, op.log_path.with_name(op.log_path.stem + "-b.log")
+        ).start()
+    cluster.restart_component(fault, down_s=DOWN_S)
+    return None
 
 
 def run_iteration(
@@ -183,36 +213,37 @@ def run_iteration(
     workdir: Path,
     index: int,
     *,
+    fault: str = "operator",
+    attention: str = "auto",
     delay_s: float | None = None,
     phase: str = "",
-) -> KillRun:
-    """One kill-and-restart iteration in a namespace of its own (deleted at the end)."""
+) -> FaultRun:
+    """One fault iteration in a namespace of its own (deleted at the end)."""
     trigger = f"delay:{delay_s:.2f}" if delay_s is not None else f"phase:{phase}"
-    run = KillRun(index=index, trigger=trigger)
-    ns = run.namespace = make_namespace(cluster, f"kill{index}")
-    first = OperatorProcess(cluster, ns, workdir / f"operator-{index}-a.log").start()
+    run = FaultRun(index=index, fault=fault, attention=attention, trigger=trigger)
+    rollback = attention == "auto"
+    ns = run.namespace = make_namespace(cluster, f"fault{index}")
+    first = OperatorProcess(cluster, ns, workdir / f"operator-{index}.log").start()
     second: OperatorProcess | None = None
     watch = DeploymentWatch(cluster, ns).start()
     records: list[str] = []
     try:
         t0 = time.monotonic()
-        cluster.apply(omegavlm(NAME, ns, model_dir, attention="auto"))
-        wait_for(
-            lambda: flash_health_failing(cluster, ns), 300, "a flash pod's /health failing", interval=0.2
-        )
+        cluster.apply(omegavlm(NAME, ns, model_dir, attention=attention))
+        if rollback:
+            wait_for(
+                lambda: flash_health_failing(cluster, ns), 300, "a flash pod's /health failing", interval=0.2
+            )
         opened = time.monotonic()
         run.window_open_s = opened - t0
         if delay_s is not None:
             time.sleep(delay_s)
-        else:
+        elif phase != "window_open":
             wait_for(lambda: _reached(cluster, ns, phase), 240, f"phase {phase}", interval=0.1)
-        assert first.proc is not None
-        first.proc.kill()  # SIGKILL: no shutdown of any kind
-        first.proc.wait(timeout=10)
-        killed = time.monotonic()
-        run.killed_after_s = killed - opened
-        run.phase_at_kill = phase_now(cluster, ns)
-        second = OperatorProcess(cluster, ns, workdir / f"operator-{index}-b.log").start()
+        run.phase_at_fault = phase_now(cluster, ns)
+        at = time.monotonic()
+        run.fault_after_s = at - opened
+        second = _inject(fault, cluster, first)
 
         def ready() -> bool:
             fb = (ovlm(cluster, ns, NAME).get("status") or {}).get("attention", {}).get("fallback")
@@ -220,32 +251,35 @@ def run_iteration(
                 records.append(json.dumps(fb, sort_keys=True))
             return phase_now(cluster, ns) == "ready" and all_ready_on(cluster, ns, SDPA_IMAGE, 1)
 
-        wait_for(ready, 300, "Ready on sdpa after the restart", interval=0.5)
-        run.ready_after_kill_s = time.monotonic() - killed
-        time.sleep(3 * PROBE_INTERVAL + 1)  # a few refresh rounds of the new process: nothing may move
+        wait_for(ready, 300, "Ready on sdpa after the fault", interval=0.5)
+        run.ready_after_fault_s = time.monotonic() - at
+        time.sleep(3 * PROBE_INTERVAL + 1)  # a few refresh rounds: nothing may move
         ready()
         obj = ovlm(cluster, ns, NAME)
         run.image_writes = watch.image_writes
         run.spec_generations = len(watch.versions)
         run.fallback_records = len(records)
         run.events = len(events(cluster, ns, "FlashAttentionFallback"))
-        if run.image_writes != [FLASH_IMAGE, SDPA_IMAGE]:
+        want = [FLASH_IMAGE, SDPA_IMAGE] if rollback else [SDPA_IMAGE]
+        if run.image_writes != want:
             run.violations.append(f"Deployment image writes {run.image_writes}")
-        if replica_set_images(cluster, ns) != {FLASH_IMAGE, SDPA_IMAGE}:
+        if replica_set_images(cluster, ns) != set(want):
             run.violations.append(f"ReplicaSet images {replica_set_images(cluster, ns)}")
         dep = deployment(cluster, ns, NAME) or {}
         revision = (dep.get("metadata") or {}).get("annotations", {}).get("deployment.kubernetes.io/revision")
-        if revision != "2":
+        if revision != str(len(want)):
             run.violations.append(f"Deployment revision {revision}")
-        if run.fallback_records != 1:
+        if run.fallback_records != int(rollback):
             run.violations.append(f"{run.fallback_records} distinct fallback records")
         if run.events > 1:
             run.violations.append(f"{run.events} FlashAttentionFallback Events")
-        run.violations.extend(_status_violations(obj))
+        run.violations.extend(_status_violations(obj, rollback))
+        if second is None and (first.proc is None or first.proc.poll() is not None):
+            run.violations.append("the operator process exited after the control-plane fault")
         for op in (first, second):
-            if "Traceback" in op.log():
+            if op is not None and "Traceback" in op.log():
                 run.violations.append(f"traceback in {op.log_path.name}")
-    except (TimeoutError, AssertionError) as e:
+    except (TimeoutError, AssertionError, RuntimeError) as e:
         run.violations.append(f"{type(e).__name__}: {e}")
     finally:
         watch.stop()
