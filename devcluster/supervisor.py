@@ -30,7 +30,7 @@ from devcluster.apiclient import Api
 from devcluster.apiproxy import ApiProxy, service_address
 from devcluster.kubelet import Ipam, Kubelet, KubeletConfig
 from devcluster.kubeletapi import KubeletServer
-from devcluster.nodeagent import NodeAgent
+from devcluster.nodeagent import LEASE_RENEW_S, PAUSED_NODES, NodeAgent
 from devcluster.nodes import NodeSpec
 from devcluster.procs import PidRegistry, spawn, stop_pid
 from devcluster.settings import bin_dir
@@ -145,12 +145,15 @@ class Supervisor:
 
         self._wait("etcd", etcd_ok, 30, etcd)
         self.health["etcd"] = etcd_ok
-        apiserver = self._spawn("kube-apiserver", cp.apiserver_argv(binaries, layout, ports))
+        api_flags, kcm_flags = cp.node_loss_flags(self.config.get("node_loss"))
+        apiserver = self._spawn("kube-apiserver", cp.apiserver_argv(binaries, layout, ports, api_flags))
         api = Api(server, token, str(layout.pki / "ca.crt"))
         self._wait("kube-apiserver /readyz", lambda: api.ok("/readyz"), 60, apiserver)
         self.health["kube-apiserver"] = lambda: api.ok("/readyz")
         log.info("apiserver ready after %.1f s", time.monotonic() - t0)
-        kcm = self._spawn("kube-controller-manager", cp.controller_manager_argv(binaries, layout, ports))
+        kcm = self._spawn(
+            "kube-controller-manager", cp.controller_manager_argv(binaries, layout, ports, kcm_flags)
+        )
         sched = self._spawn("kube-scheduler", cp.scheduler_argv(binaries, layout, ports))
 
         # kubectl logs: the apiserver asks <node IP>:10250 (TLS not verified without --kubelet-certificate-authority).
@@ -161,9 +164,10 @@ class Supervisor:
         # The kubernetes Service (pods' /etc/hosts name it kubernetes.default.svc): port 443 of the pod range.
         self.api_proxy = ApiProxy((service_address(prefix), 443), ("127.0.0.1", ports.apiserver))
         self.api_proxy.start()
-        agent = NodeAgent(api, nodes, node_ips)
-        agent.register()
         kcfg = KubeletConfig(**self.config.get("kubelet", {}))
+        renew = kcfg.lease_renew_s if self.config.get("node_loss") else LEASE_RENEW_S
+        agent = NodeAgent(api, nodes, node_ips, renew, paused_file=layout.state / PAUSED_NODES)
+        agent.register()
         self.kubelet = Kubelet(
             api,
             node_ips,

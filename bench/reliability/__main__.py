@@ -243,6 +243,50 @@ def control_plane(args: argparse.Namespace) -> int:
     )
 
 
+def node_loss(args: argparse.Namespace) -> int:
+    import os
+
+    from bench.reliability.node_loss import TIMINGS, run_node_loss
+    from devcluster import TEST_KUBELET, Cluster
+    from tests.e2e.fallback_support import install_crd, tiny_checkpoint
+
+    runs = []
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Cluster.start(
+            Path(tmp) / "cluster", kubelet=TEST_KUBELET, owner_pid=os.getpid(), node_loss=TIMINGS
+        ) as cluster,
+    ):
+        install_crd(cluster)
+        model_dir = tiny_checkpoint(Path(tmp) / "tiny")
+        for i in range(args.iterations):
+            run = run_node_loss(cluster, model_dir, Path(tmp))
+            runs.append(run.as_dict())
+            print(f"  {i}: {run.as_dict()}", flush=True)
+            time.sleep(2 * TIMINGS["grace_s"])  # the node Ready again before the next loss
+    done = [r for r in runs if not r["violations"]]
+    result = {
+        "experiment": "node_loss",
+        "what": "the heartbeats (Lease, node status) of the node running an OmegaVLM's only pod (attention "
+        "sdpa, tiny model) stop; devcluster started with shortened timeouts: node-monitor grace period "
+        f"{TIMINGS['grace_s']:.0f} s (Kubernetes: 40 s), default not-ready/unreachable toleration "
+        f"{TIMINGS['toleration_s']:.0f} s (Kubernetes: 300 s), heartbeats every {TEST_KUBELET.lease_renew_s:.0f} s",
+        "expected": "the node NotReady, the pod evicted and a new one Ready on another Hopper node, the "
+        "OmegaVLM Ready again, the operator alive",
+        "iterations": args.iterations,
+        "date": time.strftime("%Y-%m-%d"),
+        "timings": TIMINGS,
+        "omegavlm_ready_again_s_max": max((r["omegavlm_ready_s"] for r in done), default=None),
+        "failed_iterations": len(runs) - len(done),
+        "runs": runs,
+    }
+    result["ok"] = not result["failed_iterations"]
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if result["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.reliability")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -282,6 +326,14 @@ def main(argv: list[str] | None = None) -> int:
         "--out", help="write the result JSON here (bench/results/reliability-control-plane-<date>.json)"
     )
     p.set_defaults(func=control_plane)
+    p = sub.add_parser(
+        "node-loss", help="stop a node's heartbeats; its pod moves, the OmegaVLM is Ready again"
+    )
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument(
+        "--out", help="write the result JSON here (bench/results/reliability-node-loss-<date>.json)"
+    )
+    p.set_defaults(func=node_loss)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
