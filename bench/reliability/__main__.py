@@ -208,18 +208,22 @@ def operator_kill(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
 
     def plan(window_s: float) -> list[dict[str, Any]]:
-        top = args.max_delay if args.max_delay is not None else window_s
+        top = window_s if args.measure_window else args.max_delay
         return [{"fault": "operator", "delay_s": rng.uniform(0.0, top)} for _ in range(args.iterations)]
 
     return _faults(
         args,
         plan,
         "OmegaVLM attention auto on devcluster (flash cannot load on CPU); the operator SIGKILLed at a random "
-        "moment (uniform over the window measured by a first run without a fault, or 0..--max-delay) after "
-        "the flash pod's first failing /health, a new operator process started at once",
+        + (
+            "moment (uniform over the window measured by a first run without a fault)"
+            if args.measure_window
+            else f"moment (uniform 0-{args.max_delay:.0f} s)"
+        )
+        + " after the flash pod's first failing /health, a new operator process started at once",
         "each time exactly one Deployment image write to sdpa (watch), revision 2, one fallback record, "
         "status Ready/sdpa/FlashAttentionDegraded, at most one FlashAttentionFallback Event",
-        calibrate=args.max_delay is None,
+        calibrate=args.measure_window,
     )
 
 
@@ -314,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument(
         "--max-delay", type=float, default=20.0, help="kill up to this long after the window opens"
+    )
+    p.add_argument(
+        "--measure-window",
+        action="store_true",
+        help="instead of --max-delay: a first run without a kill measures the window to draw from",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
