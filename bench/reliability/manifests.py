@@ -4,7 +4,9 @@ Expected for every manifest: refused by the API server (the CRD's schema and CEL
 that names a ``spec.`` field, or accepted and then either reconciled (a valid spec: a Deployment, Ready
 not ``InvalidSpec``) or marked ``Ready=False InvalidSpec`` naming the field, with no Deployment written.
 Which of the two an accepted spec deserves is decided by the operator's own validation layer
-(``omega_operator.api.parse_spec``); the experiment checks that the running operator acts on it.
+(``omega_operator.api.parse_spec``) on the spec as the API server stored it (unknown fields pruned);
+the experiment checks that the running operator acts on it. A body the API server cannot decode at all
+(a number beyond float64) is refused before any field is looked at: counted apart, its message names none.
 """
 
 from __future__ import annotations
@@ -75,18 +77,26 @@ def apply_batch(
         body = {**KIND_BODY, "metadata": {"name": name, "namespace": namespace}, "spec": spec}
         report.applied += 1
         try:
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
         except ApiException as exc:
-            if exc.status in (400, 422):
+            text = exc.body or ""
+            if exc.status in (400, 422) and "cannot be handled as" in text:
+                # not JSON the API server can decode into the object (e.g. a number beyond float64):
+                # refused before any field is looked at, so its message names none
+                report.outcomes["refused_undecodable"] += 1
+            elif exc.status in (400, 422):
                 report.outcomes["refused_by_api_server"] += 1
-                if "spec" not in (exc.body or ""):
+                if "spec" not in text:
                     report.violations.append(
-                        {"name": name, "why": "refusal names no spec field", "body": exc.body}
+                        {"name": name, "why": "refusal names no spec field", "body": text}
                     )
             else:
                 report.violations.append({"name": name, "why": f"API error {exc.status}", "spec": spec})
             continue
-        accepted[name] = spec
+        # what the operator sees: the spec as stored (the API server prunes fields its schema lacks)
+        accepted[name] = created.get("spec") or {}
+        if accepted[name] != spec:
+            report.outcomes["pruned_by_api_server"] += 1
     deadline = time.monotonic() + timeout
     verdicts: dict[str, dict[str, Any]] = {}
     while accepted.keys() - verdicts.keys() and time.monotonic() < deadline:

@@ -1,7 +1,7 @@
 """The chart installed on devcluster watching a list of namespaces: Roles and RoleBindings in the
 watched namespaces only (plus kopf's read-only CRD and namespace rules) are enough for the operator
 to reconcile and fall back there; other namespaces are closed to it. `helm upgrade` to proxy-mode
-probes grants pods/proxy and rolls the operator (Recreate); uninstall removes the Roles again."""
+probes keeps pods/proxy (auto, the default, has it already) and rolls the operator (Recreate); uninstall removes the Roles again."""
 
 from __future__ import annotations
 
@@ -67,12 +67,13 @@ def test_roles_only_in_the_watched_namespace(release: Release) -> None:
         (WATCHED, release.operator)
     ]
     rules = {(g, res) for rule in roles[0]["rules"] for g in rule["apiGroups"] for res in rule["resources"]}
-    assert ("", "pods") in rules and ("", "pods/proxy") not in rules  # direct probes by default
+    # auto probes by default: the pod proxy after a failed direct connection
+    assert ("", "pods") in rules and ("", "pods/proxy") in rules
     release.wait_operator_up()
     started = next(
         line for line in release.operator_log().splitlines() if "omega-vlm-operator started" in line
     )
-    assert f"'namespaces': ['{WATCHED}']" in started and "'health_probe_mode': 'direct'" in started
+    assert f"'namespaces': ['{WATCHED}']" in started and "'health_probe_mode': 'auto'" in started
     api = release.sa_api()
     custom = client.CustomObjectsApi(api)
     custom.list_namespaced_custom_object("vlm.omega.io", "v1alpha1", WATCHED, "omegavlms")
@@ -101,7 +102,7 @@ def test_reconciles_and_falls_back_in_the_watched_namespace(release: Release, ti
 
 
 def test_upgrade_to_proxy_probes(release: Release) -> None:
-    """`helm upgrade` to proxy-mode probes: the Role gains pods/proxy, the operator is recreated."""
+    """`helm upgrade` to proxy-mode probes: the Role has pods/proxy, the operator is recreated."""
     cluster = release.cluster
     old_pod = release.operator_pod()["metadata"]["name"]
     release.helm("upgrade", NAME, str(CHART), "--reuse-values", "--set", "operator.probe.mode=proxy")

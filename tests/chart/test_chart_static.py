@@ -268,7 +268,8 @@ def test_rbac_all_namespaces() -> None:
     assert main[("", "services")] == {"list", "watch", "create", "patch"}
     assert main[("policy", "poddisruptionbudgets")] >= {"create", "patch", "delete", "list", "watch"}
     assert main[("", "pods")] == {"list", "watch"}
-    assert ("", "pods/proxy") not in main  # direct probing by default
+    # auto probing by default: the pod proxy after a failed direct connection
+    assert main[("", "pods/proxy")] == {"get"}
     assert main[("", "events")] == {"create"}  # Events are only ever posted (kube.py, kopf)
     assert ("events.k8s.io", "events") not in main
     assert cluster == {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from omega_server import flash_failure
 from omega_server.app import http_config
 from omega_server.engine.types import EngineInfo
 from omega_server.health import Phase, health_body
@@ -24,10 +25,17 @@ def server_config(attn_impl: str = "flash_attention_2") -> Any:
 
 
 def engine_info(
-    *, attn: str = "sdpa", requested: str = "flash_attention_2", flash_error: str | None = FLASH_IMPORT_ERROR
+    *,
+    attn: str = "sdpa",
+    requested: str = "flash_attention_2",
+    flash_error: str | None = FLASH_IMPORT_ERROR,
+    flash_kind: str | None = None,
 ) -> EngineInfo:
-    """What a loaded engine reports: ``attn`` in use after asking for ``requested``."""
+    """What a loaded engine reports: ``attn`` in use after asking for ``requested``. ``flash_kind``:
+    the error's kind (default: the server's own ``flash_failure.classify`` of ``flash_error``)."""
     loaded = attn == "flash_attention_2"
+    if flash_kind is None and flash_error is not None and not loaded:
+        flash_kind = flash_failure.classify(None, flash_error, installed=False)
     return EngineInfo(
         attn=attn,
         attn_requested=requested,
@@ -36,6 +44,7 @@ def engine_info(
             "loaded": loaded,
             "version": "2.8.3.post2" if loaded else None,
             "error": None if loaded else flash_error,
+            "error_kind": None if loaded else flash_kind,
         },
         dtype="torch.bfloat16",
         devices=["cuda:0"],
@@ -63,6 +72,9 @@ def body(
 
 #: a ready server whose flash-attn failed to load: it fell back to sdpa in process
 READY_BODY: dict[str, Any] = body("ready", engine_info())
+#: a ready server whose flash warm-up ran out of GPU memory: it serves sdpa in process
+OOM_ERROR = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+OOM_BODY: dict[str, Any] = body("ready", engine_info(flash_error=OOM_ERROR))
 #: a ready server running flash-attn 2
 FLASH_BODY: dict[str, Any] = body("ready", engine_info(attn="flash_attention_2"))
 #: a server still loading: what it does not know yet is null

@@ -8,17 +8,20 @@ from typing import Any
 import pytest
 from omega_operator.health_report import (
     FLASH_BACKEND,
+    FLASH_ERROR_KINDS,
     FLASH_REQUESTS,
+    OUT_OF_MEMORY_KIND,
     FlashAttnInfo,
     HealthReport,
     parse_report,
 )
-from omega_server import attention, settings
+from omega_server import attention, flash_failure, settings
 
 from tests.contracts import server_bodies as sb
 
 BODIES = {
     "ready-after-flash-failure": sb.READY_BODY,
+    "ready-after-flash-oom": sb.OOM_BODY,
     "ready-on-flash": sb.FLASH_BODY,
     "loading": sb.LOADING_BODY,
     "failed": sb.FAILED_BODY,
@@ -79,6 +82,18 @@ def test_both_sides_agree_which_attn_impl_values_ask_for_flash(attn_impl: str) -
 def test_the_operator_accepts_every_attn_impl_the_server_accepts() -> None:
     assert set(settings.AttnImpl.__args__) == set(attention.CHOICES)  # type: ignore[attr-defined]
     assert set(attention.CHOICES) >= FLASH_REQUESTS
+
+
+def test_both_sides_agree_which_error_kinds_are_flash_faults() -> None:
+    """Only these kinds roll back (the operator), and they are the ones the server calls flash faults."""
+    assert flash_failure.FLASH_KINDS == FLASH_ERROR_KINDS
+    assert OUT_OF_MEMORY_KIND in flash_failure.ERROR_KINDS and OUT_OF_MEMORY_KIND not in FLASH_ERROR_KINDS
+    failed = parse_report(sb.READY_BODY)
+    assert failed is not None and failed.flash_attn.error_kind == "not_installed"
+    assert failed.flash_attn.flash_fault
+    oom = parse_report(sb.OOM_BODY)
+    assert oom is not None and oom.flash_failed and oom.flash_attn.error_kind == OUT_OF_MEMORY_KIND
+    assert not oom.flash_attn.flash_fault
 
 
 @pytest.mark.parametrize("name", sorted(BODIES))

@@ -58,6 +58,7 @@ def applied_defaults() -> dict[str, Any]:
         "spec.image.pullPolicy": container["imagePullPolicy"],
         "spec.fallback.enabled": view.enabled,
         "spec.fallback.crashLoopRestarts": view.crash_loop_restarts,
+        "spec.fallback.crashLoopWindowSeconds": view.crash_loop_window_seconds,
         "spec.runtime.maxBatchSize": env["MAX_BATCH_SIZE"],
         "spec.runtime.maxModelLength": env["MAX_MODEL_LENGTH"],
         "spec.runtime.dtype": env["DTYPE"],
@@ -115,6 +116,7 @@ def test_the_examples_that_spell_out_the_knobs_spell_out_the_defaults() -> None:
         "fallback": {
             "enabled": defaults.DEFAULT_FALLBACK_ENABLED,
             "crashLoopRestarts": defaults.DEFAULT_CRASH_LOOP_RESTARTS,
+            "crashLoopWindowSeconds": defaults.DEFAULT_CRASH_LOOP_WINDOW_SECONDS,
         },
     }
     example = yaml.safe_load((REPO / "examples" / "omegavlm.yaml").read_text())["spec"]

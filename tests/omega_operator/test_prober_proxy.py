@@ -193,3 +193,57 @@ def test_direct_mode_at_the_pod_ip(stub_pods: dict[str, dict[str, Any]]) -> None
     assert res["ok"].ready and res["ok"].report is not None and res["ok"].report.attn == "sdpa"
     assert res["loading"].http_status == 503 and res["loading"].report is not None
     assert res["loading"].report.status == "loading"
+
+
+def test_auto_mode_goes_through_the_api_server_when_the_direct_connection_fails(devcluster: Cluster) -> None:
+    """auto: the direct connection is refused (as behind a NetworkPolicy), the pod proxy reaches the
+    pod; when both fail, the result says both."""
+    ip, ns = host_ip(), "health-proxy-auto"
+    core = client.CoreV1Api(devcluster.api_client())
+    devcluster.kubectl("create", "namespace", ns)
+    proxy = load_credentials(str(devcluster.kubeconfig))
+
+    async def main() -> tuple[Any, Any, Any]:
+        async def h(_: web.Request) -> web.Response:
+            return web.json_response(READY_BODY)
+
+        app = web.Application()
+        app.router.add_get("/health", h)
+        runner = web.AppRunner(app, shutdown_timeout=0.2)
+        await runner.setup()
+        await web.TCPSite(runner, ip, 0).start()
+        port = int(runner.addresses[0][1])
+        try:
+
+            def make_pod() -> None:
+                pod: Any = {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": "ok", "namespace": ns},
+                    "spec": {
+                        "nodeName": "proxy-test-node",
+                        "containers": [{"name": "server", "image": IMAGE}],
+                    },
+                }
+                core.create_namespaced_pod(ns, pod)
+                status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+                core.patch_namespaced_pod_status("ok", ns, status)
+
+            await asyncio.to_thread(make_pod)
+            async with HealthProber(timeout_s=5, fallback_proxy=proxy) as prober:
+                # Directly, nothing answers at this address (refused); the API server reaches the pod.
+                via_proxy = await prober.probe(ProbeTarget(ns, "ok", "127.0.0.1", port))
+                direct = await prober.probe(ProbeTarget(ns, "ok", ip, port))  # direct works: no proxy
+                both = await prober.probe(ProbeTarget(ns, "ok", "127.0.0.1", free_port(ip)))
+                return via_proxy, direct, both
+        finally:
+            await runner.cleanup()
+
+    try:
+        via_proxy, direct, both = asyncio.run(main())
+    finally:
+        devcluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    assert via_proxy.outcome is ProbeOutcome.REPORT and via_proxy.ready, via_proxy
+    assert direct.outcome is ProbeOutcome.REPORT and direct.ready, direct
+    assert both.outcome is ProbeOutcome.UNREACHABLE
+    assert both.error.startswith("direct: ") and "through the API server: " in both.error, both.error

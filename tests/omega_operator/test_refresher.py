@@ -60,3 +60,74 @@ def test_a_round_reconciles_what_is_due_and_a_failure_does_not_stop_the_others()
 
     asyncio.run(main())
     assert sorted(done) == ["ok", "ok2"]
+
+
+def _body(uid: str, generation: int, image: str) -> dict[str, Any]:
+    return {"metadata": {"uid": uid, "name": uid, "generation": generation}, "spec": {"image": image}}
+
+
+def test_an_update_landing_while_a_tick_is_queued_wins_and_ticks_do_not_pile_up() -> None:
+    """Issue 12.5: the tick waits behind a full gate; the spec changes meanwhile; the tick reconciles
+    the new spec (the body is read when it runs), and a second round queues no second tick."""
+    index = {"u": _body("u", 1, "old")}
+    seen: list[str] = []
+    release = asyncio.Event()
+
+    async def reconcile(body: Mapping[str, Any]) -> None:
+        seen.append(body["spec"]["image"])
+
+    async def main() -> None:
+        r = Refresher(1.0, lambda: list(index.values()), reconcile, concurrency=1)
+        r.schedule.rng = random.Random(0)
+        r.schedule.due_now(["u"], 0.0)
+
+        async def hold_the_gate() -> None:
+            async with r._gate:
+                await release.wait()
+
+        blocker = asyncio.create_task(hold_the_gate())
+        await asyncio.sleep(0)
+        first = r.round(1.0)
+        assert len(first) == 1 and r.in_flight == {"u"}
+        # Due again while the first tick still waits: no second tick.
+        assert r.round(5.0) == [] and r.round(9.0) == []
+        index["u"] = _body("u", 2, "new")  # the update lands while the tick is queued
+        release.set()
+        await asyncio.gather(blocker, *first)
+        assert seen == ["new"]  # the new spec won; the old one never ran
+        assert r.in_flight == set()
+        assert len(r.round(20.0)) == 1  # and the object ticks again later
+
+    asyncio.run(main())
+
+
+def test_a_tick_for_an_object_that_is_gone_does_nothing() -> None:
+    index = {"u": _body("u", 1, "old")}
+    seen: list[str] = []
+
+    async def reconcile(body: Mapping[str, Any]) -> None:
+        seen.append(body["spec"]["image"])
+
+    async def main() -> None:
+        r = Refresher(1.0, lambda: list(index.values()), reconcile, concurrency=1)
+        r.schedule.due_now(["u"], 0.0)
+        tasks = r.round(2.0)
+        del index["u"]
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert seen == []
+
+
+def test_the_body_under_the_lock_is_the_index_copy_and_an_older_generation_is_skipped() -> None:
+    from omega_operator.runtime import current_body
+
+    passed = _body("u", 1, "old")
+    assert current_body(passed, [_body("u", 2, "new")]) is None  # stale tick: skipped
+    assert (
+        current_body(passed, [_body("u", 1, "same-gen-newer-copy")])["spec"]["image"] == "same-gen-newer-copy"
+    )  # type: ignore[index]
+    newer = _body("u", 3, "handler")
+    assert current_body(newer, [_body("u", 2, "lagging")]) is newer  # the index lags: keep it
+    assert current_body(passed, []) is passed
+    assert current_body(passed, [_body("other-uid", 9, "x")]) is passed

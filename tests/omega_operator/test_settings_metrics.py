@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 def test_settings_defaults() -> None:
     s = OperatorSettings()
     assert s.namespaces == [] and s.probe_interval == 10.0
-    assert s.peering is None and s.health_probe_mode == "direct"
+    assert s.peering is None and s.health_probe_mode == "auto"
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -135,6 +135,7 @@ def test_kernel_error_at_warm_up_switches_to_sdpa_in_place(tiny_checkpoint: Call
         choice.flash_attn.error
         == "RuntimeError: CUDA error: no kernel image is available for execution on the device"
     )
+    assert choice.flash_attn.error_kind == "unsupported_device"
     assert choice.flash_load_failures == 1
 
 
@@ -199,6 +200,7 @@ def test_status_dict_shape() -> None:
         "loaded": False,
         "version": None,
         "error": "ImportError: x",
+        "error_kind": None,
     }
 
 

@@ -47,9 +47,9 @@ rule names the code path (operator/src/omega_operator/...) that needs it.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["list", "watch"]
-{{- if eq .Values.operator.probe.mode "proxy" }}
-# prober.py HealthProber in proxy mode (OMEGA_OPERATOR_HEALTH_PROBE_MODE=proxy):
-# GET /api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/health.
+{{- if ne .Values.operator.probe.mode "direct" }}
+# prober.py HealthProber in proxy or auto mode (OMEGA_OPERATOR_HEALTH_PROBE_MODE=proxy|auto; auto
+# only after a failed direct connection): GET /api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/health.
 - apiGroups: [""]
   resources: ["pods/proxy"]
   verbs: ["get"]

@@ -12,6 +12,7 @@ from typing import Any
 from omega_operator.api.defaults import (
     DEFAULT_ATTENTION,
     DEFAULT_CRASH_LOOP_RESTARTS,
+    DEFAULT_CRASH_LOOP_WINDOW_SECONDS,
     DEFAULT_DTYPE,
     DEFAULT_FALLBACK_ENABLED,
     DEFAULT_GPU_COUNT,
@@ -89,6 +90,13 @@ def crash_loop_restarts(spec: OmegaVLMSpec) -> int:
     if spec.fallback is None or spec.fallback.crash_loop_restarts is None:
         return DEFAULT_CRASH_LOOP_RESTARTS
     return spec.fallback.crash_loop_restarts
+
+
+def crash_loop_window(spec: OmegaVLMSpec) -> int:
+    """Seconds from a pod's start inside which its restarts count as a failed flash load."""
+    if spec.fallback is None or spec.fallback.crash_loop_window_seconds is None:
+        return DEFAULT_CRASH_LOOP_WINDOW_SECONDS
+    return spec.fallback.crash_loop_window_seconds
 
 
 def startup_timeout(spec: OmegaVLMSpec) -> int:
@@ -392,7 +400,8 @@ def deployment(spec: OmegaVLMSpec, owner: Owner, variant_: str) -> dict[str, Any
         "spec": {
             "replicas": replicas(spec),
             "selector": {"matchLabels": selector_labels(owner.name)},
-            # GPUs are scarce: take a pod down before starting its replacement, never surge.
+            # GPUs are scarce: take a pod down before starting its replacement, never surge. (A
+            # rollback to sdpa of pods that still serve surges instead: reconcile sets rollout.strategy.)
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
             "revisionHistoryLimit": 3,
             # A rollout may take one full model load plus slack before it counts as stalled.

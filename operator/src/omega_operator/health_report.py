@@ -22,6 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 #: ``ATTN_IMPL`` values that ask the server for flash-attn 2 first (``auto`` = flash, then sdpa).
 FLASH_REQUESTS = frozenset({"flash_attention_2", "auto"})
 FLASH_BACKEND = "flash_attention_2"
+#: ``flash_attn.error_kind`` values that are a fault of flash-attn on this build or device: the only
+#: ones a rollback acts on (the server's ``flash_failure.FLASH_KINDS``: tests/contracts checks it).
+#: ``out_of_memory`` and ``other`` are not; a server too old to send a kind is read as a flash fault.
+FLASH_ERROR_KINDS = frozenset({"not_installed", "import_error", "unsupported_device", "kernel_error"})
+OUT_OF_MEMORY_KIND = "out_of_memory"
 
 
 class FlashAttnInfo(BaseModel):
@@ -33,6 +38,12 @@ class FlashAttnInfo(BaseModel):
     loaded: bool = False
     version: str | None = None
     error: str | None = None
+    error_kind: str | None = None  # the server's classification of ``error`` (None: none, or an old server)
+
+    @property
+    def flash_fault(self) -> bool:
+        """The error is a fault of flash-attn (a flash kind, or no kind from an older server)."""
+        return self.error_kind is None or self.error_kind in FLASH_ERROR_KINDS
 
 
 class HealthReport(BaseModel):

@@ -17,9 +17,10 @@ from typing import Any
 
 from omega_operator import builders as b
 from omega_operator import conditions as c
-from omega_operator import drift, fallback, metrics, model_claim, rollback
+from omega_operator import drift, fallback, metrics, model_claim, rollback, rollout
 from omega_operator import status as st
 from omega_operator.api.validation import InvalidSpec, parse_spec
+from omega_operator.health_probed import ProbeLedger
 from omega_operator.health_report import ProbeResult
 from omega_operator.kube import ApiError, Kube
 from omega_operator.prober import HealthProber, pod_target
@@ -87,15 +88,17 @@ async def reconcile(
     observed: Observed,
     prober: HealthProber | None = None,
     probes: dict[str, ProbeResult] | None = None,
+    ledger: ProbeLedger | None = None,
 ) -> Result:
     """Converge one OmegaVLM. Raises ApiError on API failures (the caller maps them to retries).
 
     Pods are probed with `prober` unless `probes` (earlier results) are given; `Result.probes`
-    returns what was used, so callers can reuse it for reconciles between probe rounds.
+    returns what was used, so callers can reuse it for reconciles between probe rounds. `ledger`
+    remembers when each pod last answered (the HealthProbed condition; none without it).
     """
     started = time.monotonic()
     try:
-        res = await _reconcile(kube, body, observed, prober, probes)
+        res = await _reconcile(kube, body, observed, prober, probes, ledger)
     except Exception as exc:
         metrics.RECONCILES.labels("error").inc()
         metrics.count_error(metrics.error_kind(exc))
@@ -114,6 +117,7 @@ async def _reconcile(
     observed: Observed,
     prober: HealthProber | None,
     probes: dict[str, ProbeResult] | None,
+    ledger: ProbeLedger | None = None,
 ) -> Result:
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
@@ -136,11 +140,13 @@ async def _reconcile(
     if probes is None:
         probes = await _probe(prober, observed.pods)
     res.probes = probes
+    probed = ledger.observe(str(meta.get("uid")), observed.pods, probes, time.time()) if ledger else None
     now = datetime.now(UTC)  # the clock, read once for the decision and the status it leads to
+    views = [fallback.PodView.from_pod(p, b.CONTAINER) for p in observed.pods]
     decision = fallback.decide(
         fallback.fallback_spec(spec),
         old.get("attention"),
-        [fallback.PodView.from_pod(p, b.CONTAINER) for p in observed.pods],
+        views,
         probes,
         annotations=meta.get("annotations") or {},
         now=now,
@@ -159,6 +165,8 @@ async def _reconcile(
     deployment, service, pdb = b.children(
         spec, owner, variant, await kube.pdb_api_version(), await kube.pdb_always_allow()
     )
+    # A rollback replaces pods that still serve one new pod before one old pod (rollout.py).
+    deployment["spec"]["strategy"] = rollout.strategy(decision, views)
 
     async def converge(kind: str, desired: dict[str, Any], actual: dict[str, Any] | None) -> None:
         desired = drift.stamp(desired)
@@ -204,6 +212,8 @@ async def _reconcile(
         flash=verdict.flash,
         now=c.rfc3339(now),
         name=name,
+        waiting_for_capacity=rollout.waiting_for_capacity(decision, views),
+        probed=probed,
     )
     res.status_patch = st.diff(old, new)
     if res.status_patch:

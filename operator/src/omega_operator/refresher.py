@@ -1,6 +1,11 @@
 """The refresh loop: every OmegaVLM is reconciled again once per probe interval, jittered per object.
 
 Each round probes the object's pods, refreshes its observed state and repairs drifted children.
+At most one tick per object is queued or running: an object whose last tick has not finished
+(slow probes, a full concurrency gate) gets no second one, so the backlog is bounded by the number
+of objects. A tick carries the object's uid, not its body: the body is looked up when the tick
+runs (``Refresher.bodies``, the index), so an update that landed while it waited is what it
+reconciles (the operator re-reads it once more under the object's lock: ``runtime``).
 
 One loop for the whole operator instead of a kopf timer or daemon per object: kopf's timers and
 daemons put a finalizer on every object (an extra write each, and deletion would hang while the
@@ -73,20 +78,35 @@ class Refresher:
         self.reconcile = reconcile
         self._gate = asyncio.Semaphore(concurrency)
         self._running: set[asyncio.Task[None]] = set()
+        self.in_flight: set[str] = set()  # uids with a tick queued or running
 
-    async def _tick(self, body: Body) -> None:
-        async with self._gate:
-            try:
-                await self.reconcile(body)
-            except Exception as exc:  # the next round retries; one bad object must not stop the loop
-                log.warning("refresh of %s failed: %s", (body.get("metadata") or {}).get("name"), exc)
+    def _body(self, uid: str) -> Body | None:
+        """The object's body as the index has it now (None once it is gone)."""
+        return next((b for b in self.bodies() if str((b.get("metadata") or {}).get("uid")) == uid), None)
+
+    async def _tick(self, uid: str) -> None:
+        try:
+            async with self._gate:
+                body = self._body(uid)  # read when the tick runs, not when it was queued
+                if body is None:
+                    return
+                try:
+                    await self.reconcile(body)
+                except Exception as exc:  # the next round retries; one bad object must not stop the loop
+                    log.warning("refresh of %s failed: %s", (body.get("metadata") or {}).get("name"), exc)
+        finally:
+            self.in_flight.discard(uid)
 
     def round(self, now: float) -> list[asyncio.Task[None]]:
-        """Start the reconciles due at ``now`` (in the background); returns their tasks."""
+        """Start the reconciles due at ``now`` (in the background), one per object at most in flight;
+        returns the tasks started."""
         by_uid = {str((body.get("metadata") or {}).get("uid")): body for body in self.bodies()}
         tasks = []
         for uid in self.schedule.due_now(by_uid, now):
-            task = asyncio.create_task(self._tick(by_uid[uid]))
+            if uid in self.in_flight:
+                continue  # its last tick is still queued or running: no pile-up
+            self.in_flight.add(uid)
+            task = asyncio.create_task(self._tick(uid))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
             tasks.append(task)

@@ -18,6 +18,7 @@ import kopf
 from omega_operator import metrics
 from omega_operator.cache import ObjectCache
 from omega_operator.credentials import load_credentials
+from omega_operator.health_probed import ProbeLedger
 from omega_operator.indexes import Indexes, child_key, owned, raw
 from omega_operator.kube import ApiError, Kube
 from omega_operator.peering_gate import Peer, PeeringGate
@@ -28,6 +29,22 @@ from omega_operator.refresher import Refresher
 from omega_operator.settings import OperatorSettings
 
 log = logging.getLogger("omega_operator")
+
+
+def current_body(passed: dict[str, Any], indexed: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The body to reconcile, re-read from the index under the object's lock: the index's copy of
+    the same object (uid) when it is at least as new; ``passed`` when the index lags behind it (or
+    does not have it yet); None when ``passed`` is of an older generation than the index (the tick
+    is stale: the newer spec has its own reconcile and must not be overwritten by the old one)."""
+    uid = passed["metadata"].get("uid")
+    mine = next((raw(b) for b in indexed if (b.get("metadata") or {}).get("uid") == uid), None)
+    if mine is None:
+        return passed
+    old_gen = int(passed["metadata"].get("generation") or 0)
+    new_gen = int(mine["metadata"].get("generation") or 0)
+    if old_gen < new_gen:
+        return None
+    return passed if new_gen < old_gen else mine
 
 
 class Operator:
@@ -41,6 +58,7 @@ class Operator:
         self.indexes = indexes
         self.settings = settings
         self.cache = ObjectCache()
+        self.ledger = ProbeLedger(settings.probe_interval)
         self._loop: asyncio.Task[None] | None = None
         self.gate: PeeringGate | None = None  # with peering: the refresh loop runs only while active
         self._gate_loop: asyncio.Task[None] | None = None
@@ -56,6 +74,7 @@ class Operator:
             timeout_s=settings.probe_timeout,
             max_concurrency=settings.probe_concurrency,
             proxy=creds if settings.health_probe_mode == "proxy" else None,
+            fallback_proxy=creds if settings.health_probe_mode == "auto" else None,
         )
         op = cls(kube, prober, indexes, settings)
         metrics.serve(settings.metrics_port)
@@ -92,6 +111,12 @@ class Operator:
         uid = meta["uid"]
         ix, cache = self.indexes, self.cache
         async with cache.lock(uid):
+            # The body as the index has it now (an update may have landed while this waited).
+            current = current_body(body, ix.parents(key))
+            if current is None:
+                log.debug("skipping a reconcile of %s/%s for an older generation", key[0], key[1])
+                return
+            body = current
             # Read the caches under the lock: a reconcile that just finished has recorded its writes.
             pods = ix.pods_of(key)
             observed = Observed(
@@ -106,7 +131,7 @@ class Operator:
                 body["status"] = status
             earlier = None if probe else reusable_probes(cache.last_probes(uid), pods)
             try:
-                res = await reconcile(self.kube, body, observed, self.prober, earlier)
+                res = await reconcile(self.kube, body, observed, self.prober, earlier, self.ledger)
             except ApiError as exc:
                 if exc.status == 403 and "being terminated" in exc.message:
                     log.debug("namespace of %s/%s is being deleted: %s", key[0], key[1], exc)
@@ -140,3 +165,4 @@ class Operator:
         """A deleted OmegaVLM: drop its metric series and its cache entries."""
         metrics.forget_object(namespace, name)
         self.cache.forget(uid)
+        self.ledger.forget(uid)

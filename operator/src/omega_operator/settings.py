@@ -25,9 +25,12 @@ class OperatorSettings(BaseSettings):
     )
     probe_timeout: float = Field(default=3.0, gt=0, description="Timeout of one pod /health probe (s).")
     probe_concurrency: int = Field(default=32, ge=1, description="Pod /health probes in flight at once.")
-    health_probe_mode: Literal["direct", "proxy"] = Field(
-        default="direct",
-        description="Probe pods at podIP:port (direct) or through the API server's pod proxy.",
+    health_probe_mode: Literal["auto", "direct", "proxy"] = Field(
+        default="auto",
+        description=(
+            "Probe pods at podIP:port (direct), through the API server's pod proxy (proxy), or directly "
+            "and through the proxy when the direct connection fails (auto)."
+        ),
     )
     watch_server_timeout: int = Field(
         default=300, ge=10, description="kopf: server-side timeout of one watch (s)."

@@ -15,7 +15,14 @@ from typing import Any
 from omega_operator import builders as b
 from omega_operator import conditions as c
 from omega_operator.api.models import OmegaVLMSpec
-from omega_operator.fallback import Action, Decision
+from omega_operator.fallback import Action, Decision, Reason
+from omega_operator.health_probed import HEALTH_PROBED, Probed
+
+#: Progressing reason while a rollback's new pod waits for a free GPU and the old pods keep serving.
+ROLLBACK_WAITING = "RollbackWaitingForCapacity"
+#: Ready's reason (True: the kubelet says the pods are ready) and FlashAttentionDegraded's (Unknown)
+#: while some running pods have not answered /health (HealthProbed False).
+HEALTH_NOT_PROBED = "HealthNotProbed"
 
 
 @dataclass(frozen=True)
@@ -80,8 +87,14 @@ def compute(
     flash: FlashState,
     now: str,
     name: str | None = None,
+    waiting_for_capacity: int = 0,
+    probed: Probed | None = None,
 ) -> dict[str, Any]:
     """The full new status of a valid OmegaVLM.
+
+    `waiting_for_capacity`: pods of the flash image that keep serving (sdpa in process) while the
+    rollback's new pod waits for a free GPU (``rollout.waiting_for_capacity``). `probed`: the
+    HealthProbed verdict (``health_probed``; the condition is left out without one).
 
     `attention` is status.attention as decided this round; `problems` are the non-flash pod
     problems, most severe first (Unschedulable first); `flash` is the fallback decision's verdict;
@@ -123,6 +136,12 @@ def compute(
     elif dep_progress and dep_progress.get("reason") == c.ROLLOUT_STALLED:
         msg = dep_progress.get("message") or "rollout stalled"
         conds = c.set_condition(conds, c.PROGRESSING, "False", c.ROLLOUT_STALLED, msg, generation, now)
+    elif waiting_for_capacity and not rolled_out:
+        msg = (
+            f"the rollback to {variant} waits for a free GPU for its new pod; {waiting_for_capacity} "
+            f"pod(s) keep serving sdpa in process ({updated}/{desired} updated, {ready} ready)"
+        )
+        conds = c.set_condition(conds, c.PROGRESSING, "True", ROLLBACK_WAITING, msg, generation, now)
     elif not rolled_out:
         msg = f"rolling out the {variant} variant: {updated}/{desired} updated, {ready} ready"
         conds = c.set_condition(conds, c.PROGRESSING, "True", c.ROLLING_OUT, msg, generation, now)
@@ -136,10 +155,21 @@ def compute(
         conds = c.set_condition(
             conds, c.READY, "True", c.SCALED_TO_ZERO, "scaled to zero replicas", generation, now
         )
+    elif waiting_for_capacity and ready >= desired:
+        # Not rolled out, but every replica serves (sdpa in process): still Ready.
+        msg = f"{ready}/{desired} replicas ready (sdpa in process); the rollback waits for a free GPU"
+        conds = c.set_condition(conds, c.READY, "True", flash.reason, msg, generation, now)
     elif all_ready and flash.rolled_back:
         # Serving, but on sdpa: the Reason column says why.
         msg = f"{ready}/{desired} replicas ready on the sdpa variant after a flash-attn failure"
         conds = c.set_condition(conds, c.READY, "True", flash.reason, msg, generation, now)
+    elif all_ready and (oom := next((p for p in problems if p.reason == Reason.OUT_OF_MEMORY), None)):
+        # Serving (sdpa in process), but a flash attempt ran out of GPU memory: never a fallback.
+        msg = f"{ready}/{desired} replicas ready; pod {oom.pod}: {oom.message}"
+        conds = c.set_condition(conds, c.READY, "True", Reason.OUT_OF_MEMORY, msg, generation, now)
+    elif all_ready and probed is not None and not probed.ok:
+        msg = f"{ready}/{desired} replicas ready; {probed.message}"
+        conds = c.set_condition(conds, c.READY, "True", HEALTH_NOT_PROBED, msg, generation, now)
     elif all_ready:
         msg = f"{ready}/{desired} replicas ready"
         conds = c.set_condition(conds, c.READY, "True", c.ALL_REPLICAS_READY, msg, generation, now)
@@ -153,16 +183,30 @@ def compute(
             msg += f"; {'pod ' + head.pod + ': ' if head.pod and head.reason != c.UNSCHEDULABLE else ''}{head.message}"
         conds = c.set_condition(conds, c.READY, "False", reason, msg, generation, now)
 
-    # FlashAttentionDegraded
-    conds = c.set_condition(
-        conds,
-        c.FLASH_DEGRADED,
-        "True" if flash.degraded else "False",
-        flash.reason,
-        flash.message,
-        generation,
-        now,
-    )
+    # FlashAttentionDegraded (Unknown when no failure was seen but some pods were not seen at all)
+    if not flash.degraded and flash.reason == Reason.NOT_DEGRADED and probed is not None and not probed.ok:
+        msg = f"no flash-attention failure seen on the pods that answered; {probed.message}"
+        conds = c.set_condition(conds, c.FLASH_DEGRADED, "Unknown", HEALTH_NOT_PROBED, msg, generation, now)
+    else:
+        conds = c.set_condition(
+            conds,
+            c.FLASH_DEGRADED,
+            "True" if flash.degraded else "False",
+            flash.reason,
+            flash.message,
+            generation,
+            now,
+        )
+    if probed is not None:
+        conds = c.set_condition(
+            conds,
+            HEALTH_PROBED,
+            "True" if probed.ok else "False",
+            probed.reason,
+            probed.message,
+            generation,
+            now,
+        )
 
     # Phase
     if flash.unhandled or (problems and not unsched and not all_ready and desired > 0):

@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from omega_server import __version__
+from omega_server import __version__, flash_failure
 from omega_server.engine.errors import StartupError
 from omega_server.engine.types import EngineConfig
 from omega_server.errors import install_error_handlers
@@ -113,7 +113,8 @@ def create_app(
                             f"could not load the model from MODEL_PATH={settings.model_path}: {type(exc).__name__}: {exc}"
                         )
                     )
-                    line = _one_line(f"fatal: {detail}")
+                    note = flash_failure.note_of(exc)  # how flash failed before, when it did
+                    line = _one_line(f"fatal: {detail}" + (f" {note}" if note else ""))
                     state.fail(line.removeprefix("fatal: "))
                     if on_fatal is not None:
                         on_fatal(line)

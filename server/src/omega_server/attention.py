@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from omega_server import models
+from omega_server import flash_failure, models
 from omega_server.engine.errors import describe_error
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class FlashAttnStatus:
     loaded: bool  # the model runs with flash_attention_2 after the warm-up forward
     version: str | None  # installed flash_attn distribution version, if any
     error: str | None  # why flash is not in use ("ImportError: ..."), None when loaded or not asked
+    error_kind: str | None = None  # flash_failure.classify of the error (None when there is none)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the /health ``flash_attn`` object)."""
@@ -121,12 +122,13 @@ def resolve(
 
     loaded_flash: models.LoadedModel | None = None
     error: str | None = None
+    failure: BaseException | None = None
     try:
         loaded_flash = loader(path, attn_implementation=FLASH, dtype=dtype, device=device)
         warmup(loaded_flash)
     except (ImportError, ValueError, RuntimeError, OSError, AttributeError, TypeError) as exc:
         # RuntimeError covers torch CUDA / kernel errors (torch.AcceleratorError subclasses it).
-        error = describe_error(exc)
+        error, failure = describe_error(exc), exc
         if loaded_flash is not None and available:
             import_error = flash_attn_import_error()
             if import_error is not None and import_error not in error:
@@ -147,13 +149,21 @@ def resolve(
     # weights are freed first (two copies of a large model do not fit one GPU).
     candidates = [loaded_flash] if loaded_flash is not None else []
     del loaded_flash
-    loaded = _switch_to_fallback(candidates, path, dtype=dtype, device=device, loader=loader)
-    warmup(loaded)
+    kind = flash_failure.classify(failure, error or "", installed=version is not None)
+    del failure
+    try:
+        loaded = _switch_to_fallback(candidates, path, dtype=dtype, device=device, loader=loader)
+        warmup(loaded)
+    except BaseException as exc:  # the server cannot start: its fatal line also says how flash failed
+        flash_failure.add_note(exc, kind, error or "")
+        raise
     return AttentionChoice(
         loaded=loaded,
         requested=requested,
         backend=_backend(loaded),
-        flash_attn=FlashAttnStatus(available=available, loaded=False, version=version, error=error),
+        flash_attn=FlashAttnStatus(
+            available=available, loaded=False, version=version, error=error, error_kind=kind
+        ),
         flash_load_failures=1,
     )
 

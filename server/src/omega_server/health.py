@@ -60,11 +60,16 @@ def kv_report(info: Any) -> dict[str, Any]:
 
 
 def flash_report(info: Any) -> dict[str, Any] | None:
-    """`flash_attn` of /health: `{available, loaded, version, error}`."""
+    """`flash_attn` of /health: `{available, loaded, version, error, error_kind}`.
+
+    ``error_kind`` classifies ``error`` (``omega_server.flash_failure``: ``not_installed``,
+    ``import_error``, ``unsupported_device``, ``kernel_error``, ``out_of_memory``, ``other``); null
+    when there is no error.
+    """
     flash = info_get(info, "flash_attn")
     if flash is None:
         return None
-    return {k: flash.get(k) for k in ("available", "loaded", "version", "error")}
+    return {k: flash.get(k) for k in ("available", "loaded", "version", "error", "error_kind")}
 
 
 def health_body(phase: Phase, info: Any, config: HttpConfig, error: str | None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pydantic import Field, WithJsonSchema
 from omega_operator.api import defaults as d
 from omega_operator.api.base import ApiModel as _Model
 from omega_operator.api.base import open_object as _open_object
+from omega_operator.api.fallback_spec import FallbackSpec
 from omega_operator.api.lifecycle import PodLifecycle
 from omega_operator.api.placement import GpuSpec, PodScheduling
 
@@ -118,27 +119,6 @@ class ImageSpec(_Model):
     pull_policy: PullPolicy | None = Field(
         default=None,
         description=f"Image pull policy of the server container. {d.describe(d.DEFAULT_PULL_POLICY)}",
-    )
-
-
-class FallbackSpec(_Model):
-    """Automatic rollback from the flash variant to the sdpa variant."""
-
-    enabled: bool | None = Field(
-        default=None,
-        description=(
-            "Roll back to the sdpa variant when flash-attn fails to load or the flash variant "
-            f"crash-loops. {d.describe(d.DEFAULT_FALLBACK_ENABLED)} When false the OmegaVLM turns Degraded instead."
-        ),
-    )
-    crash_loop_restarts: int | None = Field(
-        default=None,
-        ge=1,
-        le=100,
-        description=(
-            "Container restarts of a flash-variant pod that count as a failed flash load. "
-            + d.describe(d.DEFAULT_CRASH_LOOP_RESTARTS)
-        ),
     )
 
 
@@ -328,7 +308,13 @@ class AttentionStatus(_Model):
             "unknown (no ready pod has reported yet)."
         ),
     )
-    counts: dict[str, int] | None = Field(default=None, description="Ready pods per reported backend.")
+    counts: dict[str, int] | None = Field(
+        default=None,
+        description=(
+            "Ready pods per reported backend, and `unknown`: pods without a ready /health report "
+            "(loading, unreachable: see the HealthProbed condition)."
+        ),
+    )
     flash_errors: list[FlashError] | None = Field(
         default=None, description="Distinct flash-attn errors the pods report."
     )

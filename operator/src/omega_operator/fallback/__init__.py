@@ -15,13 +15,17 @@ Rules
   deleted, sdpa pods and pods of an older flash image are ignored for the decision).
 * Flash failure, reason ``FlashAttentionLoadFailed``: the pod's /health (200 or 503, the body always
   comes) has ``attn_requested`` flash (``flash_attention_2`` or ``auto``) and ``flash_attn.loaded``
-  false with an error, or it is ready on another backend. A pod still loading (503, no error yet) or
-  unreachable is not evidence: we wait.
-* Flash failure, reason ``FlashVariantCrashLoop``: a flash pod's container terminated with a message
-  whose fatal line names flash-attn (at once: the server said why), or its restarts reached
-  ``fallback.crashLoopRestarts`` without a known non-flash cause.
-* Never a flash failure: OOMKilled, image pull errors, Unschedulable, a model that fails to load,
-  crash loops below the threshold. Each shows as a :class:`PodFinding` with its own reason.
+  false with an error of a flash kind (``flash_attn.error_kind`` in ``FLASH_ERROR_KINDS``, or no
+  kind from an older server), or it is ready on another backend. A pod still loading (503, no error
+  yet) or unreachable is not evidence: we wait.
+* Flash failure, reason ``FlashVariantCrashLoop``: a flash pod's container terminated with a fatal
+  line whose ``flash_attn.error_kind`` is a flash kind, or that names flash-attn (at once: the server
+  said why), or its restarts reached ``fallback.crashLoopRestarts`` while it is not Ready on flash,
+  all inside ``fallback.crashLoopWindowSeconds`` of the pod's start, without a known non-flash cause.
+* Never a flash failure: ``error_kind`` ``out_of_memory`` (reason ``OutOfMemory``, also the Ready
+  reason of a pod serving sdpa in process after it) or ``other`` (``FlashAttemptFailed``), OOMKilled,
+  image pull errors, Unschedulable, a model that fails to load, crash loops below the threshold or
+  slower than the window. Each shows as a :class:`PodFinding` with its own reason.
 * ``fallback.enabled: false``: a flash failure gives ``Action.DEGRADED`` (no rollback).
 * Sticky: once ``status.attention.fallback`` exists with ``fromImage`` = the current flash image and
   ``attention`` = the spec's attention, the Deployment stays on sdpa. It is cleared (flash tried

@@ -129,7 +129,8 @@ class Decision:
         """The keys of ``status.attention`` this decision owns (merge-patch shape: None deletes)."""
         return {
             "active": self.summary.active,
-            "counts": dict(self.summary.counts),
+            # Ready pods per backend, and ``unknown``: pods without a ready /health report.
+            "counts": {**self.summary.counts, "unknown": self.summary.unknown},
             "flashErrors": [e.to_status() for e in self.flash_errors],
             "fallback": self.fallback.to_status() if self.fallback else None,
             "retryFlash": self.retry_flash,
@@ -150,7 +151,7 @@ def decide(
     record = FallbackRecord.from_status(st.get("fallback"))
     consumed = st.get("retryFlash") or None
     live = sorted((p for p in pods if not p.deleting), key=lambda p: p.name)
-    findings = tuple(f for p in live for f in pod_findings(p, spec, probes.get(p.name)))
+    findings = tuple(f for p in live for f in pod_findings(p, spec, probes.get(p.name), now))
     summary = summarize_attention(live, probes)
     flash_errors = summarize_flash_errors(findings)
     # The retry annotation: a new value is consumed once.

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from omega_operator import builders as b
-from omega_operator.api.defaults import DEFAULT_CRASH_LOOP_RESTARTS, DEFAULT_FALLBACK_ENABLED
+from omega_operator.api.defaults import (
+    DEFAULT_CRASH_LOOP_RESTARTS,
+    DEFAULT_CRASH_LOOP_WINDOW_SECONDS,
+    DEFAULT_FALLBACK_ENABLED,
+)
 from omega_operator.api.models import OmegaVLMSpec
 from omega_operator.health_report import FLASH_REQUESTS
 
@@ -25,6 +30,7 @@ class FallbackSpec:
     sdpa_image: str
     enabled: bool = DEFAULT_FALLBACK_ENABLED
     crash_loop_restarts: int = DEFAULT_CRASH_LOOP_RESTARTS
+    crash_loop_window_seconds: int = DEFAULT_CRASH_LOOP_WINDOW_SECONDS
 
     @property
     def wants_flash(self) -> bool:
@@ -40,6 +46,7 @@ def fallback_spec(spec: OmegaVLMSpec) -> FallbackSpec:
         sdpa_image=b.sdpa_image(spec) or "",
         enabled=b.fallback_enabled(spec),
         crash_loop_restarts=b.crash_loop_restarts(spec),
+        crash_loop_window_seconds=b.crash_loop_window(spec),
     )
 
 
@@ -50,6 +57,7 @@ class Termination:
     reason: str | None
     exit_code: int | None
     message: str | None
+    finished_at: datetime | None = None  # finishedAt
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,7 @@ class PodView:
     terminated: Termination | None = None  # state.terminated
     last_terminated: Termination | None = None  # lastState.terminated
     unschedulable: str | None = None  # PodScheduled=False (reason Unschedulable) message
+    start_time: datetime | None = None  # status.startTime: when the kubelet started the pod
 
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any], container: str | None = None) -> PodView:
@@ -104,6 +113,7 @@ class PodView:
             terminated=_termination(state.get("terminated")),
             last_terminated=_termination(last.get("terminated")),
             unschedulable=unsched,
+            start_time=_time(status.get("startTime")),
         )
 
     def is_flash_variant(self, spec: FallbackSpec) -> bool:
@@ -129,5 +139,18 @@ def _termination(t: Mapping[str, Any] | None) -> Termination | None:
         return None
     code = t.get("exitCode")
     return Termination(
-        reason=t.get("reason"), exit_code=None if code is None else int(code), message=t.get("message")
+        reason=t.get("reason"),
+        exit_code=None if code is None else int(code),
+        message=t.get("message"),
+        finished_at=_time(t.get("finishedAt")),
     )
+
+
+def _time(value: Any) -> datetime | None:
+    """An RFC 3339 time of the API (``2026-01-02T03:04:05Z``), None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
