@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from devcluster import build, images
+from devcluster import build, images, restarts
 from devcluster.controlplane import PROCESSES, Layout
 from devcluster.kubelet import KubeletConfig
 from devcluster.nodes import DEFAULT_NODES, NodeSpec
@@ -67,6 +67,7 @@ class Cluster:
         pod_prefix: int | None = None,
         timeout: float = 90.0,
         prometheus: PrometheusConfig | None = None,
+        node_loss: dict[str, float] | None = None,
     ) -> Cluster:
         """Start a cluster in ``state_dir`` (a fresh temp folder when None) and wait until it is ready.
 
@@ -74,6 +75,9 @@ class Cluster:
         ``pod_prefix``: preferred ``a`` of the 127.a.x.y pod range (another free one is taken if busy).
         ``prometheus``: also run Prometheus, scraping what the chart's monitors select
         (:mod:`devcluster.prometheus`); its URL is :attr:`prometheus_url`.
+        ``node_loss``: shortened node-loss timeouts for fault experiments, ``{"grace_s": 20,
+        "toleration_s": 5}`` (node-monitor grace period; pods' default not-ready/unreachable
+        toleration), with node heartbeats every ``kubelet.lease_renew_s`` (see :meth:`pause_heartbeats`).
         """
         if not build.is_built():
             raise ClusterError(
@@ -89,6 +93,7 @@ class Cluster:
             pod_prefix,
             timeout,
             prometheus,
+            node_loss,
         )
         try:
             return cls._start_once(*args)
@@ -109,6 +114,7 @@ class Cluster:
         pod_prefix: int | None,
         timeout: float,
         prom: PrometheusConfig | None = None,
+        node_loss: dict[str, float] | None = None,
     ) -> Cluster:
         layout = Layout(Path(state_dir).resolve())
         existing = cls._read_state(layout)
@@ -135,6 +141,7 @@ class Cluster:
             "bin_dir": str(bin_dir()),
             "etcd": shutil.which("etcd") or "/usr/bin/etcd",
             "prometheus": prom.to_dict() if prom else None,
+            "node_loss": node_loss,
         }
         (layout.state / "config.json").write_text(json.dumps(config, indent=1))
         if not layout.images.exists():
@@ -282,6 +289,28 @@ class Cluster:
         """
         entry = images.stand_in(repository_suffix_or_image, tuple(command), dict(env or {}), uid)
         images.add(self.layout.images, entry)
+
+    def restart_component(self, name: str, down_s: float = 0.0, timeout: float = 90.0) -> dict[str, Any]:
+        """Stop a control-plane process (``etcd``, ``kube-apiserver``, ``kube-controller-manager``,
+        ``kube-scheduler``), keep it down ``down_s`` seconds and start it again (same ports, same etcd
+        data); returns once it is healthy, with the times (:mod:`devcluster.restarts`)."""
+        restarts.request(self.state_dir, name, down_s)
+        return restarts.wait_done(self.state_dir, name, timeout + down_s)
+
+    def pause_heartbeats(self, node: str, paused: bool = True) -> None:
+        """Stop (or, ``paused=False``, resume) a node's Lease renewals and status updates: the node
+        looks lost to the node-lifecycle controller; its pod processes keep running."""
+        from devcluster.nodeagent import PAUSED_NODES
+
+        path = self.state_dir / PAUSED_NODES
+        try:
+            names = set(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            names = set()
+        names = names | {node} if paused else names - {node}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(names)))
+        tmp.replace(path)
 
     def pod_log(self, namespace: str, pod: str, container: str | None = None, previous: bool = False) -> str:
         """The output of a pod's container (the only one when ``container`` is None)."""

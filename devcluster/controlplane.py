@@ -119,7 +119,7 @@ def etcd_argv(etcd: str, layout: Layout, ports: Ports) -> list[str]:
     ]
 
 
-def apiserver_argv(bin_dir: Path, layout: Layout, ports: Ports) -> list[str]:
+def apiserver_argv(bin_dir: Path, layout: Layout, ports: Ports, extra: tuple[str, ...] = ()) -> list[str]:
     pki = layout.pki
     return [
         str(bin_dir / "kube-apiserver"),
@@ -149,6 +149,7 @@ def apiserver_argv(bin_dir: Path, layout: Layout, ports: Ports) -> list[str]:
         "--kubelet-preferred-address-types=InternalIP",
         "--profiling=false",
         "--v=1",
+        *extra,
     ]
 
 
@@ -166,7 +167,9 @@ def _component_common(kubeconfig: Path, port: int) -> list[str]:
     ]
 
 
-def controller_manager_argv(bin_dir: Path, layout: Layout, ports: Ports) -> list[str]:
+def controller_manager_argv(
+    bin_dir: Path, layout: Layout, ports: Ports, extra: tuple[str, ...] = ()
+) -> list[str]:
     return [
         str(bin_dir / "kube-controller-manager"),
         *_component_common(layout.kubeconfig, ports.controller_manager),
@@ -177,7 +180,20 @@ def controller_manager_argv(bin_dir: Path, layout: Layout, ports: Ports) -> list
         "--use-service-account-credentials=false",
         "--concurrent-deployment-syncs=5",
         "--concurrent-replicaset-syncs=5",
+        *extra,
     ]
+
+
+def node_loss_flags(timings: dict[str, float] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(apiserver, controller-manager) flags for shortened node-loss timeouts (``Cluster.start(node_loss=)``):
+    ``grace_s`` (node-monitor grace period, 40 s in Kubernetes) and ``toleration_s`` (the default
+    not-ready/unreachable toleration of pods, 300 s)."""
+    if not timings:
+        return (), ()
+    tol = int(timings["toleration_s"])
+    api = (f"--default-not-ready-toleration-seconds={tol}", f"--default-unreachable-toleration-seconds={tol}")
+    kcm = (f"--node-monitor-grace-period={int(timings['grace_s'])}s", "--node-monitor-period=1s")
+    return api, kcm
 
 
 def scheduler_argv(bin_dir: Path, layout: Layout, ports: Ports) -> list[str]:

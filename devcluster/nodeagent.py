@@ -1,9 +1,16 @@
-"""Registers the fake nodes and keeps them Ready: Lease renewal every 10 s, node status refresh."""
+"""Registers the fake nodes and keeps them Ready: Lease renewal every 10 s, node status refresh.
+
+A node named in ``paused-nodes.json`` (state folder; :meth:`devcluster.Cluster.pause_heartbeats`) gets
+neither: to the node-lifecycle controller it is a lost node (NotReady, then its pods are evicted). Its
+pods' processes keep running, as on a node that lost its network.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from pathlib import Path
 
 import httpx
 
@@ -13,6 +20,7 @@ from devcluster.nodes import NodeSpec, lease_object, node_object, node_status, n
 log = logging.getLogger("devcluster.nodeagent")
 
 LEASE_RENEW_S = 10.0
+PAUSED_NODES = "paused-nodes.json"  # in the state folder: names of nodes without heartbeats
 STATUS_REFRESH_S = 60.0
 
 
@@ -20,9 +28,15 @@ class NodeAgent:
     """The kubelet's node half: registration, heartbeats (Lease + Ready condition)."""
 
     def __init__(
-        self, api: Api, specs: list[NodeSpec], node_ips: dict[str, str], lease_renew_s: float = LEASE_RENEW_S
+        self,
+        api: Api,
+        specs: list[NodeSpec],
+        node_ips: dict[str, str],
+        lease_renew_s: float = LEASE_RENEW_S,
+        paused_file: Path | None = None,
     ) -> None:
         self.api = api
+        self.paused_file = paused_file
         self.lease_renew_s = lease_renew_s
         self.specs = specs
         self.node_ips = node_ips
@@ -40,14 +54,29 @@ class NodeAgent:
         self.refresh_status()
         self.renew_leases()
 
+    def paused(self) -> set[str]:
+        """Nodes whose heartbeats are paused (names in ``paused_file``)."""
+        if self.paused_file is None:
+            return set()
+        try:
+            return set(json.loads(self.paused_file.read_text()))
+        except (OSError, ValueError):
+            return set()
+
     def refresh_status(self) -> None:
         stamp = now_iso()
+        paused = self.paused()
         for spec in self.specs:
+            if spec.name in paused:
+                continue
             status = node_status(spec, self.node_ips[spec.name], stamp, self.since)
             self.api.merge_patch(f"/api/v1/nodes/{spec.name}/status", {"status": status})
 
     def renew_leases(self) -> None:
+        paused = self.paused()
         for spec in self.specs:
+            if spec.name in paused:
+                continue
             path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{spec.name}"
             body = lease_object(spec.name, now_micro())
             try:

@@ -25,12 +25,12 @@ from typing import Any, TextIO
 import httpx
 
 from devcluster import controlplane as cp
-from devcluster import helm, launch, pki, prometheus
+from devcluster import helm, launch, pki, prometheus, restarts
 from devcluster.apiclient import Api
 from devcluster.apiproxy import ApiProxy, service_address
 from devcluster.kubelet import Ipam, Kubelet, KubeletConfig
 from devcluster.kubeletapi import KubeletServer
-from devcluster.nodeagent import NodeAgent
+from devcluster.nodeagent import LEASE_RENEW_S, PAUSED_NODES, NodeAgent
 from devcluster.nodes import NodeSpec
 from devcluster.procs import PidRegistry, spawn, stop_pid
 from devcluster.settings import bin_dir
@@ -81,6 +81,8 @@ class Supervisor:
         self.registry = PidRegistry(self.layout.pids)
         self.stop = threading.Event()
         self.procs: dict[str, subprocess.Popen] = {}
+        self.argvs: dict[str, list[str]] = {}  # each process's command line (restarts reuse it)
+        self.health: dict[str, Any] = {}  # name -> check() of a control-plane process
         self.state: dict[str, Any] = {"phase": "starting", "supervisor_pid": os.getpid()}
         self.kubelet: Kubelet | None = None
         self.kubelet_api: KubeletServer | None = None
@@ -95,6 +97,7 @@ class Supervisor:
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         proc = spawn(argv, self.layout.logs / f"{name}.log")
         self.procs[name] = proc
+        self.argvs[name] = argv
         self.registry.add(name, proc.pid)
         log.info("started %s (pid %d)", name, proc.pid)
         return proc
@@ -141,11 +144,16 @@ class Supervisor:
             return False
 
         self._wait("etcd", etcd_ok, 30, etcd)
-        apiserver = self._spawn("kube-apiserver", cp.apiserver_argv(binaries, layout, ports))
+        self.health["etcd"] = etcd_ok
+        api_flags, kcm_flags = cp.node_loss_flags(self.config.get("node_loss"))
+        apiserver = self._spawn("kube-apiserver", cp.apiserver_argv(binaries, layout, ports, api_flags))
         api = Api(server, token, str(layout.pki / "ca.crt"))
         self._wait("kube-apiserver /readyz", lambda: api.ok("/readyz"), 60, apiserver)
+        self.health["kube-apiserver"] = lambda: api.ok("/readyz")
         log.info("apiserver ready after %.1f s", time.monotonic() - t0)
-        kcm = self._spawn("kube-controller-manager", cp.controller_manager_argv(binaries, layout, ports))
+        kcm = self._spawn(
+            "kube-controller-manager", cp.controller_manager_argv(binaries, layout, ports, kcm_flags)
+        )
         sched = self._spawn("kube-scheduler", cp.scheduler_argv(binaries, layout, ports))
 
         # kubectl logs: the apiserver asks <node IP>:10250 (TLS not verified without --kubelet-certificate-authority).
@@ -156,9 +164,10 @@ class Supervisor:
         # The kubernetes Service (pods' /etc/hosts name it kubernetes.default.svc): port 443 of the pod range.
         self.api_proxy = ApiProxy((service_address(prefix), 443), ("127.0.0.1", ports.apiserver))
         self.api_proxy.start()
-        agent = NodeAgent(api, nodes, node_ips)
-        agent.register()
         kcfg = KubeletConfig(**self.config.get("kubelet", {}))
+        renew = kcfg.lease_renew_s if self.config.get("node_loss") else LEASE_RENEW_S
+        agent = NodeAgent(api, nodes, node_ips, renew, paused_file=layout.state / PAUSED_NODES)
+        agent.register()
         self.kubelet = Kubelet(
             api,
             node_ips,
@@ -186,6 +195,8 @@ class Supervisor:
 
         self._wait("kube-scheduler /healthz", lambda: healthz(ports.scheduler), 30, sched)
         self._wait("kube-controller-manager /healthz", lambda: healthz(ports.controller_manager), 30, kcm)
+        self.health["kube-scheduler"] = lambda: healthz(ports.scheduler)
+        self.health["kube-controller-manager"] = lambda: healthz(ports.controller_manager)
 
         def nodes_ready() -> bool:
             items = api.get("/api/v1/nodes").get("items", [])
@@ -217,10 +228,32 @@ class Supervisor:
             if owner and not Path(f"/proc/{owner}").exists():
                 log.warning("owner process %s is gone: stopping the cluster", owner)
                 break
+            for name, down_s in restarts.pending(self.layout.state):
+                self.restart(name, down_s)
             for name, proc in self.procs.items():
                 if proc.poll() is not None and self.state.get("phase") == "ready":
                     log.error("%s exited with code %s", name, proc.returncode)
                     self._set(phase="degraded", error=f"{name} exited with code {proc.returncode}")
+
+    def restart(self, name: str, down_s: float) -> None:
+        """Stop one control-plane process, keep it down ``down_s`` s, start it again with the same
+        command line and wait for its health check; the answer goes to ``restart-<name>.done.json``."""
+        result: dict[str, Any] = {"name": name, "down_s": down_s}
+        try:
+            proc = self.procs[name]
+            stop_pid(proc.pid, 5.0, None, proc)
+            result["stopped_at"] = time.time()
+            log.warning("restart: %s stopped (pid %d), down for %.1f s", name, proc.pid, down_s)
+            time.sleep(down_s)
+            new = self._spawn(name, self.argvs[name])
+            result["started_at"] = time.time()
+            self._wait(f"{name} after its restart", self.health[name], 60, new)
+            result["healthy_at"] = time.time()
+            log.warning("restart: %s healthy again (pid %d)", name, new.pid)
+        except Exception as e:  # the caller reads the error; the cluster turns degraded
+            log.exception("restart of %s failed", name)
+            result["error"] = str(e)
+        restarts.report(self.layout.state, name, result)
 
     def shutdown(self) -> None:
         """Pods first (graceful), then scheduler, controller manager, apiserver, etcd."""

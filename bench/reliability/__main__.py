@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.reliability.fuzz import FuzzReport, run_fuzz
 from bench.reliability.target import API_KEY, TinyServer
@@ -142,6 +143,154 @@ def soak(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def _faults(args: argparse.Namespace, plan: Any, what: str, expected: str, calibrate: bool = False) -> int:
+    """Run ``plan(window_s)`` (a list of faults.run_iteration keyword arguments) on a devcluster of its
+    own; ``calibrate``: first one run without a fault measures the window (then passed to ``plan``)."""
+    import os
+
+    from bench.reliability.faults import run_iteration
+    from devcluster import TEST_KUBELET, Cluster
+    from tests.e2e.fallback_support import install_crd, tiny_checkpoint
+
+    runs = []
+    start = time.monotonic()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Cluster.start(Path(tmp) / "cluster", kubelet=TEST_KUBELET, owner_pid=os.getpid()) as cluster,
+    ):
+        install_crd(cluster)
+        model_dir = tiny_checkpoint(Path(tmp) / "tiny")
+        window = None
+        if calibrate:
+            calib = run_iteration(cluster, model_dir, Path(tmp), 99, fault="none", phase="window_open")
+            window = calib.ready_after_fault_s
+            print(f"  calibration: first failing /health to Ready on sdpa {window:.1f} s, {calib.violations}")
+        plan = plan(window)
+        for i, kwargs in enumerate(plan):
+            run = run_iteration(cluster, model_dir, Path(tmp), i, **kwargs)
+            runs.append(run.as_dict())
+            print(
+                f"  {i}: {run.fault} ({run.attention}) {run.fault_after_s:.1f} s into the window "
+                f"({run.phase_at_fault}), Ready {run.ready_after_fault_s:.1f} s later, "
+                f"image writes {len(run.image_writes)}, violations {run.violations}",
+                flush=True,
+            )
+    phases: dict[str, int] = {}
+    for r in runs:
+        key = f"{r['fault']}/{r['attention']}/{r['phase_at_fault']}"
+        phases[key] = phases.get(key, 0) + 1
+    ready = sorted(r["ready_after_fault_s"] for r in runs if not r["violations"])
+    result = {
+        "experiment": args.cmd.replace("-", "_"),
+        "what": what,
+        "expected": expected,
+        "iterations": len(plan),
+        "seed": getattr(args, "seed", None),
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": round(time.monotonic() - start, 1),
+        "fault_at": phases,
+        "events_lost": sum(1 for r in runs if r["attention"] == "auto" and r["events"] == 0),
+        "ready_after_fault_s_max": round(max(ready), 1) if ready else None,
+        "failed_iterations": sum(1 for r in runs if r["violations"]),
+        "window_without_fault_s": round(window, 1) if window is not None else None,
+        "runs": runs,
+    }
+    result["ok"] = result["failed_iterations"] == 0
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if result["ok"] else 1
+
+
+def operator_kill(args: argparse.Namespace) -> int:
+    import random
+
+    rng = random.Random(args.seed)
+
+    def plan(window_s: float) -> list[dict[str, Any]]:
+        top = window_s if args.measure_window else args.max_delay
+        return [{"fault": "operator", "delay_s": rng.uniform(0.0, top)} for _ in range(args.iterations)]
+
+    return _faults(
+        args,
+        plan,
+        "OmegaVLM attention auto on devcluster (flash cannot load on CPU); the operator SIGKILLed at a random "
+        + (
+            "moment (uniform over the window measured by a first run without a fault)"
+            if args.measure_window
+            else f"moment (uniform 0-{args.max_delay:.0f} s)"
+        )
+        + " after the flash pod's first failing /health, a new operator process started at once",
+        "each time exactly one Deployment image write to sdpa (watch), revision 2, one fallback record, "
+        "status Ready/sdpa/FlashAttentionDegraded, at most one FlashAttentionFallback Event",
+        calibrate=args.measure_window,
+    )
+
+
+def control_plane(args: argparse.Namespace) -> int:
+    from bench.reliability.faults import DOWN_S
+
+    plan: list[dict[str, Any]] = []
+    for _ in range(args.repeat):
+        for fault in ("kube-apiserver", "etcd"):
+            plan.append({"fault": fault, "attention": "sdpa", "phase": "window_open"})
+            plan.append({"fault": fault, "attention": "auto", "phase": "window_open"})
+            plan.append({"fault": fault, "attention": "auto", "phase": "moved"})
+    return _faults(
+        args,
+        lambda _window: plan,
+        f"the API server, and separately etcd, stopped for {DOWN_S:.0f} s and started again by devcluster: "
+        "right after an OmegaVLM (attention sdpa) is created (mid reconcile), at the flash pod's first failing "
+        "/health and once the Deployment moved to sdpa (mid rollback); the operator is not restarted",
+        "the same operator process converges to Ready on sdpa; one Deployment image write per variant, one "
+        "fallback record for a rollback, status consistent",
+    )
+
+
+def node_loss(args: argparse.Namespace) -> int:
+    import os
+
+    from bench.reliability.node_loss import TIMINGS, run_node_loss
+    from devcluster import TEST_KUBELET, Cluster
+    from tests.e2e.fallback_support import install_crd, tiny_checkpoint
+
+    runs = []
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Cluster.start(
+            Path(tmp) / "cluster", kubelet=TEST_KUBELET, owner_pid=os.getpid(), node_loss=TIMINGS
+        ) as cluster,
+    ):
+        install_crd(cluster)
+        model_dir = tiny_checkpoint(Path(tmp) / "tiny")
+        for i in range(args.iterations):
+            run = run_node_loss(cluster, model_dir, Path(tmp))
+            runs.append(run.as_dict())
+            print(f"  {i}: {run.as_dict()}", flush=True)
+            time.sleep(2 * TIMINGS["grace_s"])  # the node Ready again before the next loss
+    done = [r for r in runs if not r["violations"]]
+    result = {
+        "experiment": "node_loss",
+        "what": "the heartbeats (Lease, node status) of the node running an OmegaVLM's only pod (attention "
+        "sdpa, tiny model) stop; devcluster started with shortened timeouts: node-monitor grace period "
+        f"{TIMINGS['grace_s']:.0f} s (Kubernetes: 40 s), default not-ready/unreachable toleration "
+        f"{TIMINGS['toleration_s']:.0f} s (Kubernetes: 300 s), heartbeats every {TEST_KUBELET.lease_renew_s:.0f} s",
+        "expected": "the node NotReady, the pod evicted and a new one Ready on another Hopper node, the "
+        "OmegaVLM Ready again, the operator alive",
+        "iterations": args.iterations,
+        "date": time.strftime("%Y-%m-%d"),
+        "timings": TIMINGS,
+        "omegavlm_ready_again_s_max": max((r["omegavlm_ready_s"] for r in done), default=None),
+        "failed_iterations": len(runs) - len(done),
+        "runs": runs,
+    }
+    result["ok"] = not result["failed_iterations"]
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if result["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.reliability")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -163,6 +312,37 @@ def main(argv: list[str] | None = None) -> int:
         "--out", help="write the result JSON here (bench/results/reliability-manifests-<date>.json)"
     )
     p.set_defaults(func=manifests)
+    p = sub.add_parser(
+        "operator-kill", help="SIGKILL the operator during a rollback on devcluster, restart it"
+    )
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument(
+        "--max-delay", type=float, default=20.0, help="kill up to this long after the window opens"
+    )
+    p.add_argument(
+        "--measure-window",
+        action="store_true",
+        help="instead of --max-delay: a first run without a kill measures the window to draw from",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", help="write the result JSON here (bench/results/reliability-operator-kill-<date>.json)"
+    )
+    p.set_defaults(func=operator_kill)
+    p = sub.add_parser("control-plane", help="restart the API server and etcd mid reconcile and mid rollback")
+    p.add_argument("--repeat", type=int, default=3, help="times each of the 6 cases runs")
+    p.add_argument(
+        "--out", help="write the result JSON here (bench/results/reliability-control-plane-<date>.json)"
+    )
+    p.set_defaults(func=control_plane)
+    p = sub.add_parser(
+        "node-loss", help="stop a node's heartbeats; its pod moves, the OmegaVLM is Ready again"
+    )
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument(
+        "--out", help="write the result JSON here (bench/results/reliability-node-loss-<date>.json)"
+    )
+    p.set_defaults(func=node_loss)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any, cast
 
 import kopf
 
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
         clusterwide=not s.namespaces,
         namespaces=s.namespaces,
         liveness_endpoint=liveness,
+        # kopf's Identity is a NewType of str it does not export; the refresh loop's gate knows it too.
+        identity=cast(Any, handlers.PEER.identity),
+        priority=handlers.PEER.priority,
     )
 
 

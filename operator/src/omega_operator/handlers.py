@@ -20,12 +20,14 @@ import kopf
 from omega_operator.api.models import GROUP, PLURAL, VERSION
 from omega_operator.indexes import MANAGED, Indexes
 from omega_operator.kopf_settings import configure
+from omega_operator.peering_gate import own_peer
 from omega_operator.runtime import Operator
 from omega_operator.settings import OperatorSettings
 
 log = logging.getLogger("omega_operator")
 
 SETTINGS = OperatorSettings()
+PEER = own_peer(SETTINGS.peering_priority)  # identity and priority given to kopf.run
 
 
 @kopf.on.login()
@@ -40,7 +42,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     """Configure kopf, then start the one :class:`Operator` (kept in kopf's memo for every handler)."""
     configure(settings, SETTINGS)
-    memo.operator = Operator.start(SETTINGS, Indexes.from_kwargs(kwargs))
+    memo.operator = Operator.start(SETTINGS, Indexes.from_kwargs(kwargs), PEER)
     log.info("omega-vlm-operator started: %s", SETTINGS.model_dump())
 
 

@@ -21,6 +21,7 @@ from omega_operator.credentials import load_credentials
 from omega_operator.health_probed import ProbeLedger
 from omega_operator.indexes import Indexes, child_key, owned, raw
 from omega_operator.kube import ApiError, Kube
+from omega_operator.peering_gate import Peer, PeeringGate
 from omega_operator.probe_reuse import reusable_probes
 from omega_operator.prober import HealthProber
 from omega_operator.reconcile import Observed, model_claim_of, reconcile
@@ -59,11 +60,14 @@ class Operator:
         self.cache = ObjectCache()
         self.ledger = ProbeLedger(settings.probe_interval)
         self._loop: asyncio.Task[None] | None = None
+        self.gate: PeeringGate | None = None  # with peering: the refresh loop runs only while active
+        self._gate_loop: asyncio.Task[None] | None = None
 
     @classmethod
-    def start(cls, settings: OperatorSettings, indexes: Indexes) -> Operator:
+    def start(cls, settings: OperatorSettings, indexes: Indexes, peer: Peer | None = None) -> Operator:
         """Connect (one Credentials for the API client and the proxy prober: one token, re-read
-        when rotated), serve /metrics and start the refresh loop."""
+        when rotated), serve /metrics and start the refresh loop (with peering: gated on this
+        process, ``peer``, being the active replica)."""
         creds = load_credentials()
         kube = Kube(creds, request_timeout=settings.request_timeout)
         prober = HealthProber(
@@ -74,14 +78,25 @@ class Operator:
         )
         op = cls(kube, prober, indexes, settings)
         metrics.serve(settings.metrics_port)
-        refresher = Refresher(settings.probe_interval, indexes.bodies, op.reconcile)
+        bodies = indexes.bodies
+        if settings.peering is not None and peer is not None:
+            gate = op.gate = PeeringGate(
+                kube, settings.peering, list(settings.namespaces), peer, min(settings.probe_interval, 5.0)
+            )
+            op._gate_loop = asyncio.create_task(gate.run())
+
+            def bodies() -> list[Mapping[str, Any]]:
+                return [] if gate.paused else indexes.bodies()
+
+        refresher = Refresher(settings.probe_interval, bodies, op.reconcile)
         op._loop = asyncio.create_task(refresher.run())
         return op
 
     async def close(self) -> None:
         """Stop the loop, close the prober's and the API client's sessions."""
-        if self._loop is not None:
-            self._loop.cancel()
+        for task in (self._loop, self._gate_loop):
+            if task is not None:
+                task.cancel()
         await self.prober.close()
         await self.kube.close()
 

@@ -49,6 +49,13 @@ class OperatorSettings(BaseSettings):
         default=None,
         description="kopf peering object name for several operator replicas; unset = standalone (default).",
     )
+    peering_priority: int | None = Field(
+        default=None,
+        description=(
+            "kopf peering priority of this process (the highest live one is active); unset = random per "
+            "process, so that two replicas never tie (kopf pauses every replica on a tie)."
+        ),
+    )
     max_workers: int = Field(default=16, ge=1, description="kopf's thread pool for sync handlers.")
 
     @field_validator("namespaces", mode="before")
