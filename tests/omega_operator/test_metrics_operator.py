@@ -141,6 +141,8 @@ def answering(status: int) -> Handler:
 
 async def echo(request: web.Request) -> web.Response:
     """200 with the object the operator sent (an apply), or {} (discovery, status patches)."""
+    if request.method == "GET" and request.path == "/version":
+        return web.json_response({"major": "1", "minor": "30", "gitVersion": "v1.30.0"})
     if request.method == "GET":
         return web.json_response({"versions": [{"groupVersion": "policy/v1"}]})
     raw = await request.read()

@@ -48,7 +48,7 @@ def test_health_reports_the_loaded_engine(client: httpx.Client) -> None:
     body = r.json()
     assert body["status"] == "ready" and body["ready"] is True
     assert body["attn"] == "sdpa" and body["attn_requested"] == "sdpa"
-    assert set(body["flash_attn"]) == {"available", "loaded", "version", "error"}
+    assert set(body["flash_attn"]) == {"available", "loaded", "version", "error", "error_kind"}
     assert body["model"] == "tiny-vlm"
     assert body["dtype"].startswith("torch.")
     assert body["devices"] == ["cpu"] and len(body["device_names"]) == 1

@@ -14,19 +14,24 @@ import pytest
 from tests.omega_server.live import ProcessServer, image_message, sse_events, tiny
 
 LONG_TOKENS = 900  # the tiny model's greedy answer never reaches EOS (test_api.long_body)
+#: A stream that cannot finish inside SHUTDOWN_TIMEOUT=1 however fast the CPU (900 tokens of the tiny
+#: model took under 1.5 s on an idle machine: the cut test raced the generation)
+CUT_TOKENS = 20000
 
 
-def _body() -> dict[str, Any]:
+def _body(max_tokens: int = LONG_TOKENS) -> dict[str, Any]:
     return {
         "model": "tiny",
         "messages": [image_message()],
-        "max_tokens": LONG_TOKENS,
+        "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
     }
 
 
-def _stream_through_sigterm(server: ProcessServer) -> tuple[list[Any], bool, float]:
+def _stream_through_sigterm(
+    server: ProcessServer, max_tokens: int = LONG_TOKENS
+) -> tuple[list[Any], bool, float]:
     """Start a stream, SIGTERM the server after its first chunk, read the rest.
 
     Returns (the stream's events, whether a new connection got through after SIGTERM, seconds
@@ -34,7 +39,7 @@ def _stream_through_sigterm(server: ProcessServer) -> tuple[list[Any], bool, flo
     lines: list[str] = []
     with (
         httpx.Client(base_url=server.url, timeout=120) as client,
-        client.stream("POST", "/v1/chat/completions", json=_body()) as r,
+        client.stream("POST", "/v1/chat/completions", json=_body(max_tokens)) as r,
     ):
         assert r.status_code == 200
         it = r.iter_lines()
@@ -72,11 +77,16 @@ def test_a_stream_in_flight_finishes_after_sigterm(request: pytest.FixtureReques
 
 def test_shutdown_timeout_cuts_a_longer_stream(request: pytest.FixtureRequest) -> None:
     server = ProcessServer(
-        {"MODEL_PATH": str(tiny(request)), "SERVED_MODEL_NAME": "tiny", "SHUTDOWN_TIMEOUT": "1"}
+        {
+            "MODEL_PATH": str(tiny(request)),
+            "SERVED_MODEL_NAME": "tiny",
+            "SHUTDOWN_TIMEOUT": "1",
+            "MAX_MODEL_LENGTH": "32768",
+        }
     )
     try:
         server.wait_ready()
-        events, _, took = _stream_through_sigterm(server)
+        events, _, took = _stream_through_sigterm(server, CUT_TOKENS)
         assert "[DONE]" not in events
         assert took < 15
         assert server.proc.wait(30) == 0
