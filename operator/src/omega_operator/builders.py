@@ -1,7 +1,8 @@
 """Pure builders: an OmegaVLM spec -> the desired Deployment, Service and PodDisruptionBudget.
 
 Nothing here talks to the API server. This module is the ONE place that maps the spec to the
-server's environment (`server_env`) and to the pod (placement, probes, security, volumes).
+server's environment (`server_env`) and to the pod (probes, security, volumes; where it may run comes
+from `placement`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from omega_operator.api.defaults import (
     DEFAULT_CRASH_LOOP_WINDOW_SECONDS,
     DEFAULT_DTYPE,
     DEFAULT_FALLBACK_ENABLED,
-    DEFAULT_GPU_COUNT,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_MODEL_LENGTH,
     DEFAULT_PULL_POLICY,
@@ -29,13 +29,13 @@ from omega_operator.api.defaults import (
 )
 from omega_operator.api.lifecycle import PRESTOP_DELAY, shutdown_timeout
 from omega_operator.api.models import API_VERSION, KIND, OmegaVLMSpec
-from omega_operator.api.placement import (
-    DEFAULT_GPU_SELECTOR,
-    GPU_FAMILY_LABEL,
-    GPU_PRODUCT_LABEL,
-    HOPPER_FAMILY,
-)
 from omega_operator.health_report import FLASH_BACKEND
+from omega_operator.placement import (
+    affinity,
+    container_resources,
+    scheduling,
+    tolerations,
+)
 
 FIELD_MANAGER = "omega-vlm-operator"
 MANAGED_BY = FIELD_MANAGER
@@ -43,8 +43,6 @@ APP_NAME = "omega-vlm-server"
 CONTAINER = "server"
 CONTAINER_PORT = 8000
 PORT_NAME = "http"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_TAINT_KEY = "nvidia.com/gpu"
 VARIANT_LABEL = "vlm.omega.io/variant"
 MODEL_MOUNT = "/models"
 SERVER_IMAGE_GID = 10001  # Dockerfile.server: USER 10001:10001
@@ -71,14 +69,6 @@ def replicas(spec: OmegaVLMSpec) -> int:
 
 def attention(spec: OmegaVLMSpec) -> str:
     return spec.attention or DEFAULT_ATTENTION
-
-
-def gpu_count(spec: OmegaVLMSpec) -> int:
-    return (spec.gpu.count if spec.gpu and spec.gpu.count else None) or DEFAULT_GPU_COUNT
-
-
-def gpu_selector(spec: OmegaVLMSpec) -> str:
-    return (spec.gpu.selector if spec.gpu else None) or DEFAULT_GPU_SELECTOR
 
 
 def fallback_enabled(spec: OmegaVLMSpec) -> bool:
@@ -232,71 +222,6 @@ def _metadata(owner: Owner) -> dict[str, Any]:
 # ---------------------------------------------------------------- placement
 
 
-def gpu_toleration() -> dict[str, Any]:
-    return {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
-
-
-def gpu_node_requirement(spec: OmegaVLMSpec) -> dict[str, Any] | None:
-    """The GPU node-selector requirement: the products given, else the Hopper family; None for
-    selector none (only the nvidia.com/gpu limit places the pods)."""
-    if gpu_selector(spec) == "none":
-        return None
-    if spec.gpu and spec.gpu.products:
-        return {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(spec.gpu.products)}
-    return {"key": GPU_FAMILY_LABEL, "operator": "In", "values": [HOPPER_FAMILY]}
-
-
-def affinity(spec: OmegaVLMSpec) -> dict[str, Any]:
-    """The user's affinity with our GPU requirement ANDed into each of its node selector terms."""
-    ours = gpu_node_requirement(spec)
-    user = dict(spec.affinity or {})
-    if ours is None:
-        return user
-    node_aff = dict(user.get("nodeAffinity") or {})
-    required = dict(node_aff.get("requiredDuringSchedulingIgnoredDuringExecution") or {})
-    terms = [dict(t) for t in required.get("nodeSelectorTerms") or []] or [{}]
-    for term in terms:
-        term["matchExpressions"] = [*(term.get("matchExpressions") or []), ours]
-    required["nodeSelectorTerms"] = terms
-    node_aff["requiredDuringSchedulingIgnoredDuringExecution"] = required
-    user["nodeAffinity"] = node_aff
-    return user
-
-
-def scheduling(spec: OmegaVLMSpec, name: str) -> dict[str, Any]:
-    """runtimeClassName, priorityClassName and topologySpreadConstraints of the pod, as given; a
-    spread constraint without labelSelector gets this OmegaVLM's pod selector."""
-    out: dict[str, Any] = {}
-    if spec.runtime_class_name:
-        out["runtimeClassName"] = spec.runtime_class_name
-    if spec.priority_class_name:
-        out["priorityClassName"] = spec.priority_class_name
-    if spec.topology_spread_constraints:
-        out["topologySpreadConstraints"] = [
-            {"labelSelector": {"matchLabels": selector_labels(name)}, **c}
-            for c in spec.topology_spread_constraints
-        ]
-    return out
-
-
-def tolerations(spec: OmegaVLMSpec) -> list[dict[str, Any]]:
-    return [
-        gpu_toleration(),
-        *(t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations or []),
-    ]
-
-
-def container_resources(spec: OmegaVLMSpec) -> dict[str, Any]:
-    res = spec.resources
-    limits = {k: str(v) for k, v in ((res.limits if res else None) or {}).items()}
-    requests = {k: str(v) for k, v in ((res.requests if res else None) or {}).items()}
-    limits[GPU_RESOURCE] = str(gpu_count(spec))
-    out: dict[str, Any] = {"limits": limits}
-    if requests:
-        out["requests"] = requests
-    return out
-
-
 # ---------------------------------------------------------------- pod
 
 
@@ -375,7 +300,7 @@ def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]
         "terminationGracePeriodSeconds": termination_grace(spec),
         "automountServiceAccountToken": False,  # the server never calls the API server
     }
-    pod_spec.update(scheduling(spec, name))
+    pod_spec.update(scheduling(spec, selector_labels(name)))
     model_cache.attach(spec, name, pod_spec)  # hf://: cache volume and the download init container
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
