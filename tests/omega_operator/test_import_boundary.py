@@ -21,6 +21,7 @@ FORBIDDEN = ("aiohttp", "kubernetes", "kopf")
 # The modules that talk to the API server, to pods or to kopf (and the entry point that runs them).
 IO_MODULES = {
     "omega_operator.__main__",
+    "omega_operator.api_ready",
     "omega_operator.credentials",
     "omega_operator.handlers",
     "omega_operator.indexes",

@@ -7,6 +7,7 @@ a pod). Settings come from OMEGA_OPERATOR_* environment variables (see omega_ope
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     from omega_operator import handlers
 
     s = handlers.SETTINGS
+    asyncio.run(_wait_for_api())
     liveness = f"http://0.0.0.0:{s.liveness_port}/healthz" if s.liveness_port else None
     kopf.run(
         standalone=s.peering is None,
@@ -39,6 +41,19 @@ def main(argv: list[str] | None = None) -> None:
         identity=cast(Any, handlers.PEER.identity),
         priority=handlers.PEER.priority,
     )
+
+
+async def _wait_for_api() -> None:
+    """Until the API server serves what the operator watches (``api_ready``): kopf lists it once."""
+    from omega_operator import api_ready
+    from omega_operator.credentials import load_credentials
+    from omega_operator.kube import Kube
+
+    kube = Kube(load_credentials())
+    try:
+        await api_ready.wait_until_served(kube)
+    finally:
+        await kube.close()
 
 
 if __name__ == "__main__":
