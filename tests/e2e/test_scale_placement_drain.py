@@ -269,8 +269,10 @@ def deleting(cluster: Cluster, ns: str, name: str) -> bool:
     return proc.returncode != 0 or bool(json.loads(proc.stdout)["metadata"].get("deletionTimestamp"))
 
 
-# Greedy: the tiny model's answer runs thousands of tokens, long enough to outlive the old fixed 10 s drain.
-STREAM_TOKENS = 12000
+# Greedy: the tiny model's answer never reaches EOS, so the stream runs all its tokens: 30,000 outlive
+# the old fixed 10 s drain on this 2-core machine idle (12-13 s after the delete; 12,000 took 8.7 s and
+# the test failed) and end well inside the 110 s drain when it is loaded. A much faster CPU would need more.
+STREAM_TOKENS = 30000
 OLD_DRAIN_S = 10
 
 
@@ -285,7 +287,7 @@ def test_a_stream_in_flight_during_a_rollout_finishes(
         "attention": "sdpa",
         "runtime": {
             "maxBatchSize": 2,
-            "maxModelLength": 16384,
+            "maxModelLength": 32768,
             "dtype": "float32",
             "startupTimeoutSeconds": 600,
         },
@@ -322,6 +324,9 @@ def test_a_stream_in_flight_during_a_rollout_finishes(
         with contextlib.suppress(httpx.HTTPError):  # a cut stream ends without [DONE]
             lines.extend(it)
         streamed_after_delete = time.monotonic() - deleted
+        print(
+            f"streamed {streamed_after_delete:.1f} s after the serving pod began terminating, {len(lines)} lines"
+        )
     events = [x[len("data: ") :] for x in lines if x.startswith("data: ")]
     assert events[-1] == "[DONE]", events[-3:]
     last = json.loads(events[-2])
