@@ -25,8 +25,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,10 +34,16 @@ from typing import Any
 import httpx
 import yaml
 
-from devcluster import demo_prometheus, monitors, prometheus
+from devcluster import demo_prometheus
 from devcluster.cluster import Cluster
 from devcluster.demo import show, step
-from devcluster.procs import PidRegistry, alive, signal_group, spawn
+from devcluster.demo_operator import (
+    no_proxy,
+    operator_log,
+    register,
+    say,
+    start_operator,
+)
 from devcluster.settings import repo_root
 
 NAMESPACE = "omega-demo"
@@ -49,18 +53,8 @@ SERVED_MODEL = "omega-17-vl-exp"
 REPOSITORY = "registry.example.com/omega-vlm-server"  # the process kubelet runs omega_server for it
 TAG = "v0.1.0"
 SERVER_PORT = 8000  # the operator's containerPort for the server
-OPERATOR = "omega-operator"  # its name in the cluster's pid registry (and in `devcluster status`)
-PROBE_INTERVAL_S = 2.0  # the operator's /health probe interval for the demo (default 10 s)
 FALLBACK_TIMEOUT_S = 300.0
 CRD_NAME = "omegavlms.vlm.omega.io"
-
-
-def _say(text: str) -> None:
-    print(text, flush=True)
-
-
-def _no_proxy() -> httpx.Client:
-    return httpx.Client(trust_env=False, timeout=5)
 
 
 # ---------------------------------------------------------------- 1. the CRD
@@ -88,140 +82,25 @@ def tiny_model(c: Cluster, arch: str = ARCH) -> Path:
     """``python -m omega_server.tiny``: built once into ``<state>/models/<arch>``, reused after."""
     out = c.state_dir / "models" / arch
     if (out / "config.json").exists():
-        _say(f"reusing {out}")
+        say(f"reusing {out}")
     else:
         tmp = out.with_name(f".{arch}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         argv = [sys.executable, "-m", "omega_server.tiny", "--arch", arch, "--out", str(tmp)]
-        _say(f"$ python -m omega_server.tiny --arch {arch} --out {out}")
+        say(f"$ python -m omega_server.tiny --arch {arch} --out {out}")
         t0 = time.monotonic()
         subprocess.run(
             argv, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600
         )
         tmp.replace(out)  # whole or not at all: an interrupted build is never reused
-        _say(f"built in {time.monotonic() - t0:.1f} s")
+        say(f"built in {time.monotonic() - t0:.1f} s")
     files = sorted(p.name for p in out.iterdir())
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    _say(f"{out}: {len(files)} files, {size / 1e6:.1f} MB: {', '.join(files)}\n")
+    say(f"{out}: {len(files)} files, {size / 1e6:.1f} MB: {', '.join(files)}\n")
     return out
 
 
 # ---------------------------------------------------------------- 3. the operator
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
-
-
-def operator_log(c: Cluster) -> Path:
-    """Where the demo operator writes: ``<state>/logs/operator.log``."""
-    return c.layout.logs / "operator.log"
-
-
-def stop_operator(c: Cluster, grace_s: float = 10.0) -> int | None:
-    """Stop the operator registered in this cluster's pid registry (if any); return its pid."""
-    registry = PidRegistry(c.layout.pids)
-    entry = registry.items().get(OPERATOR)
-    if not entry:
-        return None
-    pid, ticks = entry[0], entry[1] or None
-    if alive(pid, ticks):
-        signal_group(pid, signal.SIGTERM)  # it leads its own process group (start_new_session)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and alive(pid, ticks):
-            time.sleep(0.1)
-        if alive(pid, ticks):
-            signal_group(pid, signal.SIGKILL)
-    registry.remove(OPERATOR)
-    prometheus.remove_target(c.state_dir, OPERATOR)
-    return pid
-
-
-def _register(c: Cluster, pid: int) -> None:
-    """Put the operator in the pid registry: ``devcluster down`` stops whatever is registered.
-
-    The supervisor rewrites the same file when pods start and stop; check that the entry stuck.
-    """
-    registry = PidRegistry(c.layout.pids)
-    for _ in range(20):
-        registry.add(OPERATOR, pid)
-        time.sleep(0.05)
-        if registry.items().get(OPERATOR, [0])[0] == pid:
-            return
-    raise RuntimeError(f"could not register the operator (pid {pid}) in {c.layout.pids}")
-
-
-def start_operator(
-    c: Cluster, namespaces: str = "", probe_interval_s: float = PROBE_INTERVAL_S, timeout: float = 60.0
-) -> tuple[int, int]:
-    """Start ``python -m omega_operator`` in the background; return (pid, metrics port).
-
-    It runs in its own session (it outlives the demo), logs to ``operator.log`` and is stopped by
-    ``python -m devcluster down``. One started by an earlier demo is stopped first, so the one
-    that runs is always today's code with these settings. ``namespaces``: empty = cluster-wide.
-    """
-    old = stop_operator(c)
-    if old is not None:
-        _say(f"stopped the operator of an earlier demo (pid {old})")
-    metrics_port, liveness_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMEGA_OPERATOR_")}
-    env.update(
-        KUBECONFIG=str(c.kubeconfig),
-        OMEGA_OPERATOR_NAMESPACES=namespaces,
-        OMEGA_OPERATOR_PROBE_INTERVAL=str(probe_interval_s),
-        OMEGA_OPERATOR_METRICS_PORT=str(metrics_port),
-        OMEGA_OPERATOR_LIVENESS_PORT=str(liveness_port),
-        PYTHONUNBUFFERED="1",
-        OMP_NUM_THREADS="1",
-    )
-    log = operator_log(c)
-    with log.open("a") as f:
-        f.write(
-            f"\n---- started by the omega-vlm demo at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
-        )
-    proc = spawn([sys.executable, "-m", "omega_operator"], log, env=env, cwd=repo_root())
-    _register(c, proc.pid)
-    shown_env = " ".join(
-        f"{k}={env[k]}"
-        for k in (
-            "OMEGA_OPERATOR_PROBE_INTERVAL",
-            "OMEGA_OPERATOR_NAMESPACES",
-            "OMEGA_OPERATOR_METRICS_PORT",
-            "OMEGA_OPERATOR_LIVENESS_PORT",
-        )
-        if env[k]
-    )
-    _say(f"$ KUBECONFIG={c.kubeconfig} {shown_env} python -m omega_operator >> {log} 2>&1 &")
-    # kopf's liveness endpoint answers once the operator is up and watching.
-    t0 = time.monotonic()
-    with _no_proxy() as http:
-        while True:
-            if proc.poll() is not None:
-                tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-20:])
-                raise RuntimeError(f"the operator exited with code {proc.returncode}:\n{tail}")
-            try:
-                if http.get(f"http://127.0.0.1:{liveness_port}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - t0 > timeout:
-                raise RuntimeError(f"the operator was not live after {timeout:.0f} s; see {log}")
-            time.sleep(0.2)
-    scope = f"namespace {namespaces}" if namespaces else "all namespaces"
-    _say(
-        f"operator pid {proc.pid} live after {time.monotonic() - t0:.1f} s, watching {scope}; "
-        f"/healthz on :{liveness_port}, /metrics on :{metrics_port}\n"
-        f"registered as '{OPERATOR}' with the cluster: `python -m devcluster down` stops it\n"
-    )
-    # Scraped by the cluster's Prometheus as the chart's ServiceMonitor would scrape its Service.
-    if prometheus.add_target(c.state_dir, OPERATOR, monitors.operator_entry(f"127.0.0.1:{metrics_port}")):
-        _say(f"Prometheus ({c.prometheus_url}) scrapes its /metrics (job {monitors.OPERATOR_SERVICE})\n")
-    return proc.pid, metrics_port
-
-
-# ---------------------------------------------------------------- 4. apply, watch the fallback
 
 
 def manifest(namespace: str, model_dir: Path, name: str = NAME) -> dict[str, Any]:
@@ -271,7 +150,7 @@ def _fresh_start(c: Cluster, namespace: str, name: str) -> None:
     c.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     if _json(c, "omegavlm", name, "-n", namespace) is None:
         return
-    _say(f"(an OmegaVLM {namespace}/{name} from an earlier demo: deleting it to show the loop again)")
+    say(f"(an OmegaVLM {namespace}/{name} from an earlier demo: deleting it to show the loop again)")
     show(c, "delete", "omegavlm", name, "-n", namespace, "--wait=true", "--timeout=60s")
     deadline = time.monotonic() + 90
     while _pods(c, namespace, name) and time.monotonic() < deadline:
@@ -296,13 +175,13 @@ def apply_and_fall_back(
     """
     _fresh_start(c, namespace, name)
     text = yaml.safe_dump(manifest(namespace, model_dir, name), sort_keys=False)
-    _say(f"$ kubectl apply -f - <<EOF\n{text}EOF")
-    _say(c.apply(text))
+    say(f"$ kubectl apply -f - <<EOF\n{text}EOF")
+    say(c.apply(text))
     t0 = time.monotonic()
     seen: dict[str, Any] = {"flash_health": None, "flash_pod": None}
     shown_running = False
     last_line = ""
-    with _no_proxy() as http:
+    with no_proxy() as http:
         while True:
             el = time.monotonic() - t0
             if el > timeout:
@@ -340,13 +219,13 @@ def apply_and_fall_back(
             att = (status.get("attention") or {}).get("active") or "-"
             line = f"image {image.rsplit(':', 1)[-1]}; phase {status.get('phase', '-')}; attention {att}; pods: {phases or '-'}"
             if line != last_line:
-                _say(f"  [{el:5.1f} s] {line}")
+                say(f"  [{el:5.1f} s] {line}")
                 last_line = line
             if not shown_running and any(
                 _pod_image(p).endswith("-flash") and p["status"].get("phase") == "Running" for p in pods
             ):
                 shown_running = True
-                _say("")
+                say("")
                 show(c, "get", "ovlm", "-n", namespace)
                 show(c, "get", "deploy,pods", "-n", namespace, "-o", "wide")
             if (
@@ -357,7 +236,7 @@ def apply_and_fall_back(
             ):
                 seen["ovlm"], seen["ready_s"] = obj, el
                 first = seen.get("since_flash_error_s")
-                _say(
+                say(
                     (
                         f"\nflash-attn failure first seen on the flash pod's /health at {first:.1f} s; "
                         if first
@@ -374,11 +253,11 @@ def show_fallback(c: Cluster, namespace: str, seen: dict[str, Any], name: str = 
     """What a user looks at after the rollback: the flash pod's /health, get, describe, jsonpath."""
     if seen.get("flash_health"):
         code, body = seen["flash_health"]
-        _say(f"/health of the flash pod {seen['flash_pod']} (HTTP {code}), fetched while it ran:")
-        _say(json.dumps(body, indent=2) + "\n")
+        say(f"/health of the flash pod {seen['flash_pod']} (HTTP {code}), fetched while it ran:")
+        say(json.dumps(body, indent=2) + "\n")
     else:
         fb = ((seen.get("ovlm") or {}).get("status") or {}).get("attention", {}).get("fallback") or {}
-        _say(
+        say(
             f"(the flash pod was gone before its /health was fetched; the operator recorded: {fb.get('message')})\n"
         )
     show(c, "get", "ovlm", "-n", namespace)
@@ -390,19 +269,19 @@ def show_fallback(c: Cluster, namespace: str, seen: dict[str, Any], name: str = 
 
 def show_operator_metrics(port: int) -> None:
     """The operator's fallback and probe counters from its /metrics."""
-    _say(f"$ curl -s localhost:{port}/metrics | grep -E 'omega_operator_(fallbacks_total|omegavlm_info)'")
+    say(f"$ curl -s localhost:{port}/metrics | grep -E 'omega_operator_(fallbacks_total|omegavlm_info)'")
     try:
-        with _no_proxy() as http:
+        with no_proxy() as http:
             text = http.get(f"http://127.0.0.1:{port}/metrics").text
     except httpx.HTTPError as e:
-        _say(f"(metrics not reachable: {e})\n")
+        say(f"(metrics not reachable: {e})\n")
         return
     lines = [
         ln
         for ln in text.splitlines()
         if ln.startswith(("omega_operator_fallbacks_total{", "omega_operator_omegavlm_info{"))
     ]
-    _say("\n".join(lines) + "\n")
+    say("\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------- 5. a chat with an image
@@ -424,9 +303,9 @@ def chat(c: Cluster, namespace: str, name: str = NAME) -> dict[str, Any]:
     pod = next(p for p in _pods(c, namespace, name) if _ready(p) and _pod_image(p).endswith("-sdpa"))
     ip = pod["status"]["podIP"]
     base = f"http://{ip}:{SERVER_PORT}"
-    with _no_proxy() as http:
+    with no_proxy() as http:
         h = http.get(f"{base}/health").json()
-        _say(
+        say(
             f"$ curl -s {base}/health | jq '{{attn, attn_requested, ready}}'\n"
             + json.dumps({k: h.get(k) for k in ("attn", "attn_requested", "ready")})
             + "\n"
@@ -446,14 +325,14 @@ def chat(c: Cluster, namespace: str, name: str = NAME) -> dict[str, Any]:
             "max_tokens": 16,
         }
         shown = json.dumps(body).replace(image, "data:image/png;base64,...")
-        _say(f"$ curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' -d '{shown}'")
+        say(f"$ curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' -d '{shown}'")
         t0 = time.monotonic()
         r = http.post(f"{base}/v1/chat/completions", json=body, timeout=120)
         took = time.monotonic() - t0
     r.raise_for_status()
     answer = dict(r.json())
-    _say(json.dumps(answer, indent=2, ensure_ascii=False))
-    _say(
+    say(json.dumps(answer, indent=2, ensure_ascii=False))
+    say(
         f"HTTP {r.status_code} in {took:.2f} s from pod {pod['metadata']['name']} ({ip}); random tiny "
         "weights, so the words are noise: the point is a real model forward pass with an image, on sdpa.\n"
     )
@@ -528,5 +407,5 @@ def _step_chat(c: Cluster) -> None:
 
 @step("omega-vlm 6/6: go on from here")
 def _step_next(c: Cluster) -> None:
-    _register(c, _state["pid"])  # still registered (the pid file is shared with the supervisor)
-    _say(next_steps(c, NAMESPACE))
+    register(c, _state["pid"])  # still registered (the pid file is shared with the supervisor)
+    say(next_steps(c, NAMESPACE))

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from omega_operator.api.models import OmegaVLMSpec
 
-from devcluster import TEST_KUBELET, Cluster, NodeSpec
+from devcluster import TEST_KUBELET, Cluster, NodeSpec, demo_operator
 from devcluster import demo_omega as demo
 from devcluster.cluster import running_pids
 from devcluster.procs import PidRegistry, alive
@@ -57,14 +57,14 @@ def test_operator_is_restarted_by_a_second_demo_and_stopped_by_devcluster_down(t
     state = tmp_path / "cluster"
     with Cluster.start(state, nodes=[NodeSpec("cpu-x")], kubelet=TEST_KUBELET, owner_pid=os.getpid()) as c:
         demo.install_crd(c)
-        first, _ = demo.start_operator(c)
-        assert alive(first) and c.pids()[demo.OPERATOR] == first
+        first, _ = demo_operator.start_operator(c)
+        assert alive(first) and c.pids()[demo_operator.OPERATOR] == first
 
         # A second `make demo`: the earlier operator is stopped, a fresh one registered.
-        second, _ = demo.start_operator(c)
+        second, _ = demo_operator.start_operator(c)
         assert second != first and not alive(first)
-        assert c.pids()[demo.OPERATOR] == second
-        assert "started by the omega-vlm demo" in demo.operator_log(c).read_text()
+        assert c.pids()[demo_operator.OPERATOR] == second
+        assert "started by the omega-vlm demo" in demo_operator.operator_log(c).read_text()
 
         # It outlives the process that started it (own session) and is listed by `devcluster status`.
         assert os.getpgid(second) == second
@@ -75,7 +75,7 @@ def test_operator_is_restarted_by_a_second_demo_and_stopped_by_devcluster_down(t
             cwd=REPO,
             timeout=60,
         )
-        assert demo.OPERATOR in status.stdout, status.stdout
+        assert demo_operator.OPERATOR in status.stdout, status.stdout
 
         # `python -m devcluster down` stops it with everything else.
         down = subprocess.run(

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from devcluster import H100_SXM, TEST_KUBELET, Cluster, NodeSpec
+from devcluster import H100_SXM, TEST_KUBELET, Cluster, NodeSpec, demo_operator
 from devcluster import demo_omega as demo
 from devcluster.promapi import PromApi
 from devcluster.prometheus import TEST_PROMETHEUS
@@ -126,7 +126,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         prom = PromApi(c.prometheus_url)
         start = time.time()
         try:
-            demo.start_operator(c, namespaces=ns, probe_interval_s=2.0)
+            demo_operator.start_operator(c, namespaces=ns, probe_interval_s=2.0)
             final = _fall_back(c, prom, ns, model)
             for _ in range(CHATS):
                 demo.chat(c, ns, name=NAME)
@@ -141,7 +141,8 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         except BaseException:
             print(dump(c, ns))
             print(
-                "--- operator log (tail)\n" + "\n".join(demo.operator_log(c).read_text().splitlines()[-60:])
+                "--- operator log (tail)\n"
+                + "\n".join(demo_operator.operator_log(c).read_text().splitlines()[-60:])
             )
             raise
         yield Run(c, prom, ns, NAME, start, time.time() + 1, final)
