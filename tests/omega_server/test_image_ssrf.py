@@ -12,14 +12,8 @@ from typing import Any
 import httpx
 import pytest
 from omega_server.errors import APIError
-from omega_server.images import (
-    MAX_REDIRECTS,
-    ImageFetcher,
-    ImageLimits,
-    check_addresses,
-    refused_address,
-    resolve,
-)
+from omega_server.image_addresses import check_addresses, refused_address, resolve
+from omega_server.images import MAX_REDIRECTS, ImageFetcher, ImageLimits
 from omega_server.settings import load_settings
 
 from tests.omega_server.live import AUTH, SHARED_ENV, ThreadServer, png_bytes, tiny
