@@ -14,7 +14,9 @@ Finished or cancelled sequences leave between steps. Greedy outputs equal ``mode
 On the static cache several waiting requests are prefilled in one forward pass (right-padded, up to
 ``max_prefill_tokens``), and decode steps are pipelined one deep: step k+1 is queued on the device,
 its input tokens fed from step k's sampling there, before the host reads step k's tokens (one
-non-blocking copy into pinned memory) and streams them. On the dynamic cache each request is
+non-blocking copy into pinned memory) and streams them. With constrained rows (structured output)
+the step is split: step k+1's forward is queued, step k's tokens are read and advance the grammars,
+then the masks are filled and step k+1 is sampled (``_constrained_step``). On the dynamic cache each request is
 prefilled alone and its cache rows are left-padded to the batch's length.
 
 A failed forward pass takes one path (``_fail``): count it, evict the rows, and either fail those
