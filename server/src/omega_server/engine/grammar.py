@@ -147,15 +147,16 @@ class MaskBuffer:
         return scores.masked_fill(~allowed[:, :vocab], float("-inf"))
 
 
-_buffers: dict[tuple[torch.device, int], MaskBuffer] = {}
+_local = threading.local()  # each engine's worker thread has its own buffers
 
 
 def buffer(rows: int, vocab: int, device: torch.device) -> MaskBuffer:
-    """The mask buffer for this device and vocabulary, grown to ``rows`` rows when smaller."""
+    """This thread's mask buffer for the device and vocabulary, grown to ``rows`` rows when smaller."""
+    buffers: dict[tuple[torch.device, int], MaskBuffer] = _local.__dict__.setdefault("buffers", {})
     key = (device, vocab)
-    buf = _buffers.get(key)
+    buf = buffers.get(key)
     if buf is None or buf.host.shape[0] < rows:
-        buf = _buffers[key] = MaskBuffer(max(rows, 64), vocab, device)
+        buf = buffers[key] = MaskBuffer(max(rows, 64), vocab, device)
     return buf
 
 
