@@ -102,7 +102,7 @@ def test_bad_response_formats_are_refused(client: openai.OpenAI, fmt: Any) -> No
 
 
 def test_static_runner_masks_too(tiny_checkpoint: Callable[[str], Path]) -> None:
-    """The static slot cache (pipelined steps, serial while a row is constrained) next to a free row."""
+    """The static slot cache (pipelined steps, the mask filled between forward and sampling) next to a free row."""
     from omega_server.engine import Engine, EngineConfig
     from omega_server.engine.types import GenerationRequest, SamplingParams
 

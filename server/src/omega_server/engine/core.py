@@ -14,7 +14,9 @@ Finished or cancelled sequences leave between steps. Greedy outputs equal ``mode
 On the static cache several waiting requests are prefilled in one forward pass (right-padded, up to
 ``max_prefill_tokens``), and decode steps are pipelined one deep: step k+1 is queued on the device,
 its input tokens fed from step k's sampling there, before the host reads step k's tokens (one
-non-blocking copy into pinned memory) and streams them. On the dynamic cache each request is
+non-blocking copy into pinned memory) and streams them. With constrained rows (structured output)
+the step is split: step k+1's forward is queued, step k's tokens are read and advance the grammars,
+then the masks are filled and step k+1 is sampled (``_constrained_step``). On the dynamic cache each request is
 prefilled alone and its cache rows are left-padded to the batch's length.
 
 A failed forward pass takes one path (``_fail``): count it, evict the rows, and either fail those
@@ -53,6 +55,7 @@ from omega_server.engine.inputs import (
 from omega_server.engine.load import load_engine, start_runner, vocab_size
 from omega_server.engine.runner import Pending, RawLogprob
 from omega_server.engine.sequence import Seq
+from omega_server.engine.static_runner import StaticRunner
 from omega_server.engine.types import (
     EngineConfig,
     EngineInfo,
@@ -272,7 +275,7 @@ class Engine:
             log.exception("engine worker crashed")
             self._die(f"worker crashed: {describe_error(exc)}")
 
-    def _fail(self, seqs: list[Seq], exc: Exception, what: str) -> None:
+    def _fail(self, seqs: list[Seq], exc: Exception, what: str, evict: bool = True) -> None:
         """The one failure path: count it, evict ``seqs``' rows, end their requests, re-raise if fatal.
 
         After a device error (``is_fatal``) the requests get EngineDeadError and the exception goes on
@@ -282,7 +285,8 @@ class Engine:
         """
         self.stats.errors_total += 1
         failed = {id(s) for s in seqs}
-        self._runner.evict([i for i, s in enumerate(self._runner.seqs) if id(s) not in failed])
+        if evict:
+            self._runner.evict([i for i, s in enumerate(self._runner.seqs) if id(s) not in failed])
         fatal = is_fatal(exc)
         if fatal:
             err: EngineError = EngineDeadError(f"device error: {describe_error(exc)}")
@@ -312,23 +316,15 @@ class Engine:
         step k+1: that token is dropped, and the row is freed before step k+2.
         """
         runner = self._runner
-        # a constrained row's mask needs its previous token: with one running, steps are not pipelined
-        serial = any(s.constraint is not None for s in runner.seqs)
-        if serial and self._pending is not None:
-            queued, self._pending = self._pending, None
-            try:
-                tokens = queued.wait()
-            except Exception as exc:
-                self._fail(list(runner.seqs), exc, "decode step")
-                return
-            self._take(queued, tokens)
-            self._drop_finished()
-            if not runner.seqs:
-                return
+        # constrained rows: their masks are filled between the forward and the sampling (the dynamic
+        # runner reads every step at once and masks inside it)
+        if runner.pipelined and any(s.constraint is not None for s in runner.seqs):
+            self._constrained_step()
+            return
         pending, self._pending = self._pending, None
         try:
             launched = runner.launch() if runner.seqs else None
-            if not runner.pipelined or serial:
+            if not runner.pipelined:
                 pending, launched = launched, None
             tokens = pending.wait() if pending is not None else []
         except Exception as exc:
@@ -339,12 +335,35 @@ class Engine:
             self._take(pending, tokens)
         self._drop_finished()
 
-    def _take(self, pending: Pending, tokens: list[int]) -> None:
+    def _constrained_step(self) -> None:
+        """A pipelined step with constrained rows: queue step k+1's forward, read step k's tokens and
+        advance the matchers with them while the device computes, then fill the masks (one batched
+        call) and queue step k+1's sampling. Rows are evicted only after that (a row failed while
+        its token is delivered is dropped with the finished ones)."""
+        runner = self._runner
+        assert isinstance(runner, StaticRunner)
+        pending, self._pending = self._pending, None
+        try:
+            step = runner.forward_step()
+            tokens = pending.wait() if pending is not None else []
+        except Exception as exc:
+            self._fail(list(runner.seqs), exc, "decode step")
+            return
+        if pending is not None:
+            self._take(pending, tokens, evict=False)
+        try:
+            self._pending = runner.sample_step(step)
+        except Exception as exc:
+            self._fail(list(runner.seqs), exc, "decode step")
+            return
+        self._drop_finished()
+
+    def _take(self, pending: Pending, tokens: list[int], evict: bool = True) -> None:
         """A read step's tokens, each to its sequence (a row that finished meanwhile drops its token)."""
         logprobs = pending.logprobs()
         for s, t, lp in zip(pending.seqs, tokens, logprobs, strict=True):
             if not (s.done or s.cancelled):
-                self._deliver(s, t, lp)
+                self._deliver(s, t, lp, evict)
 
     def _drop_finished(self) -> None:
         runner = self._runner
@@ -354,10 +373,11 @@ class Engine:
                 s.done = True
         runner.evict(keep)
 
-    def _deliver(self, seq: Seq, token: int, logprob: RawLogprob | None = None) -> None:
-        """``emit.deliver``; an error there (detokenizer, stop checks, grammar) fails this request only."""
+    def _deliver(self, seq: Seq, token: int, logprob: RawLogprob | None = None, evict: bool = True) -> None:
+        """``emit.deliver``; an error there (detokenizer, stop checks, grammar) fails this request only
+        (its row is evicted now, or with ``evict=False`` by the next ``_drop_finished``)."""
         self.stats.completion_tokens_total += 1
         try:
             emit.deliver(seq, token, logprob, self._runner.tokenizer)
         except Exception as exc:
-            self._fail([seq], exc, "detokenization")
+            self._fail([seq], exc, "detokenization", evict)

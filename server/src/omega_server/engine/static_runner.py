@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -267,6 +268,12 @@ class StaticRunner(Runner):
         """Queue a decode step without waiting for it: inputs, graph replay, sampling and the feedback
         of the sampled tokens into the next step's inputs all stay on the device; the tokens are then
         copied (non-blocking) into a pinned host buffer, with an event to wait on."""
+        return self.sample_step(self.forward_step())
+
+    def forward_step(self) -> Step:
+        """Queue the forward pass of a decode step (its input tokens are on the device already);
+        ``sample_step`` samples it. Between the two the host may advance the grammars' matchers
+        with the previous step's tokens: the forward does not need them, only the sampling does."""
         seqs = list(self.seqs)
         n = len(seqs)
         sc = self.slot_cache
@@ -284,9 +291,16 @@ class StaticRunner(Runner):
         for s in seqs:
             s.cache_len += 1
             s.next_pos += 1
-        out = sampler.sample_full(seqs, logits[:n])
+        return Step(seqs, logits[:n])
+
+    def sample_step(self, step: Step) -> Pending:
+        """Sample a queued forward's rows (masks included), feed the tokens to the next step's inputs
+        and copy them to the host (non-blocking), with an event to wait on. The rows must still be
+        in the slots they had at ``forward_step`` (nothing evicted in between)."""
+        seqs, n = step.seqs, len(step.seqs)
+        out = sampler.sample_full(seqs, step.logits)
         sampled = out.tokens
-        sc.set_tokens(n, sampled)
+        self.slot_cache.set_tokens(n, sampled)
         host = self._host[self._flip]
         self._flip ^= 1
         host[:n].copy_(sampled, non_blocking=True)
@@ -298,6 +312,14 @@ class StaticRunner(Runner):
             event = torch.cuda.Event()
             event.record()
         return Pending(seqs, host=host, event=event, logprob_host=logprobs)
+
+
+@dataclass
+class Step:
+    """A decode step whose forward pass is queued and whose rows are not sampled yet."""
+
+    seqs: list[Seq]
+    logits: torch.Tensor
 
 
 def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
