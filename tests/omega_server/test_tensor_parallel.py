@@ -75,3 +75,44 @@ def test_split_refused_with_the_numbers(tiny_checkpoint: Any) -> None:
     tp.check_split(config, 2)
     with pytest.raises(tp.TensorParallelError, match=r"num_attention_heads=4.*not divisible by 3"):
         tp.check_split(config, 3)
+
+
+def test_setting_defaults_to_one_and_reaches_the_engine_config() -> None:
+    from omega_server.app import engine_config
+    from omega_server.settings import load_settings
+
+    assert load_settings({"MODEL_PATH": "/m"}).tensor_parallel_size == 1
+    settings = load_settings({"MODEL_PATH": "/m", "TENSOR_PARALLEL_SIZE": "2"})
+    assert engine_config(settings).tensor_parallel_size == 2
+
+
+def test_health_reports_the_size() -> None:
+    from omega_server.app import http_config
+    from omega_server.engine.types import EngineInfo
+    from omega_server.health import health_body
+    from omega_server.settings import load_settings
+
+    info = EngineInfo(
+        attn="sdpa",
+        attn_requested="sdpa",
+        flash_attn={},
+        dtype="torch.float32",
+        devices=["cpu"],
+        device_names=["cpu"],
+        model_type="qwen2_5_vl",
+        max_batch_size=4,
+        max_model_length=64,
+        tensor_parallel_size=2,
+    )
+    config = http_config(load_settings({"MODEL_PATH": "/m"}))
+    assert health_body("ready", info, config, None)["tensor_parallel_size"] == 2
+    assert health_body("loading", None, config, None)["tensor_parallel_size"] is None
+
+
+def test_engine_refuses_more_than_one_rank_until_the_loop_lands(tiny_checkpoint: Any) -> None:
+    from omega_server.engine import EngineConfig
+    from omega_server.engine.load import load_engine
+
+    config = EngineConfig(model_path=str(tiny_checkpoint("qwen2_5_vl")), tensor_parallel_size=2)
+    with pytest.raises(tp.TensorParallelError, match="TENSOR_PARALLEL_SIZE=2"):
+        load_engine(config)
