@@ -60,6 +60,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         prefix_caching=settings.enable_prefix_caching,
         prefill_chunk_tokens=settings.prefill_chunk_tokens,
         prefix_cache_tokens=settings.prefix_cache_tokens,
+        tensor_parallel_size=settings.tensor_parallel_size,
     )
 
 

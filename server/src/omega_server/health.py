@@ -96,6 +96,7 @@ def health_body(phase: Phase, info: Any, config: HttpConfig, error: str | None) 
         "max_model_length": info_get(info, "max_model_length", config.max_model_length),
         "decode": decode_report(info),
         "kv": kv_report(info),
+        "tensor_parallel_size": info_get(info, "tensor_parallel_size"),
         "version": __version__,
         "error": error if phase != "dead" else (error or "the engine stopped"),
     }

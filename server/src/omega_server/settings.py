@@ -65,6 +65,15 @@ class Settings(BaseSettings):
         "out first; on a GPU at most what the KV memory budget holds beyond the slots (never a slot's "
         "memory; /health kv.prefix_cache_tokens).",
     )
+    tensor_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="Ranks (one process per GPU) the model is sharded over by tensor parallelism; "
+        "attention and KV heads must divide by it (/health tensor_parallel_size). The intended default "
+        "is the visible GPU count when the model does not fit one GPU; today it is 1, and a value "
+        "above 1 is refused at load until the multi-rank serving path lands (issue 19).",
+    )
     gpu_memory_utilization: float = Field(
         default=0.9,
         gt=0,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from omega_server import attention, kernels, models
-from omega_server.engine import kv_budget, prefix_cache
+from omega_server.engine import kv_budget, prefix_cache, tensor_parallel
 from omega_server.engine.errors import ContextTooLongError, KVCacheTooSmallError, describe_error, is_fatal
 from omega_server.engine.inputs import check_request, prepare_inputs
 from omega_server.engine.runner import Runner
@@ -46,6 +46,11 @@ def load_engine(config: EngineConfig) -> Engine:
         raise ValueError("max_batch_size must be >= 1")
     if config.max_model_length < 2:
         raise ValueError("max_model_length must be >= 2")
+    if config.tensor_parallel_size != 1:
+        raise tensor_parallel.TensorParallelError(
+            f"TENSOR_PARALLEL_SIZE={config.tensor_parallel_size}: serving over several ranks is not built "
+            "yet (engine.tensor_parallel shards a model; the rank-0 broadcast loop is pending); use 1"
+        )
     started = time.monotonic()
     path = models.resolve_model_path(config.model_path)
     check_context(config, models.load_config(path)[0])
@@ -79,6 +84,7 @@ def load_engine(config: EngineConfig) -> Engine:
         gqa_decode=installed.gqa_decode,
         experts_implementation=installed.experts,
         sampling_defaults=sampling_defaults(Path(path)),
+        tensor_parallel_size=config.tensor_parallel_size,
     )
     if info.sampling_defaults:
         log.info("sampling defaults from generation_config.json: %s", info.sampling_defaults)

@@ -138,6 +138,8 @@ class EngineConfig:
     prefix_caching: bool = True
     # tokens of prefix KV kept (sized from memory: at most what the KV budget holds beyond the slots)
     prefix_cache_tokens: int = 16384
+    # ranks the model is sharded over (``engine.tensor_parallel``); 1: one device, no sharding
+    tensor_parallel_size: int = 1
 
 
 @dataclass
@@ -177,6 +179,7 @@ class EngineInfo:
     sampling_defaults: dict[str, float] = field(default_factory=dict)
     prefix_caching: bool = False  # prompt prefixes' KV is reused (static cache with ENABLE_PREFIX_CACHING)
     prefix_cache_tokens: int = 0  # tokens of prefix KV the prefix cache keeps (0 when off)
+    tensor_parallel_size: int = 1  # ranks the model is sharded over (``engine.tensor_parallel``)
 
 
 @dataclass
