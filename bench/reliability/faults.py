@@ -58,6 +58,23 @@ DOWN_S = 5.0  # how long a restarted control-plane process stays down
 STARTUP_S = 3.0  # after the operator's start-up line: kopf resolves its resources and starts watching
 
 
+def _changed_paths(old: Any, new: Any, path: str = "spec") -> list[str]:
+    """The dotted paths where two Deployment specs differ (lists compared item by item)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            p
+            for k in sorted(set(old) | set(new))
+            for p in _changed_paths(old.get(k), new.get(k), f"{path}.{k}")
+        ]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [
+            p
+            for i, (a, b) in enumerate(zip(old, new, strict=True))
+            for p in _changed_paths(a, b, f"{path}[{i}]")
+        ]
+    return [] if old == new else [path]
+
+
 class DeploymentWatch:
     """Every spec version (generation, server image) of the Deployments of one namespace, from a watch."""
 
@@ -68,6 +85,8 @@ class DeploymentWatch:
         self._watch = watch.Watch()
         self.namespace = namespace
         self.versions: list[tuple[int, str]] = []  # (metadata.generation, server image), in watch order
+        self.changes: list[list[str]] = []  # the spec fields each new generation changed
+        self._last_spec: dict[str, Any] | None = None
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -91,6 +110,9 @@ class DeploymentWatch:
         image = next((c["image"] for c in containers if c["name"] == "server"), containers[0]["image"])
         if all(g != gen for g, _ in self.versions):  # a re-list sends the same version again
             self.versions.append((gen, image))
+            if self._last_spec is not None:
+                self.changes.append(_changed_paths(self._last_spec, dep["spec"]))
+            self._last_spec = dep["spec"]
 
     def stop(self) -> None:
         self._stopped.set()
@@ -161,6 +183,7 @@ class FaultRun:
     ready_after_fault_s: float = 0.0  # from the fault to Ready on sdpa (restart included)
     image_writes: list[str] = field(default_factory=list)
     spec_generations: int = 0
+    spec_changes: list[list[str]] = field(default_factory=list)  # per generation after the first
     fallback_records: int = 0
     events: int = 0
     violations: list[str] = field(default_factory=list)
@@ -264,6 +287,7 @@ def run_iteration(
         obj = ovlm(cluster, ns, NAME)
         run.image_writes = watch.image_writes
         run.spec_generations = len(watch.versions)
+        run.spec_changes = watch.changes
         run.fallback_records = len(records)
         run.events = len(events(cluster, ns, "FlashAttentionFallback"))
         want = [FLASH_IMAGE, SDPA_IMAGE] if rollback else [SDPA_IMAGE]

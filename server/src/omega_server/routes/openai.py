@@ -32,7 +32,10 @@ async def require_api_key(request: Request) -> None:
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not secrets.compare_digest(token.strip().encode(), key.get_secret_value().encode()):
+    # The header's own bytes (Starlette decoded them as latin-1) against the key's UTF-8 bytes, in
+    # constant time: a non-ASCII key matches when the client sends it UTF-8 encoded.
+    sent = token.strip(" \t").encode("latin-1")
+    if not secrets.compare_digest(sent, key.get_secret_value().encode("utf-8")):
         raise APIError(
             401, "Incorrect API key provided.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
         )
