@@ -8,7 +8,7 @@ all inside ``crashLoopWindowSeconds`` of its start, with no other known cause.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +17,7 @@ from omega_operator import conditions as c
 from omega_operator import status as st
 from omega_operator.conditions import rfc3339
 from omega_operator.fallback import Action, FallbackSpec, PodView, Reason, decide
+from omega_operator.fallback.nodes import is_node_scoped
 from omega_operator.health_report import ProbeOutcome, ProbeResult, parse_report
 from omega_server import flash_failure
 
@@ -339,6 +340,14 @@ CASES = [
 def test_only_flash_evidence_rolls_back(case: Case) -> None:
     pods = [PodView.from_pod(p) for p in case.pods]
     d = decide(case.spec or spec(), None, pods, case.probes, now=NOW)
+    if case.action is Action.ROLLBACK and any(is_node_scoped(f) for f in d.findings):
+        # A node-scoped kind (fallback.nodes): the first failing node is listed and flash is tried on
+        # another; the same failure on a second node, with no pod on flash, rolls the fleet back.
+        assert d.action is Action.EXCLUDE and d.condition_status, (d.reason, d.message, d.findings)
+        assert [n.node for n in d.bad_nodes] == [pods[0].node] and d.variant == "flash"
+        moved = [replace(p, node="h100-pcie-0") for p in pods]
+        d = decide(case.spec or spec(), d.status_attention(), moved, case.probes, now=NOW)
+        assert len(d.bad_nodes) == 2
     assert d.action is case.action, (d.reason, d.message, d.findings)
     if case.action is Action.ROLLBACK:
         assert d.reason == case.reason and d.attention == "sdpa"

@@ -7,6 +7,7 @@ from `placement`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -262,7 +263,9 @@ def lifecycle() -> dict[str, Any]:
     return {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_DELAY)]}}}
 
 
-def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]:
+def pod_template(
+    spec: OmegaVLMSpec, name: str, variant_: str, exclude_nodes: Sequence[str] = ()
+) -> dict[str, Any]:
     image = image_for(spec, variant_)
     mv = model_volume(spec.model.uri)
     shm = str((spec.runtime.shm_size if spec.runtime else None) or DEFAULT_SHM_SIZE)
@@ -293,7 +296,7 @@ def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]
         container["envFrom"] = [dict(e) for e in spec.env_from]
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        **({"affinity": aff} if (aff := affinity(spec)) else {}),
+        **({"affinity": aff} if (aff := affinity(spec, exclude_nodes)) else {}),
         "tolerations": tolerations(spec),
         "volumes": volumes,
         "securityContext": pod_security_context(),
@@ -317,8 +320,10 @@ def pod_template(spec: OmegaVLMSpec, name: str, variant_: str) -> dict[str, Any]
 # ---------------------------------------------------------------- children
 
 
-def deployment(spec: OmegaVLMSpec, owner: Owner, variant_: str) -> dict[str, Any]:
-    """The Deployment of server pods, as a server-side-apply body."""
+def deployment(
+    spec: OmegaVLMSpec, owner: Owner, variant_: str, exclude_nodes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The Deployment of server pods, as a server-side-apply body (``exclude_nodes``: kept off them)."""
     meta = _metadata(owner)
     meta["labels"] = {**meta["labels"], VARIANT_LABEL: variant_}
     return {
@@ -334,7 +339,7 @@ def deployment(spec: OmegaVLMSpec, owner: Owner, variant_: str) -> dict[str, Any
             "revisionHistoryLimit": 3,
             # A rollout may take one full model load plus slack before it counts as stalled.
             "progressDeadlineSeconds": startup_timeout(spec) + 300,
-            "template": pod_template(spec, owner.name, variant_),
+            "template": pod_template(spec, owner.name, variant_, exclude_nodes),
         },
     }
 
@@ -379,11 +384,17 @@ def pdb(
 
 
 def children(
-    spec: OmegaVLMSpec, owner: Owner, variant_: str, pdb_api_version: str, pdb_always_allow: bool = False
+    spec: OmegaVLMSpec,
+    owner: Owner,
+    variant_: str,
+    pdb_api_version: str,
+    pdb_always_allow: bool = False,
+    exclude_nodes: Sequence[str] = (),
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-    """(Deployment, Service, PodDisruptionBudget or None) for one OmegaVLM."""
+    """(Deployment, Service, PodDisruptionBudget or None) for one OmegaVLM; its pods kept off
+    ``exclude_nodes`` (the nodes flash-attn failed on)."""
     return (
-        deployment(spec, owner, variant_),
+        deployment(spec, owner, variant_, exclude_nodes),
         service(spec, owner),
         pdb(spec, owner, pdb_api_version, pdb_always_allow),
     )

@@ -3,6 +3,7 @@ user's affinity, the GPU toleration, the nvidia.com/gpu limit, the scheduling fi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from omega_operator.api.defaults import DEFAULT_GPU_COUNT
@@ -15,6 +16,7 @@ from omega_operator.api.placement import (
 )
 
 GPU_RESOURCE = "nvidia.com/gpu"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 
 
@@ -40,21 +42,27 @@ def gpu_node_requirement(spec: OmegaVLMSpec) -> dict[str, Any] | None:
     return {"key": GPU_FAMILY_LABEL, "operator": "In", "values": [HOPPER_FAMILY]}
 
 
-def affinity(spec: OmegaVLMSpec) -> dict[str, Any]:
-    """The user's affinity with our GPU requirement ANDed into each of its node selector terms."""
-    ours = gpu_node_requirement(spec)
+def affinity(spec: OmegaVLMSpec, exclude_nodes: Sequence[str] = ()) -> dict[str, Any]:
+    """The user's affinity with our requirements ANDed into each of its node selector terms: the GPU
+    nodes, and ``kubernetes.io/hostname NotIn exclude_nodes`` (the nodes flash-attn failed on,
+    :mod:`omega_operator.fallback.nodes`)."""
+    ours = [r for r in (gpu_node_requirement(spec), _not_on(exclude_nodes)) if r is not None]
     user = dict(spec.affinity or {})
-    if ours is None:
+    if not ours:
         return user
     node_aff = dict(user.get("nodeAffinity") or {})
     required = dict(node_aff.get("requiredDuringSchedulingIgnoredDuringExecution") or {})
     terms = [dict(t) for t in required.get("nodeSelectorTerms") or []] or [{}]
     for term in terms:
-        term["matchExpressions"] = [*(term.get("matchExpressions") or []), ours]
+        term["matchExpressions"] = [*(term.get("matchExpressions") or []), *ours]
     required["nodeSelectorTerms"] = terms
     node_aff["requiredDuringSchedulingIgnoredDuringExecution"] = required
     user["nodeAffinity"] = node_aff
     return user
+
+
+def _not_on(nodes: Sequence[str]) -> dict[str, Any] | None:
+    return {"key": HOSTNAME_LABEL, "operator": "NotIn", "values": sorted(set(nodes))} if nodes else None
 
 
 def scheduling(spec: OmegaVLMSpec, selector: dict[str, str]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from omega_operator import conditions as c
 from omega_operator import drift, fallback, metrics, model_cache, model_claim, rollback, rollout
 from omega_operator import status as st
 from omega_operator.api.validation import InvalidSpec, parse_spec
+from omega_operator.fallback import nodes
 from omega_operator.health_probed import ProbeLedger
 from omega_operator.health_report import ProbeResult
 from omega_operator.kube import ApiError, Kube
@@ -168,7 +169,12 @@ async def _reconcile(
     # 3. Converge the children (apply only what differs from the watch cache).
     owner = owner_of(body)
     deployment, service, pdb = b.children(
-        spec, owner, variant, await kube.pdb_api_version(), await kube.pdb_always_allow()
+        spec,
+        owner,
+        variant,
+        await kube.pdb_api_version(),
+        await kube.pdb_always_allow(),
+        exclude_nodes=decision.excluded_nodes,
     )
     # A rollback replaces pods that still serve one new pod before one old pod (rollout.py).
     deployment["spec"]["strategy"] = rollout.strategy(decision, views)
@@ -235,6 +241,12 @@ async def _reconcile(
         await event("Warning", fallback.EVENT_REASON, decision.message)
     elif decision.action is fallback.Action.RESET:
         await event("Normal", "FlashAttentionRetry", decision.message)
+    for bad in decision.new_bad_nodes:  # per-node memory: one Event and one count per listed node
+        metrics.count_rollback(bad.reason, scope="node")
+        msg = (
+            f"flash-attn failed on node {bad.node} (pod {bad.pod}): {bad.message}; flash pods are kept off it"
+        )
+        await event("Warning", nodes.EXCLUDED_EVENT_REASON, msg)
     if "Deployment" in res.applied and (no_cache := model_cache.no_cache_warning(spec)):
         await event("Warning", model_cache.NO_CACHE_REASON, no_cache)
     if "Deployment" in res.applied and observed.deployment is None:

@@ -42,10 +42,16 @@ class StatusWriter(Protocol):
 async def persist_fallback(
     kube: StatusWriter, namespace: str, name: str, decision: Decision
 ) -> dict[str, Any] | None:
-    """On a ROLLBACK decision, merge-patch ``status.attention.fallback`` (and ``retryFlash``) BEFORE
+    """On a ROLLBACK decision, merge-patch ``status.attention.fallback`` (and ``retryFlash``); on an
+    EXCLUDE decision that lists new nodes, ``status.attention.badNodes``; both BEFORE
     the Deployment is written. Returns the ``status.attention`` keys written (merge them into the
     caller's copy of the old status so its later diff does not send them again), or None when the
     decision is not a rollback (nothing written)."""
+    if decision.action is Action.EXCLUDE and decision.new_bad_nodes:
+        # the nodes go into the status before the Deployment keeps the pods off them
+        listed: dict[str, Any] = {"badNodes": [n.to_status() for n in decision.bad_nodes]}
+        await kube.patch_status(namespace, name, {"attention": listed})
+        return listed
     if decision.action is not Action.ROLLBACK or decision.fallback is None:
         return None
     written: dict[str, Any] = {"fallback": decision.fallback.to_status()}

@@ -16,7 +16,11 @@ still has pods of the flash image the fallback moved away from:
 * none is Ready (crash-looping, still loading): ``maxSurge: 0`` and ``maxUnavailable`` = all of
   them: they are replaced at once (a surge pod would need a GPU the broken pods hold).
 
-Once no pod of the flash image is left the strategy is the normal one again (one more write of the
+Flash pods moved off the nodes flash-attn failed on (``fallback.nodes``: a required node affinity
+``NotIn``, a template change) roll by the same rule, the pods on those nodes counting as the old
+ones: they mostly serve sdpa in process.
+
+Once no pod of the flash image (or on an excluded node) is left the strategy is the normal one again (one more write of the
 Deployment, no new ReplicaSet: the strategy is not part of the pod template).
 """
 
@@ -34,9 +38,13 @@ NORMAL: dict[str, Any] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge":
 def strategy(decision: Decision, pods: Iterable[PodView]) -> dict[str, Any]:
     """The Deployment's ``spec.strategy`` for this decision and these pods (see the module doc)."""
     record = decision.fallback
-    if record is None or decision.variant != "sdpa":
+    excluded = set(decision.excluded_nodes)
+    if excluded:  # flash pods move off the nodes flash failed on: the same surge-first rule
+        old = [p for p in pods if not p.deleting and p.node in excluded]
+    elif record is None or decision.variant != "sdpa":
         return NORMAL
-    old = [p for p in pods if not p.deleting and _is_old(p, record.from_image)]
+    else:
+        old = [p for p in pods if not p.deleting and _is_old(p, record.from_image)]
     if not old:
         return NORMAL
     not_ready = sum(1 for p in old if not p.ready)

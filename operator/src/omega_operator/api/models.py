@@ -304,6 +304,19 @@ class FlashError(_Model):
     count: int | None = Field(default=None, description="How many pods reported it.")
 
 
+class BadNode(_Model):
+    """A node flash-attn failed on while it works elsewhere: flash pods are kept off it."""
+
+    node: str = Field(description="The node's name (kubernetes.io/hostname).")
+    image: str | None = Field(
+        default=None, description="The flash image that failed there; a new flash image clears the list."
+    )
+    reason: str | None = Field(default=None, description="FlashAttentionLoadFailed or FlashVariantCrashLoop.")
+    message: str | None = Field(default=None, description="The pod's own error message.")
+    pod: str | None = Field(default=None, description="The pod that reported it.")
+    at: str | None = Field(default=None, description="When the node was listed (RFC 3339).")
+
+
 class AttentionStatus(_Model):
     """Requested versus actually running attention backend."""
 
@@ -330,6 +343,17 @@ class AttentionStatus(_Model):
     )
     retry_flash: str | None = Field(
         default=None, description="Value of the vlm.omega.io/retry-flash annotation last acted on."
+    )
+    bad_nodes: list[BadNode] | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "Nodes flash-attn failed on (an error of a node-scoped kind) while the OmegaVLM stays on "
+            "flash: the flash pods get a required node affinity kubernetes.io/hostname NotIn these. The "
+            "whole OmegaVLM falls back to sdpa when no pod runs flash on another node and failures were "
+            "seen on two nodes, or no other node can take a flash pod. Cleared by a new flash image or the "
+            "vlm.omega.io/retry-flash annotation."
+        ),
     )
 
 

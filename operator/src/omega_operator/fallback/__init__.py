@@ -26,6 +26,14 @@ Rules
   reason of a pod serving sdpa in process after it) or ``other`` (``FlashAttemptFailed``), OOMKilled,
   image pull errors, Unschedulable, a model that fails to load, crash loops below the threshold or
   slower than the window. Each shows as a :class:`PodFinding` with its own reason.
+* Per-node memory (:mod:`.nodes`): a flash failure of a node-scoped kind (``import_error``,
+  ``unsupported_device``, ``kernel_error``) lists its node in ``status.attention.badNodes``
+  (``Action.EXCLUDE``: the flash pods get a required node affinity ``kubernetes.io/hostname NotIn``,
+  a Warning Event ``FlashAttentionNodeExcluded`` per new node, ``FlashAttentionDegraded=True``
+  ``FlashAttentionNodeFailed``) instead of moving the fleet. The fleet rolls back when no pod runs
+  flash on an unlisted node and either two nodes are listed or a flash pod kept off them cannot be
+  scheduled. ``not_installed`` and unclassified failures roll the fleet back at once. The list is
+  for the current flash image only, and the retry annotation clears it.
 * ``fallback.enabled: false``: a flash failure gives ``Action.DEGRADED`` (no rollback).
 * Sticky: once ``status.attention.fallback`` exists with ``fromImage`` = the current flash image and
   ``attention`` = the spec's attention, the Deployment stays on sdpa. It is cleared (flash tried

@@ -13,8 +13,17 @@ from enum import StrEnum
 from typing import Any
 
 from omega_operator.conditions import rfc3339
-from omega_operator.fallback.findings import PodFinding, Reason, clip, pod_findings, rank_problems
+from omega_operator.fallback import nodes
+from omega_operator.fallback.findings import (
+    FLASH_REASONS,
+    PodFinding,
+    Reason,
+    clip,
+    pod_findings,
+    rank_problems,
+)
 from omega_operator.fallback.inputs import FallbackSpec, PodView
+from omega_operator.fallback.nodes import BadNode
 from omega_operator.health_report import ProbeResult
 
 RETRY_ANNOTATION = "vlm.omega.io/retry-flash"
@@ -29,6 +38,7 @@ class Action(StrEnum):
     ROLLBACK = "rollback"  # record the fallback, move the Deployment to sdpa, Event + metric
     DEGRADED = "degraded"  # flash failed but fallback.enabled is false: report, do not roll back
     RESET = "reset"  # an old fallback no longer applies (flash image/attention changed, retry): try flash
+    EXCLUDE = "exclude-nodes"  # flash failed on some nodes only: list them, keep flash pods off them
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,13 @@ class Decision:
     summary: AttentionSummary
     findings: tuple[PodFinding, ...] = ()
     flash_errors: tuple[FlashErrorSummary, ...] = ()
+    bad_nodes: tuple[BadNode, ...] = ()  # status.attention.badNodes (fallback.nodes)
+    new_bad_nodes: tuple[BadNode, ...] = ()  # listed by this decision (an Event each)
+
+    @property
+    def excluded_nodes(self) -> tuple[str, ...]:
+        """Nodes the flash pods must be kept off (required node affinity NotIn); none on sdpa."""
+        return tuple(n.node for n in self.bad_nodes) if self.variant == "flash" else ()
 
     @property
     def problems(self) -> tuple[PodFinding, ...]:
@@ -134,6 +151,7 @@ class Decision:
             "flashErrors": [e.to_status() for e in self.flash_errors],
             "fallback": self.fallback.to_status() if self.fallback else None,
             "retryFlash": self.retry_flash,
+            "badNodes": [n.to_status() for n in self.bad_nodes] or None,
         }
 
 
@@ -158,6 +176,7 @@ def decide(
     wanted = (annotations or {}).get(RETRY_ANNOTATION) or None
     retry = wanted is not None and wanted != consumed
     retry_value = wanted if retry else consumed
+    listed = () if retry else nodes.recorded(st, spec)
 
     def make(
         action: Action,
@@ -166,6 +185,8 @@ def decide(
         degraded: bool,
         reason: str,
         message: str,
+        bad: tuple[BadNode, ...] = listed,
+        new_bad: tuple[BadNode, ...] = (),
     ) -> Decision:
         return Decision(
             action=action,
@@ -178,12 +199,14 @@ def decide(
             summary=summary,
             findings=findings,
             flash_errors=flash_errors,
+            bad_nodes=bad,
+            new_bad_nodes=new_bad,
         )
 
     if not spec.wants_flash:
         # An old record is dropped (fallback None), but nothing is retried: KEEP, not RESET.
         msg = f"attention is {spec.attention}: the flash variant is not used"
-        return make(Action.KEEP, SDPA, None, False, Reason.SDPA_REQUESTED, msg)
+        return make(Action.KEEP, SDPA, None, False, Reason.SDPA_REQUESTED, msg, bad=())
 
     if record is not None:
         if record.applies_to(spec) and not retry:
@@ -195,26 +218,50 @@ def decide(
         else:
             why = f"attention changed from {record.attention} to {spec.attention}"
         msg = f"trying the flash variant again: {why}"
-        return make(Action.RESET, spec.attention, None, False, Reason.RETRYING_FLASH, msg)
+        return make(Action.RESET, spec.attention, None, False, Reason.RETRYING_FLASH, msg, bad=())
 
     failure = next((f for f in findings if f.is_flash), None)
-    if failure is None:
+    if failure is None and not listed:
         msg = "no flash-attention failure seen"
         return make(Action.KEEP, spec.attention, None, False, Reason.NOT_DEGRADED, msg)
-    if not spec.enabled:
+    if failure is not None and not spec.enabled:
         msg = f"fallback disabled; pod {failure.pod}: {failure.message}"
         return make(Action.DEGRADED, spec.attention, None, True, failure.reason, msg)
+    fleet_why: str | None = None
+    bad = listed
+    if failure is None or all(nodes.is_node_scoped(f) for f in findings if f.is_flash):
+        # Per-node memory (fallback.nodes): list the nodes, and keep the fleet on flash while it can.
+        bad, new_bad = nodes.merge(listed, findings, spec, now)
+        healthy = nodes.healthy_flash_nodes(live, probes, spec, (n.node for n in bad))
+        fleet_why = nodes.fleet_must_fall_back(bad, healthy, live, spec)
+        if fleet_why is None:
+            action = Action.EXCLUDE if new_bad else Action.KEEP
+            msg = _nodes_message(bad, healthy)
+            return make(action, spec.attention, None, True, Reason.NODE_FAILED, msg, bad=bad, new_bad=new_bad)
+        if failure is None:  # the scheduler has no other node: fall back with the first node's error
+            first = bad[0]
+            why = Reason(first.reason) if first.reason in FLASH_REASONS else Reason.FLASH_LOAD_FAILED
+            failure = PodFinding(first.pod, first.node, why, first.message)
+    if not spec.enabled:
+        msg = f"fallback disabled; {fleet_why or 'flash failed'}; pod {failure.pod}: {failure.message}"
+        return make(Action.DEGRADED, spec.attention, None, True, failure.reason, msg, bad=bad)
     new = FallbackRecord(
         at=rfc3339(now),
         from_image=spec.flash_image,
         to_image=spec.sdpa_image,
         reason=failure.reason,
-        message=failure.message,
+        message=clip(f"{fleet_why}; {failure.message}") if fleet_why else failure.message,
         pod=failure.pod,
         node=failure.node,
         attention=spec.attention,
     )
-    return make(Action.ROLLBACK, SDPA, new, True, new.reason, _fallback_message(new))
+    return make(Action.ROLLBACK, SDPA, new, True, new.reason, _fallback_message(new), bad=bad)
+
+
+def _nodes_message(bad: tuple[BadNode, ...], healthy: frozenset[str]) -> str:
+    where = ", ".join(f"{n.node} ({n.message})" for n in bad)
+    serving = f"; flash runs on {', '.join(sorted(healthy))}" if healthy else "; trying another node"
+    return clip(f"flash-attn failed on node(s) {where}: flash pods are kept off them{serving}")
 
 
 def _fallback_message(r: FallbackRecord) -> str:

@@ -49,6 +49,7 @@ class Reason(StrEnum):
     SERVER_UNHEALTHY = "ServerUnhealthy"
     # FlashAttentionDegraded=False reasons
     NOT_DEGRADED = "FlashAttentionHealthy"
+    NODE_FAILED = "FlashAttentionNodeFailed"  # flash failed on some nodes only: kept off them
     SDPA_REQUESTED = "SdpaRequested"
     RETRYING_FLASH = "RetryingFlash"
 
@@ -88,6 +89,7 @@ class PodFinding:
     node: str | None
     reason: Reason
     message: str
+    kind: str | None = None  # flash failures: the server's flash_attn.error_kind, when it named one
 
     @property
     def is_flash(self) -> bool:
@@ -110,14 +112,14 @@ def pod_findings(
     out: list[PodFinding] = []
     flash = spec.wants_flash and pod.is_flash_variant(spec)
 
-    def add(reason: Reason, message: str) -> None:
-        out.append(PodFinding(pod.name, pod.node, reason, clip(message)))
+    def add(reason: Reason, message: str, kind: str | None = None) -> None:
+        out.append(PodFinding(pod.name, pod.node, reason, clip(message), kind))
 
     report = probe.report if probe is not None and probe.outcome is ProbeOutcome.REPORT else None
     if flash and report is not None and report.flash_failed:
         kind = report.flash_attn.error_kind
         if report.flash_attn.flash_fault:
-            add(Reason.FLASH_LOAD_FAILED, report.flash_error)
+            add(Reason.FLASH_LOAD_FAILED, report.flash_error, kind)
         elif kind == OUT_OF_MEMORY_KIND:
             add(Reason.OUT_OF_MEMORY, f"out of GPU memory trying flash-attn: {report.flash_error}")
         else:
@@ -127,7 +129,12 @@ def pod_findings(
     crash = _classify_termination(term) if term is not None else None
     on_flash = report is not None and report.ready and report.attn == FLASH_BACKEND
     if flash and crash == Reason.FLASH_CRASH_LOOP and term is not None:
-        add(Reason.FLASH_CRASH_LOOP, _key_line(term.message) or "container exited naming flash-attn")
+        named = _KIND_RE.search(_key_line(term.message))
+        add(
+            Reason.FLASH_CRASH_LOOP,
+            _key_line(term.message) or "container exited naming flash-attn",
+            named.group(1) if named else None,
+        )
     elif crash in _OTHER_CAUSES and term is not None:
         add(crash, _termination_text(term, pod.restarts))
     elif (
