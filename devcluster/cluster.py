@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from devcluster import build, images, restarts
+from devcluster import build, images, node_env, restarts
 from devcluster.controlplane import PROCESSES, Layout
 from devcluster.kubelet import KubeletConfig
 from devcluster.nodes import DEFAULT_NODES, NodeSpec
@@ -296,6 +296,11 @@ class Cluster:
         data); returns once it is healthy, with the times (:mod:`devcluster.restarts`)."""
         restarts.request(self.state_dir, name, down_s)
         return restarts.wait_done(self.state_dir, name, timeout + down_s)
+
+    def set_node_env(self, node: str, env: dict[str, str] | None) -> None:
+        """Give every container ``node`` starts from now on these variables (None clears them): how a
+        test makes one node differ from the others (``devcluster.node_env``)."""
+        node_env.write(self.state_dir, node, env)
 
     def pause_heartbeats(self, node: str, paused: bool = True) -> None:
         """Stop (or, ``paused=False``, resume) a node's Lease renewals and status updates: the node

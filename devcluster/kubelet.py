@@ -86,6 +86,7 @@ class Kubelet:
         ca_file: Path,
     ) -> None:
         self.api = api
+        self.state_dir = state_dir
         self.server = server
         self.ca_file = ca_file
         self.node_ips = node_ips

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from devcluster import container, images, podenv, podroot, security
+from devcluster import container, images, node_env, podenv, podroot, security
 from devcluster.apiclient import ApiError
 from devcluster.apiproxy import service_address
 from devcluster.container import ContainerRuntime
@@ -244,6 +244,7 @@ class PodWorker(threading.Thread):
         self, c: ContainerRuntime, entry: images.ImageEntry, creds: security.Credentials
     ) -> dict[str, str]:
         base = podenv.runtime_env(os.environ, self.pod["metadata"]["name"], self.kubelet.server)
+        base |= node_env.read(self.kubelet.state_dir, self.pod["spec"].get("nodeName"))
         env = podenv.container_env(
             self.pod,
             c.spec,
