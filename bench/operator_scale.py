@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import scale_probes  # noqa: E402
 from devcluster import TEST_KUBELET, Cluster  # noqa: E402
+from devcluster.nodes import DEFAULT_NODES  # noqa: E402
 from tests.e2e.operator_support import api_writes  # noqa: E402
 
 NS = "bench"
@@ -116,7 +117,8 @@ def main() -> int:
     from omega_operator import crdgen
 
     state = Path(tempfile.mkdtemp(prefix="bench-devcluster-"))
-    with Cluster.start(state, kubelet=TEST_KUBELET, owner_pid=os.getpid()) as cluster:
+    nodes = scale_probes.bench_nodes(args.count * args.replicas) if args.probes else DEFAULT_NODES
+    with Cluster.start(state, nodes, kubelet=TEST_KUBELET, owner_pid=os.getpid()) as cluster:
         cluster.kubectl("apply", "--validate=false", "-f", "-", input=crdgen.render())
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/omegavlms.vlm.omega.io")
         cluster.kubectl("create", "namespace", NS)

@@ -17,9 +17,19 @@ import urllib.request
 from pathlib import Path
 
 from devcluster import Cluster
+from devcluster.nodes import H100_SXM, NodeSpec
 from tests import health_standin
 
 PERIOD = "omega_operator_refresh_period_seconds"
+
+
+def bench_nodes(pods: int) -> tuple[NodeSpec, ...]:
+    """H100 SXM nodes of 8 GPUs enough for ``pods`` one-GPU pods (devcluster's default nodes have 18
+    Hopper GPUs: 400 pods need 50 nodes). Only these nodes: the pods land nowhere else."""
+    return tuple(
+        NodeSpec(f"h100-bench-{i}", H100_SXM, 8, cpu="208", memory="2015Gi")
+        for i in range(max(1, -(-pods // 8)))
+    )
 
 
 def free_port() -> int:
