@@ -1,6 +1,7 @@
 """Operator scale benchmark (issue 4): N OmegaVLMs on a fresh devcluster.
 
     .venv/bin/python bench/operator_scale.py [--count 200] [--replicas 0] [--idle 60] [--json out.json]
+    .venv/bin/python bench/operator_scale.py --probes [--count 200] [--replicas 2]   # pods answer /health
 
 Measures, with the operator running as a real process (`python -m omega_operator`, default settings
 except the metrics/liveness ports):
@@ -13,6 +14,12 @@ except the metrics/liveness ports):
   - API writes per idle minute once settled (target 0), counted by the API server itself
     (`apiserver_request_total` for the operator's resources: OmegaVLM, status, Deployment,
     Service, PodDisruptionBudget), plus the writes per object during the creation burst.
+
+``--probes`` (``bench/scale_probes.py``): the pods run the health-only stand-in
+(``tests/health_standin.py``) and answer ``/health``, so the operator probes every pod each round;
+all Ready then also means every pod Ready. Adds the probe round time during the idle window (the
+``omega_operator_refresh_period_seconds`` histogram: mean, bucket p50/p95/p99, the share within the
+probe interval + 2 s), the pods and the machine's memory (stand-ins' RSS, MemAvailable).
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import scale_probes  # noqa: E402
 from devcluster import TEST_KUBELET, Cluster  # noqa: E402
+from devcluster.nodes import DEFAULT_NODES  # noqa: E402
 from tests.e2e.operator_support import api_writes  # noqa: E402
 
 NS = "bench"
@@ -91,32 +100,44 @@ def settled(cluster: Cluster, count: int) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=200)
-    ap.add_argument("--replicas", type=int, default=0, help="pods per OmegaVLM (0: no pods)")
+    ap.add_argument(
+        "--replicas", type=int, default=None, help="pods per OmegaVLM (default 0; 2 with --probes)"
+    )
+    ap.add_argument("--probes", action="store_true", help="pods answer /health (the health stand-in)")
+    ap.add_argument("--probe-interval", type=float, default=10.0, help="the operator's probe interval (s)")
     ap.add_argument("--idle", type=float, default=60.0, help="seconds of idle write counting")
     ap.add_argument("--quiet", type=float, default=15.0, help="write-free seconds that count as settled")
     ap.add_argument("--workers", type=int, default=8, help="concurrent create requests")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
+    if args.replicas is None:
+        args.replicas = 2 if args.probes else 0
 
     from kubernetes import client, watch
     from omega_operator import crdgen
 
     state = Path(tempfile.mkdtemp(prefix="bench-devcluster-"))
-    with Cluster.start(state, kubelet=TEST_KUBELET, owner_pid=os.getpid()) as cluster:
+    nodes = scale_probes.bench_nodes(args.count * args.replicas) if args.probes else DEFAULT_NODES
+    with Cluster.start(state, nodes, kubelet=TEST_KUBELET, owner_pid=os.getpid()) as cluster:
         cluster.kubectl("apply", "--validate=false", "-f", "-", input=crdgen.render())
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/omegavlms.vlm.omega.io")
         cluster.kubectl("create", "namespace", NS)
-        for variant in ("flash", "sdpa"):
-            cluster.add_image(
-                f"{IMAGE_REPO}:v1-{variant}", ["sleep", "3600"], uid=10001
-            )  # non-root, as the server image
+        if args.probes:
+            scale_probes.register_standin(cluster, IMAGE_REPO, state)
+        else:
+            for variant in ("flash", "sdpa"):
+                cluster.add_image(
+                    f"{IMAGE_REPO}:v1-{variant}", ["sleep", "3600"], uid=10001
+                )  # non-root, as the server image
+        metrics_port = scale_probes.free_port() if args.probes else 0
 
         log = (state / "operator.log").open("wb")
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("OMEGA_OPERATOR_")},
             "KUBECONFIG": str(cluster.kubeconfig),
-            "OMEGA_OPERATOR_METRICS_PORT": "0",
+            "OMEGA_OPERATOR_METRICS_PORT": str(metrics_port),
             "OMEGA_OPERATOR_LIVENESS_PORT": "0",
+            "OMEGA_OPERATOR_PROBE_INTERVAL": str(args.probe_interval),
         }
         op = subprocess.Popen(
             [sys.executable, "-m", "omega_operator"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
@@ -178,8 +199,10 @@ def main() -> int:
             cpu_burst = cpu_s(op.pid) - cpu0
 
             w1 = api_writes(cluster)
+            period0 = scale_probes.scrape_period(metrics_port) if args.probes else {}
             time.sleep(args.idle)
             w2 = api_writes(cluster)
+            period1 = scale_probes.scrape_period(metrics_port) if args.probes else {}
             cpu_idle = cpu_s(op.pid) - cpu0 - cpu_burst
             rss_idle, peak = rss_kib(op.pid)
             stop.set()
@@ -205,6 +228,9 @@ def main() -> int:
                 "operator_rss_mib_after_idle": round(rss_idle / 1024, 1),
                 "operator_rss_mib_peak": round(peak / 1024, 1),
             }
+            if args.probes:
+                figures |= scale_probes.probe_figures(cluster, NS, period0, period1, args.probe_interval)
+            figures["command"] = " ".join([".venv/bin/python", "bench/operator_scale.py", *sys.argv[1:]])
             print(json.dumps(figures, indent=1))
             if args.json:
                 args.json.write_text(json.dumps(figures, indent=1) + "\n")

@@ -13,12 +13,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client
 
 from devcluster import Cluster
 from tests.polling import wait_for as wait_for  # re-exported for the e2e tests
@@ -76,8 +79,9 @@ def omegavlm(
     image: dict[str, Any] | None = None,
     fallback: dict[str, Any] | None = None,
     annotations: dict[str, str] | None = None,
+    gpu: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An OmegaVLM manifest serving a tiny checkpoint from ``file://``."""
+    """An OmegaVLM manifest serving a tiny checkpoint from ``file://`` (``gpu``: its spec.gpu)."""
     spec: dict[str, Any] = {
         "model": {"name": "tiny", "uri": f"file://{model_dir}"},
         "replicas": replicas,
@@ -94,6 +98,8 @@ def omegavlm(
     }
     if fallback is not None:
         spec["fallback"] = fallback
+    if gpu is not None:
+        spec["gpu"] = gpu
     meta: dict[str, Any] = {"name": name, "namespace": namespace}
     if annotations:
         meta["annotations"] = annotations
@@ -263,3 +269,48 @@ def dump(cluster: Cluster, namespace: str, op: OperatorProcess | None = None) ->
 
 def to_yaml(obj: dict[str, Any]) -> str:
     return yaml.safe_dump(obj)
+
+
+class ReadySampler:
+    """Counts the Ready, not terminating pods of a namespace every ``period`` seconds, in a thread."""
+
+    def __init__(self, cluster: Cluster, namespace: str, period: float = 0.2) -> None:
+        self.api = client.CoreV1Api(cluster.api_client())
+        self.namespace, self.period = namespace, period
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def count(self) -> int:
+        pods = self.api.list_namespaced_pod(self.namespace).items
+        return sum(
+            1
+            for p in pods
+            if p.metadata.deletion_timestamp is None
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        )
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), self.count()))
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> ReadySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def longest_below(self, floor: int) -> float:
+        """The longest run of samples with fewer than ``floor`` Ready pods, in seconds."""
+        longest, start = 0.0, None
+        for t, n in self.samples:
+            if n < floor and start is None:
+                start = t
+            elif n >= floor and start is not None:
+                longest, start = max(longest, t - start), None
+        if start is not None:
+            longest = max(longest, self.samples[-1][0] - start)
+        return longest

@@ -11,17 +11,15 @@ inference-server processes (tiny checkpoint, CPU).
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from kubernetes import client
 
 from devcluster import Cluster
 from tests.e2e.fallback_support import (
     FLASH_IMAGE,
     SDPA_IMAGE,
+    ReadySampler,
     all_ready_on,
     deployed_image,
     deployment,
@@ -32,51 +30,6 @@ from tests.e2e.fallback_support import (
 )
 
 pytestmark = [pytest.mark.devcluster, pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-class ReadySampler:
-    """Counts the Ready, not terminating pods of a namespace every ``period`` seconds, in a thread."""
-
-    def __init__(self, cluster: Cluster, namespace: str, period: float = 0.2) -> None:
-        self.api = client.CoreV1Api(cluster.api_client())
-        self.namespace, self.period = namespace, period
-        self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def count(self) -> int:
-        pods = self.api.list_namespaced_pod(self.namespace).items
-        return sum(
-            1
-            for p in pods
-            if p.metadata.deletion_timestamp is None
-            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
-        )
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.monotonic(), self.count()))
-            self._stop.wait(self.period)
-
-    def __enter__(self) -> ReadySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def longest_below(self, floor: int) -> float:
-        """The longest run of samples with fewer than ``floor`` Ready pods, in seconds."""
-        longest, start = 0.0, None
-        for t, n in self.samples:
-            if n < floor and start is None:
-                start = t
-            elif n >= floor and start is not None:
-                longest, start = max(longest, t - start), None
-        if start is not None:
-            longest = max(longest, self.samples[-1][0] - start)
-        return longest
 
 
 @pytest.mark.parametrize("replicas", [1, 2])

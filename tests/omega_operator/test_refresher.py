@@ -131,3 +131,29 @@ def test_the_body_under_the_lock_is_the_index_copy_and_an_older_generation_is_sk
     assert current_body(newer, [_body("u", 2, "lagging")]) is newer  # the index lags: keep it
     assert current_body(passed, []) is passed
     assert current_body(passed, [_body("other-uid", 9, "x")]) is passed
+
+
+def test_the_time_between_two_refreshes_of_an_object_is_observed() -> None:
+    from prometheus_client import REGISTRY
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("omega_operator_refresh_period_seconds_count") or 0.0
+
+    async def noop(body: Mapping[str, Any]) -> None:
+        return None
+
+    r = Refresher(1.0, lambda: [{"metadata": {"uid": "a"}}], noop)
+    before = count()
+    r._observe_start("a", 100.0)  # the first refresh: nothing to compare with
+    assert count() == before
+    r._observe_start("a", 101.5)
+    assert count() == before + 1
+    assert r.started["a"] == 101.5
+    asyncio.run(_gone(r))
+    assert "a" not in r.started
+
+
+async def _gone(r: Refresher) -> None:
+    """A tick for an object no longer listed forgets when it last started."""
+    r.bodies = lambda: []
+    await r._tick("a")

@@ -43,6 +43,7 @@ def test_metric_names() -> None:
         "omega_operator_reconcile_duration_seconds",
         "omega_operator_health_probes_total",
         "omega_operator_health_probe_duration_seconds",
+        "omega_operator_refresh_period_seconds",
         "omega_operator_fallbacks_total",
         "omega_operator_omegavlms",
         "omega_operator_omegavlm_info",

@@ -32,6 +32,11 @@ HEALTH_PROBE_DURATION = Histogram(
     "Time of one /health probe (answered or not)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+REFRESH_PERIOD = Histogram(
+    "omega_operator_refresh_period_seconds",
+    "Time between the starts of two consecutive refreshes (probe rounds) of one OmegaVLM",
+    buckets=(1, 2, 4, 6, 8, 10, 11, 12, 14, 17, 20, 30, 60, 120),
+)
 PROBE_FAILURE_REASONS = ("timeout", "connection", "proxy", "no_ip", "no_health_body")
 HEALTH_PROBE_FAILURES = Counter(
     "omega_operator_health_probe_failures",

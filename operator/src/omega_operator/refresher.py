@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from omega_operator import metrics
+
 log = logging.getLogger(__name__)
 
 Body = Mapping[str, Any]
@@ -79,6 +81,7 @@ class Refresher:
         self._gate = asyncio.Semaphore(concurrency)
         self._running: set[asyncio.Task[None]] = set()
         self.in_flight: set[str] = set()  # uids with a tick queued or running
+        self.started: dict[str, float] = {}  # uid -> monotonic start of its last refresh
 
     def _body(self, uid: str) -> Body | None:
         """The object's body as the index has it now (None once it is gone)."""
@@ -89,13 +92,23 @@ class Refresher:
             async with self._gate:
                 body = self._body(uid)  # read when the tick runs, not when it was queued
                 if body is None:
+                    self.started.pop(uid, None)
                     return
+                self._observe_start(uid, time.monotonic())
                 try:
                     await self.reconcile(body)
                 except Exception as exc:  # the next round retries; one bad object must not stop the loop
                     log.warning("refresh of %s failed: %s", (body.get("metadata") or {}).get("name"), exc)
         finally:
             self.in_flight.discard(uid)
+
+    def _observe_start(self, uid: str, now: float) -> None:
+        """Record the time since the object's last refresh started (its probe round, in
+        ``omega_operator_refresh_period_seconds``): the interval when nothing lags."""
+        last = self.started.get(uid)
+        self.started[uid] = now
+        if last is not None:
+            metrics.REFRESH_PERIOD.observe(now - last)
 
     def round(self, now: float) -> list[asyncio.Task[None]]:
         """Start the reconciles due at ``now`` (in the background), one per object at most in flight;
