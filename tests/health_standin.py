@@ -17,6 +17,9 @@ into a JSON file; the stand-in serves from that file. Which body, from the conta
   as the real server does.
 * ``OMEGA_STANDIN_LOAD_SECONDS``: answer ``loading`` (503) that long first, like a model load.
 
+``POST /_crash`` ends the process as a crash would (``Segmentation fault`` on stderr, exit code 139):
+how a test restarts a pod that serves (a liveness kill, an Xid, a node reboot).
+
 Run as ``python tests/health_standin.py BODIES_JSON`` (listens on ``HOST``:``PORT``, like the server).
 """
 
@@ -92,6 +95,16 @@ class _Handler(BaseHTTPRequestHandler):
                 b'{"error":{"message":"health stand-in: no such route","type":"not_found"}}',
                 "application/json",
             )
+
+    def do_POST(self) -> None:
+        if self.path == "/_crash":
+            print("Segmentation fault (core dumped)", file=sys.stderr, flush=True)
+            os._exit(139)
+        self._send(
+            404,
+            b'{"error":{"message":"health stand-in: no such route","type":"not_found"}}',
+            "application/json",
+        )
 
     def _send(self, code: int, data: bytes, content_type: str) -> None:
         self.send_response(code)
