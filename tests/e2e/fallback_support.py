@@ -314,3 +314,13 @@ class ReadySampler:
         if start is not None:
             longest = max(longest, self.samples[-1][0] - start)
         return longest
+
+
+def add_health_standin(cluster: Cluster, images: tuple[str, ...], folder: Path) -> None:
+    """Run ``images`` as the health stand-in of the server (``tests/health_standin.py``, uid 10001), its
+    /health bodies rendered by the server's own code into ``folder``."""
+    from tests import health_standin
+
+    bodies = health_standin.write_bodies(folder / "bodies.json")
+    for image in images:
+        cluster.add_image(image, health_standin.command(PYTHON, bodies), uid=10001)

@@ -19,8 +19,8 @@ import pytest
 from devcluster import Cluster
 from tests import health_standin
 from tests.e2e.fallback_support import (
-    PYTHON,
     REPOSITORY,
+    add_health_standin,
     condition,
     deployment,
     events,
@@ -43,9 +43,7 @@ BROKEN = {health_standin.BROKEN_ENV: "broken"}
 
 @pytest.fixture(scope="module")
 def standin(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Cluster:
-    bodies = health_standin.write_bodies(tmp_path_factory.getbasetemp() / "per-node" / "bodies.json")
-    for image in (FLASH_IMAGE, SDPA_IMAGE):
-        cluster.add_image(image, health_standin.command(PYTHON, bodies), uid=10001)
+    add_health_standin(cluster, (FLASH_IMAGE, SDPA_IMAGE), tmp_path_factory.getbasetemp() / "per-node")
     return cluster
 
 

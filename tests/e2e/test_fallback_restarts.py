@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from devcluster import Cluster
-from tests import health_standin
 from tests.e2e.fallback_support import (
     PYTHON,
     REPOSITORY,
+    add_health_standin,
     condition,
     deployed_image,
     events,
@@ -44,9 +44,7 @@ CRASH = "import sys; print('Segmentation fault (core dumped)', file=sys.stderr);
 
 @pytest.fixture(scope="module")
 def standin(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Cluster:
-    bodies = health_standin.write_bodies(tmp_path_factory.getbasetemp() / "restarts" / "bodies.json")
-    for image in (FLASH_IMAGE, SDPA_IMAGE):
-        cluster.add_image(image, health_standin.command(PYTHON, bodies), uid=10001)
+    add_health_standin(cluster, (FLASH_IMAGE, SDPA_IMAGE), tmp_path_factory.getbasetemp() / "restarts")
     cluster.add_image(CRASH_IMAGE, [PYTHON, "-c", CRASH], uid=10001)
     return cluster
 
